@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test`.
+# torch is installed first, pinned, so that pip does not pull a multi-GB CUDA build; override with
+#   make run TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+ARGS ?=
+
+.PHONY: run test venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The assignment with its defaults (24 epochs, peak at 5, batch 512, LRs from the range test) on $CIFARKIT_DATA,
+# else the cached or downloaded official set, into runs/<timestamp>/.
+run: venv
+	$(BIN)/cifarkit summary --batch-size 512
+	$(BIN)/cifarkit train --out $(RUN_DIR) $(ARGS)
+
+test: venv
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,212 @@
+"""Batched, device-resident augmentation with exactly the albumentations pipeline's semantics (see transforms.py).
+
+The whole training set lives on the device as uint8 NHWC (50,000 x 3 KiB = 147 MiB). Each batch is built by one
+gather: every output pixel's source pixel is computed by index arithmetic from the batch's random parameters, so
+padding, cropping and flipping cost one indexed read of 3 bytes per pixel, with no per-image Python loop:
+
+    pad 4 (reflect = cv2.BORDER_REFLECT_101 = F.pad "reflect", or zero = the mean after normalising)
+    -> random 32x32 crop, top-left offsets uniform over 0..8 in each axis (albumentations RandomCrop)
+    -> horizontal flip with p = 0.5
+    -> CutOut: with p = cutout_p one size x size hole, top-left uniform over 0..32-size in each axis so the hole
+       lies fully inside the image (albumentations 2.0.8 CoarseDropout: integers(0, height - hole + 1)),
+       filled with 0 after normalising, i.e. the dataset mean
+    -> normalise with the dataset mean / std.
+
+Randomness comes from a CPU torch.Generator seeded from (seed, epoch, step, rank): any step of any epoch can be
+replayed alone (exact mid-epoch resume), and CPU and CUDA runs draw the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cifarkit.errors import CifarkitError
+
+PAD = 4  # pixels of padding on every side before the crop (32 -> 40 -> crop 32)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One batch's random draws (int64 CPU or device tensors, one row per image)."""
+
+    offsets: torch.Tensor  # [B, 2] crop top-left (dy, dx) in the padded image, each in 0..2*PAD
+    flip: torch.Tensor  # [B] bool: mirror left-right
+    cutout: torch.Tensor  # [B] bool: cut one hole
+    hole: torch.Tensor  # [B, 2] hole top-left (y, x) in the output image, each in 0..size-cutout_size
+
+
+def sample_params(batch: int, generator: torch.Generator, *, height: int = 32, width: int = 32,
+                  cutout_size: int = 8, cutout_p: float = 0.5) -> AugmentParams:
+    """Draw one batch's parameters from `generator` (on the generator's device)."""
+    dev = generator.device
+    offsets = torch.randint(0, 2 * PAD + 1, (batch, 2), generator=generator, device=dev)
+    flip = torch.rand(batch, generator=generator, device=dev) < 0.5
+    cutout = torch.rand(batch, generator=generator, device=dev) < cutout_p
+    # Same rule as CoarseDropout: top-left uniform over 0..H-h inclusive, so the hole never leaves the image.
+    hy = torch.randint(0, max(height - cutout_size, 0) + 1, (batch,), generator=generator, device=dev)
+    hx = torch.randint(0, max(width - cutout_size, 0) + 1, (batch,), generator=generator, device=dev)
+    return AugmentParams(offsets, flip, cutout & (cutout_size > 0), torch.stack([hy, hx], dim=1))
+
+
+def _affine(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with (v / 255 - mean) / std = v * scale + shift, per channel (float32 [3])."""
+    m = torch.tensor(mean, dtype=torch.float64)
+    s = torch.tensor(std, dtype=torch.float64)
+    return (1.0 / (255.0 * s)).float().to(device), (-m / s).float().to(device)
+
+
+def _source_index(out_pos: torch.Tensor, offset: torch.Tensor, size: int, pad_mode: str
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Source coordinates [B, size] in the unpadded image for output positions [B, size] and crop offsets [B].
+
+    Returns the clamped indices and, for zero padding, the mask of positions that fall inside the image.
+    """
+    src = out_pos + (offset - PAD)[:, None]
+    if pad_mode == "reflect":
+        # BORDER_REFLECT_101 (edge not repeated): -1 -> 1, size -> size - 2.
+        src = src.abs()
+        return torch.where(src > size - 1, 2 * (size - 1) - src, src), None
+    inside = (src >= 0) & (src <= size - 1)
+    return src.clamp(0, size - 1), inside
+
+
+def apply_params(images_uint8_nhwc: torch.Tensor, params: AugmentParams, *, mean: Sequence[float],
+                 std: Sequence[float], pad_mode: str = "reflect", cutout_size: int = 8,
+                 channels_last: bool = False, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Augment with given parameters: pad, crop, flip, cut out, normalise. Returns float32 [B, 3, H, W].
+
+    `index` (int64 [B], on the images' device) picks the batch's rows of `images_uint8_nhwc` inside the same gather,
+    so a DeviceBatches step reads the dataset once; without it the whole input is the batch.
+    """
+    if pad_mode not in ("reflect", "zero"):
+        raise CifarkitError(f"pad_mode must be reflect or zero, got {pad_mode!r}")
+    n, h, w, c = images_uint8_nhwc.shape
+    dev = images_uint8_nhwc.device
+    rows_idx = torch.arange(n, device=dev) if index is None else index
+    b = rows_idx.shape[0]
+    offsets = params.offsets.to(dev)
+    flip = params.flip.to(dev)
+    ar_h = torch.arange(h, device=dev).expand(b, h)
+    ar_w = torch.arange(w, device=dev).expand(b, w)
+    # A flipped output column j shows crop column w-1-j; flipping the index is free, flipping pixels is not.
+    cols_out = torch.where(flip[:, None], (w - 1) - ar_w, ar_w)
+    rows, row_ok = _source_index(ar_h, offsets[:, 0], h, pad_mode)
+    cols, col_ok = _source_index(cols_out, offsets[:, 1], w, pad_mode)
+    flat = (rows_idx * (h * w))[:, None, None] + rows[:, :, None] * w + cols[:, None, :]  # [B, H, W] pixel index
+    pixels = images_uint8_nhwc.reshape(n * h * w, c).index_select(0, flat.reshape(-1)).view(b, h, w, c)
+    scale, shift = _affine(mean, std, dev)
+    out = torch.addcmul(shift, pixels.to(torch.float32), scale)  # [B, H, W, C] normalised
+
+    keep: torch.Tensor | None = None  # False where the output is 0 (= the mean): zero padding and the hole
+    if row_ok is not None and col_ok is not None:
+        keep = row_ok[:, :, None] & col_ok[:, None, :]
+    if cutout_size > 0 and bool(params.cutout.any()):
+        hole = params.hole.to(dev)
+        in_y = (ar_h >= hole[:, :1]) & (ar_h < hole[:, :1] + cutout_size)
+        in_x = (ar_w >= hole[:, 1:]) & (ar_w < hole[:, 1:] + cutout_size)
+        cut = params.cutout.to(dev)[:, None, None] & in_y[:, :, None] & in_x[:, None, :]
+        keep = ~cut if keep is None else keep & ~cut
+    if keep is not None:
+        out.mul_(keep[..., None])  # in place: one pass over the batch, no new [B, H, W, C] buffer
+    out = out.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: already channels_last
+    return out if channels_last else out.contiguous()
+
+
+def augment_batch(images_uint8_nhwc: torch.Tensor, generator: torch.Generator, *, mean: Sequence[float],
+                  std: Sequence[float], pad_mode: str = "reflect", cutout_size: int = 8, cutout_p: float = 0.5,
+                  channels_last: bool = False) -> torch.Tensor:
+    """The training augmentation of a uint8 NHWC batch -> float32 [B, 3, H, W], randomness from `generator`."""
+    _check_images(images_uint8_nhwc)
+    n, h, w, _ = images_uint8_nhwc.shape
+    params = sample_params(n, generator, height=h, width=w, cutout_size=cutout_size, cutout_p=cutout_p)
+    return apply_params(images_uint8_nhwc, params, mean=mean, std=std, pad_mode=pad_mode, cutout_size=cutout_size,
+                        channels_last=channels_last)
+
+
+def normalize_batch(images_uint8_nhwc: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
+                    channels_last: bool = False) -> torch.Tensor:
+    """Evaluation input: uint8 NHWC -> normalised float32 [B, 3, H, W] (no augmentation)."""
+    _check_images(images_uint8_nhwc)
+    scale, shift = _affine(mean, std, images_uint8_nhwc.device)
+    out = torch.addcmul(shift, images_uint8_nhwc.to(torch.float32), scale).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+        raise CifarkitError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
+    """A 63-bit generator seed for one (run seed, epoch, step, rank): independent streams, replayable alone."""
+    words = [v & 0xFFFFFFFF for v in (seed, seed >> 32, epoch, step, rank)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) & (2**63 - 1)
+
+
+def rank_indices(n: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's sample order for an epoch, exactly as torch's DistributedSampler(shuffle=True, seed=seed,
+    drop_last=False) after set_epoch(epoch): a permutation seeded by seed + epoch, padded by wrapping so every
+    rank gets ceil(n / world_size) samples, then dealt out round-robin (rank, rank + world_size, ...)."""
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=g)
+    per_rank = math.ceil(n / world_size)
+    padding = per_rank * world_size - n
+    if padding:
+        order = torch.cat([order, order.repeat(math.ceil(padding / n))[:padding]])
+    return order[rank::world_size]
+
+
+class DeviceBatches:
+    """Training batches augmented on the device; the same interface as the DataLoader path in loaders.py.
+
+    `len()` is steps per epoch per rank (the last partial batch is kept); `epoch(e, start_step)` yields
+    (x float32 [B, 3, 32, 32] normalised, y int64 [B]) on `device`, identical for the same (seed, e, step, rank).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], pad_mode: str = "reflect", cutout_size: int = 8, cutout_p: float = 0.5,
+                 seed: int = 0, device: torch.device | str, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise CifarkitError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
+        if len(images) != len(labels) or len(images) == 0:
+            raise CifarkitError(f"need as many labels as images (> 0), got {len(images)} images, {len(labels)} labels")
+        if batch_size < world_size:
+            raise CifarkitError(f"--batch-size {batch_size} is smaller than the {world_size} ranks: raise it")
+        if not 0 <= rank < world_size:
+            raise CifarkitError(f"rank {rank} is outside 0..{world_size - 1}")
+        if pad_mode not in ("reflect", "zero"):
+            raise CifarkitError(f"--pad-mode must be reflect or zero, got {pad_mode!r}")
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)  # uint8 NHWC, 3 KiB/image
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        self.batch_size = batch_size // world_size  # per-rank batch, as the DataLoader path
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.pad_mode, self.cutout_size, self.cutout_p = pad_mode, cutout_size, cutout_p
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.channels_last = channels_last
+        self.samples_per_rank = math.ceil(len(images) / world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples_per_rank / self.batch_size)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches start_step.. of epoch `epoch`; starting mid-epoch gives the same batches as the full epoch."""
+        order = rank_indices(len(self.labels), seed=self.seed, epoch=epoch, rank=self.rank,
+                             world_size=self.world_size).to(self.device)
+        _, h, w, _ = self.images.shape
+        gen = torch.Generator()  # CPU: B x 6 draws per step are tiny, and CPU and CUDA runs then agree
+        for step in range(start_step, len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            gen.manual_seed(step_seed(self.seed, epoch, step, self.rank))
+            params = sample_params(len(idx), gen, height=h, width=w, cutout_size=self.cutout_size,
+                                   cutout_p=self.cutout_p)
+            x = apply_params(self.images, params, mean=self.mean, std=self.std, pad_mode=self.pad_mode,
+                             cutout_size=self.cutout_size, channels_last=self.channels_last, index=idx)
+            yield x, self.labels.index_select(0, idx)

@@ -1,0 +1,140 @@
+"""One dataclass for a training run. Its defaults are the assignment; CLI flags map onto its fields one to one.
+
+It is saved as `config.json` in every run folder and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cifarkit.errors import CifarkitError
+
+# Per-channel statistics of the CIFAR-10 training set (RGB, on a 0..1 scale), measured on the shared set and equal
+# to the official set's. The "reference" std is the widely copied (0.2023, 0.1994, 0.2010), which is the mean of
+# per-image stds, not the dataset std; we default to the true one so normalised pixels have unit variance.
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: dict[str, tuple[float, float, float]] = {
+    "true": (0.2470, 0.2435, 0.2616),
+    "reference": (0.2023, 0.1994, 0.2010),
+}
+
+def opt(default: Any, help: str) -> Any:
+    """A field whose help text is also the CLI flag's help."""
+    return field(default=default, metadata={"help": help})
+
+
+# The assignment's peak: epoch 5 of 24. Shortened runs keep the peak at the same fraction of the run.
+ASSIGNMENT_EPOCHS = 24
+ASSIGNMENT_PEAK_EPOCH = 5.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Defaults reproduce the assignment."""
+
+    data: str | None = opt(None, 'dataset source (see load_cifar10), "synthetic", or None: $CIFARKIT_DATA, cache, download')
+    out: str = opt("runs/default", 'run folder: config, history, metrics, checkpoints, plots, report')
+    epochs: int = opt(ASSIGNMENT_EPOCHS, 'training epochs (the assignment: 24)')
+    peak_epoch: float | None = opt(None, 'epoch at whose end the LR peaks; None: 5/24 of the run (5 at 24 epochs)')
+    batch_size: int = opt(512, 'global batch, split across ranks under torchrun')
+    lr_min: float | None = opt(None, 'one-cycle start and end LR; None: found by the LR range test')
+    lr_max: float | None = opt(None, 'one-cycle peak LR; None: found by the LR range test')
+    final_div: float = opt(1.0, 'final LR = lr_min / final_div; 1 = no annihilation (assignment), 100 = reference variant')
+    weight_decay: float = opt(1e-4, "Adam's (coupled, L2) weight decay, as the reference")
+    lr_find_iters: int = opt(200, 'steps of the LR range test')
+    lr_find_start: float = opt(1e-7, 'first LR of the exponential sweep')
+    lr_find_end: float = opt(10.0, 'last LR of the sweep (it stops earlier once the loss diverges)')
+    seed: int = opt(0, 'seed of weights, data order and augmentation')
+    device: str = opt("auto", 'auto: cuda, then mps, then cpu')
+    subset: int | None = opt(None, 'class-balanced number of training images (None: all 50,000)')
+    test_subset: int | None = opt(None, 'class-balanced number of test images (None: all 10,000)')
+    augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: batched on CUDA')
+    pad_mode: str = opt("reflect", 'padding for the 4-pixel pad before the random crop: "reflect" or "zero"')
+    std: str = opt("true", 'normalisation std: "true" (dataset std) or "reference" (0.2023, 0.1994, 0.2010)')
+    cutout_p: float = opt(0.5, 'probability of the one 8x8 CutOut hole, filled with the dataset mean')
+    cutout_size: int = opt(8, 'hole side, pixels')
+    workers: int | None = opt(None, 'DataLoader workers; None: fitted to the machine')
+    eval_batch_size: int = opt(1024, 'batch size for evaluation (no gradients, so it can be larger)')
+    channels_last: bool = opt(True, 'NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs')
+    compile: bool = opt(False, 'torch.compile the model (CUDA)')
+    tta: bool = opt(False, 'also report flip test-time-augmented accuracy')
+    sync_bn: bool = opt(False, 'SyncBatchNorm under torchrun')
+    plots: bool = opt(True, 'write RUN/plots/*.png at the end')
+    tensorboard: bool = opt(False, 'log scalars and LR to RUN/tensorboard')
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes saved with the run"})
+
+    def __post_init__(self) -> None:
+        if self.peak_epoch is None:
+            self.peak_epoch = ASSIGNMENT_PEAK_EPOCH * self.epochs / ASSIGNMENT_EPOCHS
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return CIFAR10_MEAN
+
+    @property
+    def std_values(self) -> tuple[float, float, float]:
+        return CIFAR10_STD[self.std]
+
+    def validate(self) -> None:
+        """Raise CifarkitError naming the first invalid field."""
+        if self.epochs <= 0:
+            raise CifarkitError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise CifarkitError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.eval_batch_size <= 0:
+            raise CifarkitError(f"--eval-batch-size must be positive, got {self.eval_batch_size}")
+        assert self.peak_epoch is not None
+        if not 0 < self.peak_epoch <= self.epochs:
+            raise CifarkitError(f"--peak-epoch must be in (0, epochs={self.epochs}], got {self.peak_epoch}")
+        for name in ("lr_min", "lr_max"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise CifarkitError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.lr_min is not None and self.lr_max is not None and self.lr_min >= self.lr_max:
+            raise CifarkitError(f"--lr-min ({self.lr_min:g}) must be below --lr-max ({self.lr_max:g})")
+        if self.final_div < 1:
+            raise CifarkitError(f"--final-div must be >= 1 (no LR above lr_min at the end), got {self.final_div}")
+        if self.lr_find_iters < 10:
+            raise CifarkitError(f"--lr-find-iters must be at least 10, got {self.lr_find_iters}")
+        if not 0 < self.lr_find_start < self.lr_find_end:
+            raise CifarkitError("--lr-find-start must be positive and below --lr-find-end")
+        for name in ("subset", "test_subset", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "workers" else 1):
+                raise CifarkitError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.augment not in ("auto", "albumentations", "batched"):
+            raise CifarkitError(f"--augment must be auto, albumentations or batched, got {self.augment!r}")
+        if self.pad_mode not in ("reflect", "zero"):
+            raise CifarkitError(f"--pad-mode must be reflect or zero, got {self.pad_mode!r}")
+        if self.std not in CIFAR10_STD:
+            raise CifarkitError(f"--std must be one of {sorted(CIFAR10_STD)}, got {self.std!r}")
+        if not 0 <= self.cutout_p <= 1:
+            raise CifarkitError(f"--cutout-p must be in [0, 1], got {self.cutout_p}")
+        if not 0 <= self.cutout_size <= 32:
+            raise CifarkitError(f"--cutout-size must be in [0, 32], got {self.cutout_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CifarkitError(f"unknown config fields {unknown}: the config comes from another cifarkit version")
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# Fields that may change on --resume without changing what is trained (everything else must match the checkpoint).
+RESUMABLE_FIELDS = frozenset({"data", "out", "device", "workers", "plots", "tensorboard", "eval_batch_size", "extra", "compile"})

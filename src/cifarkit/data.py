@@ -1,0 +1,345 @@
+"""CIFAR-10 in memory: one loader for every common layout, a synthetic stand-in, and class-balanced subsets.
+
+`load_cifar10` reads the official python batches (folder or archive) and image-folder trees (folder or archive);
+archives are unpacked once into the cache and decoded trees are cached as one .npz, so later loads take a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cifarkit.archive import cache_root, extract_cached, is_archive, restricted_loads, save_npz_atomic
+from cifarkit.download import OFFICIAL_ARCHIVE_NAME, OFFICIAL_MD5, OFFICIAL_URL, download_cifar10
+from cifarkit.errors import CifarkitError
+
+__all__ = ["CLASSES", "Cifar10", "class_balanced_subset", "download_cifar10", "load_cifar10", "make_synthetic",
+           "resolve_data", "subset", "OFFICIAL_MD5", "OFFICIAL_URL"]
+
+log = logging.getLogger(__name__)
+
+CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    """The train and test splits as uint8 HWC arrays with int64 labels."""
+
+    train_images: np.ndarray  # uint8 [N, 32, 32, 3], RGB
+    train_labels: np.ndarray  # int64 [N]
+    test_images: np.ndarray  # uint8 [M, 32, 32, 3]
+    test_labels: np.ndarray  # int64 [M]
+    classes: tuple[str, ...] = CLASSES
+    source: str = ""
+    synthetic: bool = False
+
+
+def make_synthetic(n_train: int = 1000, n_test: int = 200, *, seed: int = 0, num_classes: int = 10) -> Cifar10:
+    """A learnable 10-class stand-in for CIFAR-10: each class is a coloured, oriented pattern plus noise.
+
+    Classes differ in colour and in stripe orientation, so a flip or a crop keeps the class; a small model learns
+    it in an epoch or two. It is NOT CIFAR-10 and every caller that shows results must say so.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    prototypes = []
+    for c in range(num_classes):
+        angle = np.pi * c / num_classes
+        stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * (0.5 + 0.1 * c))
+        colour = rng.uniform(0.2, 0.8, size=3).astype(np.float32)
+        prototypes.append(0.5 + 0.25 * stripes[..., None] * colour[None, None, :] * 2 - 0.1 + 0.2 * colour)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n, dtype=np.int64) % num_classes
+        rng.shuffle(labels)
+        base = np.stack([prototypes[c] for c in labels])
+        noisy = base + rng.normal(0.0, 0.12, size=base.shape).astype(np.float32)
+        return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8), labels
+
+    train_images, train_labels = split(n_train)
+    test_images, test_labels = split(n_test)
+    classes = CLASSES if num_classes == 10 else tuple(f"class{c}" for c in range(num_classes))
+    return Cifar10(train_images, train_labels, test_images, test_labels, classes,
+                   source=f"synthetic (seed {seed}) - NOT CIFAR-10", synthetic=True)
+
+
+def class_balanced_subset(
+    images: np.ndarray, labels: np.ndarray, n: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first n images of a seeded per-class shuffle, taking classes in turn so counts differ by at most one."""
+    if n >= len(labels):
+        return images, labels
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    order = [idx for rank in range(max(map(len, per_class))) for idx_list in per_class
+             if rank < len(idx_list) for idx in (idx_list[rank],)]
+    keep = np.sort(np.asarray(order[:n], dtype=np.int64))
+    return images[keep], labels[keep]
+
+
+def subset(data: Cifar10, n_train: int | None, n_test: int | None, *, seed: int = 0) -> Cifar10:
+    """`data` with class-balanced train and test subsets (None keeps a split whole)."""
+    train = (data.train_images, data.train_labels)
+    test = (data.test_images, data.test_labels)
+    if n_train is not None:
+        train = class_balanced_subset(*train, n_train, seed=seed)
+    if n_test is not None:
+        test = class_balanced_subset(*test, n_test, seed=seed + 1)
+    return Cifar10(*train, *test, classes=data.classes, source=data.source, synthetic=data.synthetic)
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+
+TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+# md5 of the files in the official cifar-10-python.tar.gz: a differing file still loads (re-exports exist), with a warning
+BATCH_MD5: dict[str, str] = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+SYNTHETIC_SIZES = (5000, 1000)  # train, test images of `--data synthetic`
+_TREE_CACHE_VERSION = 1  # part of the array-cache key: bump when decoding changes so old entries are not reused
+_PARALLEL_MIN_IMAGES = 4000  # below this, starting worker processes costs more than it saves
+_DECODE_CHUNK = 2000
+
+
+def _field(batch: dict, key: str) -> object:
+    """batch[key] for str keys (Python 3 re-exports) or bytes keys (the official Python 2 pickles)."""
+    return batch.get(key.encode(), batch.get(key))
+
+
+def _read_meta(path: Path) -> tuple[str, ...]:
+    meta = restricted_loads(path.read_bytes(), path)
+    names = _field(meta, "label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
+        raise CifarkitError(f"{path}: no label_names list in it; restore batches.meta from the official archive")
+    return tuple(n.decode() if isinstance(n, bytes) else n for n in names)
+
+
+def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Images (uint8 N×32×32×3), labels (int64 N) and whether the file is byte-identical to the official one."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CifarkitError(f"{path}: cannot read it ({exc})") from exc
+    official = hashlib.md5(raw, usedforsecurity=False).hexdigest() == BATCH_MD5.get(path.name)
+    batch = restricted_loads(raw, path)
+    data = _field(batch, "data") if isinstance(batch, dict) else None
+    labels = _field(batch, "labels") if isinstance(batch, dict) else None
+    if data is None or labels is None:
+        raise CifarkitError(f"{path}: not a CIFAR-10 batch (expected a dict with data and labels); download CIFAR-10 again")
+    data, labels = np.asarray(data), np.asarray(labels)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype.kind not in "ui":
+        raise CifarkitError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 N×3072 (3×32×32, planar); "
+                            "re-export it or download CIFAR-10 again")
+    if labels.ndim != 1 or len(labels) != len(data) or (labels.size and labels.dtype.kind not in "ui"):
+        raise CifarkitError(f"{path}: {labels.size} labels for {len(data)} images; re-export it or download CIFAR-10 again")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise CifarkitError(f"{path}: label {int(bad[0])} is outside 0..{num_classes - 1}; re-export it or download "
+                            "CIFAR-10 again")
+    if data.dtype != np.uint8 and data.size and (data.min() < 0 or data.max() > 255):
+        raise CifarkitError(f"{path}: pixel values outside 0..255; re-export it as uint8")
+    # each row is 1024 red, then 1024 green, then 1024 blue values (channel-planar); the contract is HWC
+    images = np.ascontiguousarray(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return images, labels.astype(np.int64), official
+
+
+def _load_pickle_folder(folder: Path) -> Cifar10:
+    missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if not (folder / n).is_file()]
+    if missing:
+        raise CifarkitError(f"{folder}: {', '.join(missing)} missing; the folder must hold data_batch_1..5 and "
+                            "test_batch, download CIFAR-10 again")
+    meta = folder / "batches.meta"
+    classes = _read_meta(meta) if meta.is_file() else CLASSES
+    train = [_read_batch(folder / name, len(classes)) for name in TRAIN_BATCHES]
+    test = _read_batch(folder / TEST_BATCH, len(classes))
+    differ = [name for name, part in zip((*TRAIN_BATCHES, TEST_BATCH), (*train, test)) if not part[2]]
+    if differ:
+        log.warning("%s: %s differ from the official CIFAR-10 files (md5); loading them anyway", folder, ", ".join(differ))
+    return Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), test[0], test[1],
+                   classes)
+
+
+def _decode_image(path: str) -> np.ndarray:
+    from PIL import Image  # imported here: PIL is only needed for image trees
+
+    try:
+        with Image.open(path) as image:
+            if image.size != (32, 32):
+                raise CifarkitError(f"{path}: image is {image.size[0]}×{image.size[1]}, expected 32×32; resize or "
+                                    "remove it")
+            return np.asarray(image.convert("RGB"))
+    except CifarkitError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError, OSError on truncated data, SyntaxError, ValueError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CifarkitError(f"{path}: cannot decode it as an image ({reason}); remove or replace it") from exc
+
+
+def _decode_many(paths: list[str]) -> np.ndarray:
+    out = np.empty((len(paths), 32, 32, 3), np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = _decode_image(path)
+    return out
+
+
+def _decode_all(paths: list[str]) -> np.ndarray:
+    """Decode every PNG/JPEG; worker processes on several cores (PIL decoding of 32×32 images is Python-bound, so
+    threads do not help: measured 60k PNGs in ~8 s serial, ~5 s with 2 processes)."""
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    if workers < 2 or len(paths) < _PARALLEL_MIN_IMAGES:
+        return _decode_many(paths)
+    out = np.empty((len(paths), 32, 32, 3), np.uint8)
+    starts = range(0, len(paths), _DECODE_CHUNK)
+    # forkserver, not fork: the caller may already run torch threads, and forking a threaded process can deadlock.
+    # Preloading this module in the server makes each worker a cheap fork of it instead of a fresh (slow) import.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for start, chunk in zip(starts, pool.map(_decode_many, [paths[s:s + _DECODE_CHUNK] for s in starts])):
+                out[start:start + len(chunk)] = chunk
+    except (BrokenProcessPool, OSError) as exc:  # no processes allowed here (sandbox, limits): decode in this one
+        log.debug("parallel decoding failed (%s); decoding serially", exc)
+        return _decode_many(paths)
+    return out
+
+
+def _list_split(split_dir: Path) -> dict[str, list[os.DirEntry[str]]]:
+    """Class folder name -> its image files sorted by name (hidden files such as .DS_Store are skipped)."""
+    classes: dict[str, list[os.DirEntry[str]]] = {}
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        files = sorted((f for f in os.scandir(entry.path) if not f.name.startswith(".") and f.is_file()),
+                       key=lambda f: f.name)
+        if not files:
+            raise CifarkitError(f"{entry.path}: empty class folder; add its images or remove it")
+        classes[entry.name] = files
+    if not classes:
+        raise CifarkitError(f"{split_dir}: no class folders; expected {split_dir}/<class>/*.png")
+    return classes
+
+
+def _load_image_tree(root: Path) -> Cifar10:
+    listing = {split: _list_split(root / split) for split in ("train", "test")}
+    if set(listing["train"]) != set(listing["test"]):
+        only_train = sorted(set(listing["train"]) - set(listing["test"]))
+        only_test = sorted(set(listing["test"]) - set(listing["train"]))
+        raise CifarkitError(f"{root}: class folders differ between train/ and test/ (only in train: {only_train}, only "
+                            f"in test: {only_test}); give both the same class folders")
+    names = set(listing["train"])
+    classes = CLASSES if names == set(CLASSES) else tuple(sorted(names))
+    # The cache key covers every file's path, size and mtime, so any change to the tree is a new entry.
+    key = hashlib.sha256(f"v{_TREE_CACHE_VERSION}\n{classes}\n".encode())
+    for split, by_class in listing.items():
+        for name in classes:
+            for f in by_class[name]:
+                stat = f.stat()
+                key.update(f"{split}/{name}/{f.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    folder_key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    cache_file = cache_root() / "arrays" / f"{folder_key}-{key.hexdigest()[:16]}.npz"
+    cached = _read_array_cache(cache_file, classes)
+    if cached is not None:
+        return cached
+    arrays: dict[str, np.ndarray] = {}
+    for split, by_class in listing.items():
+        paths = [f.path for name in classes for f in by_class[name]]
+        arrays[f"{split}_images"] = _decode_all(paths)
+        arrays[f"{split}_labels"] = np.repeat(np.arange(len(classes), dtype=np.int64),
+                                              [len(by_class[name]) for name in classes])
+    try:
+        save_npz_atomic(cache_file, classes=np.array(classes), **arrays)
+        for old in cache_file.parent.glob(f"{folder_key}-*.npz"):  # entries for earlier states of this folder
+            if old != cache_file:
+                old.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only cache only costs speed
+        log.warning("cannot write the array cache %s (%s); the next load decodes again", cache_file, exc)
+    return Cifar10(classes=classes, **arrays)
+
+
+def _read_array_cache(path: Path, classes: tuple[str, ...]) -> Cifar10 | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:  # allow_pickle stays False: the cache holds plain arrays only
+            arrays = {k: z[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+            if tuple(z["classes"].tolist()) != classes:
+                return None
+    except Exception as exc:  # a damaged cache entry is rebuilt, never an error
+        log.warning("ignoring unreadable array cache %s (%s)", path, exc)
+        return None
+    return Cifar10(classes=classes, **arrays)
+
+
+def _layout_of(folder: Path) -> str | None:
+    if (folder / "data_batch_1").is_file() or (folder / TEST_BATCH).is_file():
+        return "pickle"
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        return "tree"
+    return None
+
+
+def _find_layout(folder: Path, origin: Path) -> tuple[str, Path]:
+    """The layout of `folder` or of its one sub-folder holding one (cifar-10-batches-py/, or a top folder)."""
+    kind = _layout_of(folder)
+    if kind is not None:
+        return kind, folder
+    found = [(k, sub) for sub in sorted(folder.iterdir())
+             if sub.is_dir() and not sub.name.startswith(".") and (k := _layout_of(sub)) is not None]
+    if len(found) > 1:
+        raise CifarkitError(f"{origin}: holds several CIFAR-10 layouts ({', '.join(s.name for _, s in found)}); "
+                            "pass one of them")
+    if not found:
+        raise CifarkitError(f"{origin}: no CIFAR-10 layout found; expected cifar-10-batches-py/ (data_batch_1..5, "
+                            "test_batch) or train/<class>/ and test/<class>/ image folders")
+    return found[0]
+
+
+def load_cifar10(source: str | os.PathLike[str]) -> Cifar10:
+    """Load CIFAR-10 from the official python batches or an image-folder tree, as a folder or a .tar.gz/.tgz/.tar."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CifarkitError(f"{path}: no such file or folder; pass a CIFAR-10 folder or archive, or --data synthetic")
+    if path.is_file():
+        if not is_archive(path):
+            raise CifarkitError(f"{path}: neither a folder nor a .tar.gz/.tgz/.tar archive; pass a CIFAR-10 folder "
+                                "or archive")
+        kind, root = _find_layout(extract_cached(path), path)
+    else:
+        kind, root = _find_layout(path, path)
+    data = _load_pickle_folder(root) if kind == "pickle" else _load_image_tree(root)
+    layout = "python batches" if kind == "pickle" else "image folders"
+    return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {path}")  # the path the user gave, not the cache
+
+
+def resolve_data(arg: str | None) -> Cifar10:
+    """The data set for the CLI's --data: "synthetic", a path, or (None) $CIFARKIT_DATA, the cache, a download."""
+    if arg is not None and arg.strip().lower() == "synthetic":
+        return make_synthetic(n_train=SYNTHETIC_SIZES[0], n_test=SYNTHETIC_SIZES[1])
+    if arg:
+        return load_cifar10(arg)
+    if os.environ.get("CIFARKIT_DATA"):
+        return load_cifar10(os.environ["CIFARKIT_DATA"])
+    root = cache_root()
+    if (root / OFFICIAL_ARCHIVE_NAME).is_file():
+        return load_cifar10(root / OFFICIAL_ARCHIVE_NAME)
+    extracted = sorted((root / "extracted").glob("cifar-10-python-*/cifar-10-batches-py"))
+    if extracted:  # extracted earlier, archive since deleted
+        return load_cifar10(extracted[-1])
+    return load_cifar10(download_cifar10(root))

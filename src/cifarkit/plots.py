@@ -1,0 +1,353 @@
+"""The run's pictures as matplotlib Figures, drawn without pyplot so nothing global happens (safe on headless servers).
+
+Single-panel plots take an optional `ax`; grids (samples, misclassified, Grad-CAM) need a figure of their own and
+take an optional `fig` instead. Every function returns the Figure; `save_figure` writes it as PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 130
+TRAIN_COLOUR, TEST_COLOUR, TTA_COLOUR = "tab:blue", "tab:orange", "tab:green"
+
+
+def save_figure(fig: Figure, path: Path | str) -> Path:
+    """Write `fig` as a PNG (parents created) and release it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png", facecolor="white")
+    if fig.canvas.manager is not None:  # created through pyplot (e.g. in a notebook): let pyplot forget it too
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    else:
+        fig.clear()
+    return path
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is not None:
+        parent = ax.figure
+        return getattr(parent, "figure", parent), ax  # the root Figure, also when ax lives in a SubFigure
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _grid_figure(fig: Figure | None, figsize: tuple[float, float]) -> Figure:
+    if fig is None:
+        return Figure(figsize=figsize, layout="constrained")
+    fig.clear()
+    fig.set_size_inches(*figsize)
+    return fig
+
+
+def _tile_grid(fig: Figure | None, rows: int, cols: int, title: str, *, tile: float, title_h: float = 0.0,
+               left: float = 0.1, top: float = 0.55, gap: float = 0.08) -> tuple[Figure, np.ndarray]:
+    """A rows x cols grid of square image tiles (inches), with fixed margins: a constrained layout of dozens of
+    image axes costs seconds and gains nothing when every tile has the same size. title_h: room for tile titles."""
+    right = bottom = 0.12
+    width = left + cols * tile + (cols - 1) * gap + right
+    height = top + rows * (tile + title_h) + (rows - 1) * gap + bottom
+    if fig is None:
+        fig = Figure(figsize=(width, height))
+    else:
+        fig.clear()
+        fig.set_layout_engine(None)
+        fig.set_size_inches(width, height)
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
+        "left": left / width, "right": 1 - right / width, "bottom": bottom / height,
+        "top": 1 - (top + title_h) / height, "wspace": gap / tile, "hspace": (gap + title_h) / tile})
+    fig.suptitle(title, fontsize=13, y=1 - 0.12 / height, va="top")
+    return fig, np.asarray(axes)
+
+
+def _image_axes(ax: Axes) -> None:
+    """An image panel: no ticks, no frame, but the y label (the class name) stays visible."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _empty_note(ax: Axes, text: str) -> None:
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=13, wrap=True, transform=ax.transAxes)
+
+
+def plot_samples(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    augmented: np.ndarray | None = None,
+    *,
+    per_class: int = 3,
+    fig: Figure | None = None,
+) -> Figure:
+    """A grid with one row per class (named): `per_class` training images, each beside its augmented view(s).
+
+    images: uint8 [N, 32, 32, 3]; labels: [N]; augmented: None, uint8 [N, 32, 32, 3] (one view of each image)
+    or [N, V, 32, 32, 3] (V views), already de-normalised.
+    """
+    labels = np.asarray(labels)
+    if augmented is not None:
+        augmented = np.asarray(augmented)
+        if augmented.ndim == 4:
+            augmented = augmented[:, None]
+    views = 0 if augmented is None else augmented.shape[1]
+    cols = per_class * (1 + views)
+    rows = len(classes)
+    title = "Training images per class" + (", each beside its augmented view" if views else "")
+    fig, axes = _tile_grid(fig, rows, cols, title, tile=1.0, left=1.25, top=0.75 if views else 0.5)
+    for row, name in enumerate(classes):
+        picks = np.flatnonzero(labels == row)[:per_class]
+        for k in range(per_class):
+            for v in range(1 + views):
+                ax = axes[row, k * (1 + views) + v]
+                _image_axes(ax)
+                if k < len(picks):
+                    i = picks[k]
+                    ax.imshow(images[i] if v == 0 else augmented[i, v - 1], interpolation="nearest")
+                if row == 0 and views:
+                    ax.set_title("original" if v == 0 else "augmented", fontsize=9)
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=11)
+    return fig
+
+
+def plot_lr_finder(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    lr_min: float | None = None,
+    lr_max: float | None = None,
+    *,
+    ax: Axes | None = None,
+) -> Figure:
+    """LR range test: raw loss (faint) and smoothed loss (bold) against the LR on a log axis, LRMIN/LRMAX marked."""
+    fig, ax = _axes(ax, (8, 5))
+    lrs, losses, smoothed = (np.asarray(a, dtype=float) for a in (lrs, losses, smoothed))
+    ax.plot(lrs, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss (raw)")
+    ax.plot(lrs, smoothed, color="tab:blue", linewidth=2.5, label="loss (smoothed)")
+    ax.set_xscale("log")
+    finite = smoothed[np.isfinite(smoothed)]
+    if finite.size:
+        # The sweep ends by diverging; cap the y axis at the highest smoothed loss before its minimum so the
+        # informative dip is not squashed by the blow-up.
+        best = int(np.nanargmin(np.where(np.isfinite(smoothed), smoothed, np.inf)))
+        top = float(np.max(finite[: best + 1] if best > 0 else finite[:1]))
+        raw = losses[np.isfinite(losses)]
+        bottom = float(min(finite.min(), raw.min() if raw.size else finite.min()))
+        span = max(top - bottom, 1e-3)
+        ax.set_ylim(bottom - 0.05 * span, top + 0.25 * span)
+    for value, name, colour, offset in ((lr_min, "LRMIN", "tab:green", 0.97), (lr_max, "LRMAX", "tab:red", 0.87)):
+        if value is None:
+            continue
+        ax.axvline(value, color=colour, linestyle="--", linewidth=1.5, label=f"{name} = {value:.2e}")
+        ax.text(value, offset, f" {name}\n {value:.2e}", color=colour, fontsize=10, fontweight="bold",
+                va="top", ha="left", transform=ax.get_xaxis_transform())
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title("LR range test")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower left")
+    return fig
+
+
+def _epoch_axis(ax: Axes) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+
+
+def plot_loss(
+    epochs: Sequence[int], train_loss: Sequence[float], test_loss: Sequence[float], *, ax: Axes | None = None
+) -> Figure:
+    """Train and test loss per epoch."""
+    fig, ax = _axes(ax, (8, 5))
+    ax.plot(epochs, train_loss, "o-", color=TRAIN_COLOUR, label="train")
+    ax.plot(epochs, test_loss, "s-", color=TEST_COLOUR, label="test")
+    _epoch_axis(ax)
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title("Loss per epoch")
+    ax.legend()
+    return fig
+
+
+def plot_accuracy(
+    epochs: Sequence[int],
+    train_acc: Sequence[float],
+    test_acc: Sequence[float],
+    test_acc_tta: Sequence[float] | None = None,
+    *,
+    ax: Axes | None = None,
+) -> Figure:
+    """Train and test accuracy per epoch in % (inputs are fractions), the best test epoch annotated."""
+    fig, ax = _axes(ax, (8, 5))
+    epochs = np.asarray(epochs)
+    test = 100 * np.asarray(test_acc, dtype=float)
+    ax.plot(epochs, 100 * np.asarray(train_acc, dtype=float), "o-", color=TRAIN_COLOUR, label="train (augmented)")
+    ax.plot(epochs, test, "s-", color=TEST_COLOUR, label="test")
+    if test_acc_tta is not None:
+        tta = 100 * np.asarray(test_acc_tta, dtype=float)
+        if np.isfinite(tta).any():
+            ax.plot(epochs, tta, "^--", color=TTA_COLOUR, label="test, flip TTA")
+    if test.size and np.isfinite(test).any():
+        best = int(np.nanargmax(test))
+        ax.annotate(f"best test {test[best]:.2f}%\n(epoch {epochs[best]:g})", (epochs[best], test[best]),
+                    xytext=(0, -38), textcoords="offset points", ha="center", fontsize=10,
+                    arrowprops={"arrowstyle": "->", "color": "0.3"})
+    _epoch_axis(ax)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy per epoch")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_lr_schedule(
+    lrs: Sequence[float], steps_per_epoch: int, peak_epoch: float | None = None, *, ax: Axes | None = None
+) -> Figure:
+    """The LR of every optimiser step against the epoch (step / steps_per_epoch), the peak marked."""
+    fig, ax = _axes(ax, (8, 4.5))
+    lrs = np.asarray(lrs, dtype=float)
+    # Step k runs from epoch k/spe to (k+1)/spe at one LR: drawn as a staircase, the peak step ends exactly at the
+    # peak epoch and the run ends at the last epoch (invisible steps at real sizes, honest at tiny ones).
+    x = np.arange(len(lrs) + 1) / max(steps_per_epoch, 1)
+    if lrs.size:
+        # Values go in the legend, not beside the curve, where they would cross the rising and falling lines.
+        ax.plot(x, np.append(lrs, lrs[-1]), drawstyle="steps-post", color="tab:purple", linewidth=2,
+                label=f"LR per step (start {lrs[0]:.2e}, end {lrs[-1]:.2e})")
+        top = int(np.argmax(lrs))
+        ax.plot([x[top + 1]], [lrs[top]], "o", color="tab:red", label=f"LRMAX {lrs[top]:.2e}")
+    if peak_epoch is not None:
+        ax.axvline(peak_epoch, color="tab:red", linestyle="--", linewidth=1.2, label=f"peak: end of epoch {peak_epoch:g}")
+    _epoch_axis(ax)
+    ax.set_xlim(0, max(x[-1], 1e-9))
+    ax.set_ylim(0, 1.25 * float(lrs.max()) if lrs.size and lrs.max() > 0 else None)  # headroom for the legend
+    ax.set_ylabel("learning rate")
+    ax.set_title("One-cycle LR schedule")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax.legend(loc="upper right")
+    return fig
+
+
+def _titled_label(classes: Sequence[str], true: int, pred: int, confidence: float | None) -> str:
+    conf = f" ({100 * confidence:.0f}%)" if confidence is not None else ""
+    return f"true: {classes[true]}\npred: {classes[pred]}{conf}"
+
+
+def plot_misclassified(
+    images: np.ndarray,
+    true: Sequence[int],
+    pred: Sequence[int],
+    confidence: Sequence[float] | None,
+    classes: Sequence[str],
+    *,
+    ncols: int = 5,
+    title: str = "Misclassified test images",
+    fig: Figure | None = None,
+) -> Figure:
+    """A grid of test images (uint8 HWC), each titled "true: cat / pred: dog (87%)" (the predicted class's prob)."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    rows = max(1, -(-n // ncols))
+    if n == 0:
+        fig = _grid_figure(fig, (7, 3))
+        _empty_note(fig.add_subplot(), "No misclassified test images.")
+        fig.suptitle(title, fontsize=13)
+        return fig
+    fig, axes = _tile_grid(fig, rows, ncols, title, tile=1.9, title_h=0.42)
+    axes = axes.ravel()
+    for i, ax in enumerate(axes):
+        _image_axes(ax)
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[i], interpolation="nearest")
+        conf = None if confidence is None else float(confidence[i])
+        ax.set_title(_titled_label(classes, int(true[i]), int(pred[i]), conf), fontsize=9,
+                     color="tab:red" if true[i] != pred[i] else "black")
+    return fig
+
+
+def confusion_counts(true: Sequence[int], pred: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts [num_classes, num_classes]: rows are true classes, columns predicted ones."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return matrix
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, ax: Axes | None = None) -> Figure:
+    """Counts written in the cells; colour is the row-normalised share, so rare and common classes compare."""
+    fig, ax = _axes(ax, (8.5, 7.5))
+    matrix = np.asarray(matrix)
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    n = len(classes)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=9,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total = int(matrix.sum())
+    accuracy = np.trace(matrix) / total if total else float("nan")
+    ax.set_title(f"Confusion matrix on {total} test images (accuracy {100 * accuracy:.2f}%)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    return fig
+
+
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
+    """Blend a [0,1] heatmap (jet colours) over a uint8 HWC image; returns float RGB in [0,1]."""
+    from matplotlib import colormaps
+
+    colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
+    return np.clip((1 - alpha) * image.astype(float) / 255 + alpha * colours, 0, 1)
+
+
+def plot_gradcam(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    true: Sequence[int],
+    pred: Sequence[int],
+    classes: Sequence[str],
+    confidence: Sequence[float] | None = None,
+    *,
+    pairs_per_row: int = 2,
+    title: str = "Grad-CAM on misclassified test images (red: evidence for the predicted class)",
+    fig: Figure | None = None,
+) -> Figure:
+    """Pairs original | Grad-CAM overlay, the original titled with true/pred and the overlay with the class explained."""
+    n = len(images)
+    pairs_per_row = max(1, min(pairs_per_row, n))
+    rows = max(1, -(-n // pairs_per_row))
+    if n == 0:
+        fig = _grid_figure(fig, (7, 3))
+        _empty_note(fig.add_subplot(), "No images to explain.")
+        fig.suptitle(title, fontsize=12)
+        return fig
+    fig, axes = _tile_grid(fig, rows, 2 * pairs_per_row, title, tile=1.9, title_h=0.42)
+    for i in range(rows * pairs_per_row):
+        row, col = divmod(i, pairs_per_row)
+        left, right = axes[row, 2 * col], axes[row, 2 * col + 1]
+        for ax in (left, right):
+            _image_axes(ax)
+        if i >= n:
+            left.axis("off")
+            right.axis("off")
+            continue
+        conf = None if confidence is None else float(confidence[i])
+        left.imshow(images[i], interpolation="nearest")
+        left.set_title(_titled_label(classes, int(true[i]), int(pred[i]), conf), fontsize=9,
+                       color="tab:red" if true[i] != pred[i] else "black")
+        right.imshow(overlay_heatmap(images[i], heatmaps[i]), interpolation="bilinear")
+        right.set_title(f"Grad-CAM for\n'{classes[int(pred[i])]}'", fontsize=9)
+    return fig

@@ -1,0 +1,359 @@
+"""Turn a run folder into pictures (RUN/plots/*.png, RUN/per_class.json) and a report (RUN/report.md, report.html).
+
+`write_plots` needs the trained model and the data (for predictions, misclassified images and Grad-CAM);
+`write_report` needs only the files; `build_report` does both for `cifarkit report RUN`.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifarkit import plots
+from cifarkit.config import TrainConfig
+from cifarkit.data import Cifar10
+from cifarkit.errors import CifarkitError
+from cifarkit.gradcam import grad_cam
+from cifarkit.loaders import normalize
+
+N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 8, 3
+
+# What each plot shows and what to look for (the report's captions), in the report's order.
+CAPTIONS: dict[str, str] = {
+    "samples": "Training images per class, each beside one augmented view (pad-and-crop, flip, CutOut): "
+               "check that the class is still recognisable after augmentation.",
+    "lr_finder": "LR range test: the training loss (raw and smoothed) while the LR grows exponentially; the loss "
+                 "falls once the LR is large enough to learn and diverges once it is too large.",
+    "lr_schedule": "One-cycle schedule actually used, per step: linear rise LRMIN -> LRMAX up to the peak epoch, "
+                   "then linear fall back to the final LR.",
+    "loss": "Train and test loss per epoch: both should fall; a test loss rising while train loss falls means "
+            "overfitting.",
+    "accuracy": "Train (on augmented images) and test accuracy per epoch: the gap between them is the "
+                "generalisation gap; the best epoch is marked.",
+    "confusion_matrix": "Confusion matrix of the final model on the test set: off-diagonal cells show which classes "
+                        "are confused (typically cat/dog, automobile/truck).",
+    "misclassified": "The most confident mistakes on the test set, with the predicted class's probability: are they "
+                     "ambiguous images, label noise or true errors?",
+    "gradcam": "Grad-CAM on the same mistakes (layer3, 4x4 upsampled): the regions that pushed the model towards "
+               "the wrong class. Evidence on the background hints at a shortcut.",
+}
+
+
+def augmented_views(images: np.ndarray, transform: Callable[..., dict[str, Any]], config: TrainConfig) -> np.ndarray:
+    """One augmented view per uint8 HWC image, de-normalised back to uint8 HWC for display.
+
+    `transform(image=hwc_uint8)["image"]` must be a normalised CHW float tensor (the training pipeline's output).
+    """
+    mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(config.std_values, dtype=np.float32)[:, None, None]
+    views = []
+    for image in images:
+        chw = np.asarray(transform(image=image)["image"], dtype=np.float32)
+        views.append(np.clip((chw * std + mean) * 255, 0, 255).round().astype(np.uint8).transpose(1, 2, 0))
+    return np.stack(views) if views else np.zeros((0, 32, 32, 3), np.uint8)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: np.ndarray, config: TrainConfig, device: torch.device) -> np.ndarray:
+    """Softmax probabilities [M, classes] of `model` (eval mode) on uint8 HWC images, normalised as at test time."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(images), config.eval_batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start: start + config.eval_batch_size])).to(device)
+            logits = model(normalize(batch, config.mean, config.std_values))
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    """history.csv as columns of floats (empty cells, e.g. test_acc_tta without --tta, become NaN)."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = rows[0].keys() if rows else ()
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else math.nan for r in rows]) for k in keys}
+
+
+def _train_transform(config: TrainConfig) -> Callable[..., dict[str, Any]]:
+    from cifarkit.transforms import build_train_transform, seed_transform
+
+    transform = build_train_transform(config)
+    seed_transform(transform, config.seed)  # the same views every time the report is rebuilt
+    return transform
+
+
+def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: TrainConfig,
+                device: torch.device) -> list[Path]:
+    """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json."""
+    run_dir = Path(run_dir)
+    out, written = run_dir / "plots", []
+
+    def save(fig: Any, name: str) -> None:
+        written.append(plots.save_figure(fig, out / f"{name}.png"))
+
+    labels = np.asarray(data.train_labels)
+    picks = np.concatenate([np.flatnonzero(labels == c)[:SAMPLES_PER_CLASS] for c in range(len(data.classes))])
+    picks = picks.astype(np.int64)
+    views = augmented_views(data.train_images[picks], _train_transform(config), config)
+    save(plots.plot_samples(data.train_images[picks], labels[picks], data.classes, views,
+                            per_class=SAMPLES_PER_CLASS), "samples")
+
+    if (run_dir / "lr_finder.json").is_file():
+        f = json.loads((run_dir / "lr_finder.json").read_text())
+        save(plots.plot_lr_finder(f["lrs"], f["losses"], f["smoothed"], f.get("lr_min"), f.get("lr_max")),
+             "lr_finder")
+    if (run_dir / "schedule.json").is_file():
+        s = json.loads((run_dir / "schedule.json").read_text())
+        save(plots.plot_lr_schedule(s["lrs"], s["steps_per_epoch"], s.get("peak_epoch")), "lr_schedule")
+    if (run_dir / "history.csv").is_file():
+        h = read_history(run_dir / "history.csv")
+        if len(h.get("epoch", ())):
+            save(plots.plot_loss(h["epoch"], h["train_loss"], h["test_loss"]), "loss")
+            save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
+
+    model = model.to(device)
+    probs = predict_proba(model, data.test_images, config, device)
+    true, pred = np.asarray(data.test_labels), probs.argmax(axis=1)
+    conf = probs[np.arange(len(pred)), pred]
+    matrix = plots.confusion_counts(true, pred, len(data.classes))
+    save(plots.plot_confusion_matrix(matrix, data.classes), "confusion_matrix")
+    _write_per_class(run_dir / "per_class.json", matrix, data.classes)
+
+    wrong = np.flatnonzero(pred != true)
+    wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:N_MISCLASSIFIED]  # most confident mistakes first
+    save(plots.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
+                                  title=f"The {len(wrong)} most confident mistakes on the test set"),
+         "misclassified")
+    shown = wrong[:N_GRADCAM]
+    title = "Grad-CAM on the most confident mistakes (red: evidence for the predicted class)"
+    if len(shown) == 0:  # a perfect model: explain correct predictions instead of drawing nothing
+        shown = np.argsort(-conf, kind="stable")[:N_GRADCAM]
+        title = "Grad-CAM on correctly classified test images (no mistakes to explain)"
+    heat = grad_cam(model, normalize(torch.from_numpy(data.test_images[shown]).to(device), config.mean,
+                                     config.std_values), pred[shown]) if len(shown) else np.zeros((0, 32, 32))
+    save(plots.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
+                            title=title), "gradcam")
+    return written
+
+
+def _write_per_class(path: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:
+    correct, total = np.diag(matrix), matrix.sum(axis=1)
+    path.write_text(json.dumps({
+        "classes": list(classes), "correct": correct.tolist(), "total": total.tolist(),
+        "accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
+        "overall": float(correct.sum() / max(total.sum(), 1)), "n_test": int(total.sum()),
+        "confusion": matrix.tolist(),  # rows: true class, columns: predicted class
+    }, indent=2) + "\n")
+
+
+# --- the report: a list of blocks rendered both as Markdown and as self-contained HTML -----------------------------
+
+Block = tuple[Any, ...]
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.2f}%"
+
+
+def _lr(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.3e}"
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None:
+        return "n/a"
+    m, s = divmod(float(seconds), 60)
+    return f"{int(m)} min {s:.0f} s" if m else f"{s:.1f} s"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _blocks(run_dir: Path) -> list[Block]:
+    for name in ("config.json", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a finished `cifarkit train` run")
+    config = json.loads((run_dir / "config.json").read_text())
+    m = json.loads((run_dir / "metrics.json").read_text())
+    finder, per_class = _read_json(run_dir / "lr_finder.json"), _read_json(run_dir / "per_class.json")
+    history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else {}
+    epochs = history.get("epoch", np.array([]))
+    test_acc = history.get("test_acc", np.array([]))
+    best_epoch = int(epochs[int(np.nanargmax(test_acc))]) if len(test_acc) and np.isfinite(test_acc).any() else None
+    hw = m.get("hardware") or {}
+    final_lr = m.get("lr_min") / config.get("final_div", 1.0) if m.get("lr_min") else None
+
+    dataset = str(m.get("dataset", "?"))
+    if m.get("synthetic") and "synthetic" not in dataset.lower():
+        dataset += " (SYNTHETIC, not CIFAR-10)"
+    b: list[Block] = [("h1", f"cifarkit run `{run_dir.name}`")]
+    if m.get("synthetic"):
+        b.append(("warn", "**SYNTHETIC DATA: these results are NOT on CIFAR-10.** The run used the synthetic "
+                          "stand-in (coloured stripe patterns), which only checks that the pipeline works; its "
+                          "accuracies say nothing about CIFAR-10."))
+    done, planned = m.get("epochs_completed", "?"), m.get("epochs", config.get("epochs"))
+    stopped = f" (of {planned} planned: the run was stopped early)" if planned not in (None, done) else ""
+    images = (f"{m['train_images']:,} training and {m['test_images']:,} test images of "
+              if m.get("train_images") and m.get("test_images") else "")
+    b.append(("p", f"The assignment's custom ResNet (6,573,120 parameters) was trained for **{done} epochs**{stopped}"
+                   f" on {images}{dataset} with Adam and the one-cycle policy (LR "
+                   f"{_lr(m.get('lr_min'))} -> {_lr(m.get('lr_max'))} at epoch {config.get('peak_epoch', 0):g} -> "
+                   f"{_lr(final_lr)}), batch {config.get('batch_size')}. It reached a final test accuracy of "
+                   f"**{_pct(m.get('final_test_accuracy'))}** (best {_pct(m.get('best_test_accuracy'))}"
+                   + (f" at epoch {best_epoch}" if best_epoch else "") +
+                   f") in {_duration(m.get('train_seconds'))} of training on {m.get('device', '?')}."))
+    results = [["final test accuracy", _pct(m.get("final_test_accuracy"))],
+               ["best test accuracy", _pct(m.get("best_test_accuracy")) + (f" (epoch {best_epoch})" if best_epoch
+                                                                            else "")]]
+    if m.get("final_test_accuracy_tta") is not None:
+        results.append(["final test accuracy, flip TTA", _pct(m.get("final_test_accuracy_tta"))])
+    results += [["epochs completed", f"{done}{stopped}"],
+                ["dataset", dataset],
+                ["train / test images", f"{m.get('train_images', '?')} / {m.get('test_images', '?')}"]]
+    b += [("h2", "Results"), ("table", ["metric", "value"], results)]
+    b.append(("h3", "Per-class test accuracy"))
+    if per_class:
+        rows = [[c, str(k), str(t), _pct(a)] for c, k, t, a in
+                zip(per_class["classes"], per_class["correct"], per_class["total"], per_class["accuracy"])]
+        b.append(("table", ["class", "correct", "total", "accuracy"], rows))
+    else:
+        b.append(("p", "No per_class.json in the run folder: run `cifarkit report RUN` to compute it."))
+
+    rules = [finder.get(f"{k}_rule", "LR range test") if finder else "given by the user" for k in ("lr_min", "lr_max")]
+    b += [("h2", "Learning rates"), ("table", ["", "value", "rule"], [
+        ["LRMIN", _lr(m.get("lr_min")), rules[0]], ["LRMAX", _lr(m.get("lr_max")), rules[1]]]),
+          ("p", "Found by the LR range test (`lr_finder.json`)." if finder else
+           "The LRs were given in the configuration, so no LR range test was run.")]
+    captions = dict(CAPTIONS, lr_finder=CAPTIONS["lr_finder"] + f" Rules: LRMIN = {rules[0]}; LRMAX = {rules[1]}.")
+    sections = [("", ["lr_finder", "lr_schedule"]), ("Training curves", ["loss", "accuracy"]),
+                ("Data and augmentation", ["samples"]), ("Errors", ["confusion_matrix", "misclassified", "gradcam"])]
+    for title, names in sections:  # "": continues the section above
+        present = [n for n in names if (run_dir / "plots" / f"{n}.png").is_file()]
+        if present and title:
+            b.append(("h2", title))
+        b += [("img", f"plots/{n}.png", n.replace("_", " "), captions[n]) for n in present]
+
+    if len(epochs):
+        b.append(("h2", "History"))
+        cols = [("epoch", "epoch", lambda v: f"{v:.0f}"), ("train loss", "train_loss", lambda v: f"{v:.4f}"),
+                ("train acc", "train_acc", _pct), ("test loss", "test_loss", lambda v: f"{v:.4f}"),
+                ("test acc", "test_acc", _pct), ("LR", "lr", _lr), ("seconds", "seconds", lambda v: f"{v:.1f}")]
+        cols = [c for c in cols if c[1] in history]
+        b.append(("table", [c[0] for c in cols],
+                  [[c[2](history[c[1]][i]) for c in cols] for i in range(len(epochs))]))
+    b += [("h2", "Timing and hardware"), ("table", ["", "value"], [
+        ["training time", _duration(m.get("train_seconds"))],
+        ["throughput", f"{m['images_per_second']:.0f} images/s" if m.get("images_per_second") else "n/a"],
+        ["device", f"{m.get('device', '?')} x {m.get('world_size', 1)} process(es)"],
+        ["CPU", f"{hw.get('cpu', '?')} ({hw.get('cpu_cores', '?')} cores usable)"],
+        ["GPU", str(hw.get("gpu") or "none")], ["PyTorch threads", str(hw.get("torch_threads", "?"))],
+        ["PyTorch / Python", f"{hw.get('torch', '?')} / {hw.get('python', '?')}"]])]
+    b += [("h2", "Configuration"),
+          ("table", ["field", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in config.items()]),
+          ("p", f"Regenerate this report with `cifarkit report {run_dir}`.")]
+    return b
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + rest[0])
+        elif kind == "p":
+            out.append(rest[0])
+        elif kind == "warn":
+            out.append("> [!WARNING]\n> " + rest[0])
+        elif kind == "table":
+            head, rows = rest
+            lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
+            out.append("\n".join(lines + ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]))
+        elif kind == "img":
+            src, alt, caption = rest
+            out.append(f"![{alt}]({src})\n\n*{caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5}"
+         "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem}"
+         "th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5rem 0}figcaption{color:#444}"
+         ".warn{background:#fff3cd;border:2px solid #e0a800;padding:.8rem;font-size:1.1rem}")
+
+
+def _to_html(blocks: list[Block], title: str) -> str:
+    out = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{STYLE}</style></head><body>"]
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{_inline_html(rest[0])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_html(rest[0])}</p>")
+        elif kind == "warn":
+            out.append(f"<p class='warn'>{_inline_html(rest[0])}</p>")
+        elif kind == "table":
+            head, rows = rest
+            cells = "".join(f"<th>{_inline_html(h)}</th>" for h in head)
+            body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in rows)
+            out.append(f"<table><tr>{cells}</tr>{body}</table>")
+        elif kind == "img":
+            src, alt, caption = rest
+            out.append(f"<figure><img src='{html.escape(src)}' alt='{html.escape(alt)}'>"
+                       f"<figcaption>{_inline_html(caption)}</figcaption></figure>")
+    return "\n".join(out + ["</body></html>"]) + "\n"
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write RUN/report.md (and the same as RUN/report.html) from the run folder's files; returns report.md."""
+    run_dir = Path(run_dir)
+    blocks = _blocks(run_dir)
+    (run_dir / "report.html").write_text(_to_html(blocks, f"cifarkit run {run_dir.name}"))
+    path = run_dir / "report.md"
+    path.write_text(_to_markdown(blocks))
+    return path
+
+
+def build_report(run_dir: Path, *, data_source: str | None = None, device: str = "auto") -> Path:
+    """`cifarkit report RUN`: reload the run's config, weights and test data, redraw every plot, rewrite the report."""
+    from cifarkit import data as data_module
+    from cifarkit.checkpoint import safe_torch_load
+    from cifarkit.models.custom_resnet import CustomResNet
+    from cifarkit.train import pick_device
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CifarkitError(f"no run folder at {run_dir}: give the --out folder of a `cifarkit train` run")
+    for name in ("config.json", "model.pt", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a finished `cifarkit train` run")
+    config = TrainConfig.load(run_dir / "config.json")
+    data = data_module.resolve_data(data_source or config.data)
+    data = data_module.subset(data, None, config.test_subset, seed=config.seed)
+    model = CustomResNet(num_classes=len(data.classes))
+    try:
+        model.load_state_dict(safe_torch_load(run_dir / "model.pt"))
+    except RuntimeError as e:
+        raise CifarkitError(f"{run_dir / 'model.pt'} does not fit CustomResNet: {str(e).splitlines()[0]}") from e
+    write_plots(run_dir, model=model, data=data, config=config, device=pick_device(device))
+    return write_report(run_dir)

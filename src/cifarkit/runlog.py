@@ -1,0 +1,167 @@
+"""What a run leaves behind: config, schedule, LR-finder data, history.csv, metrics.json, model.pt, the progress bar,
+one fixed-column line per epoch, and optional TensorBoard scalars. Only rank 0 writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cifarkit.checkpoint import atomic_torch_save
+from cifarkit.config import TrainConfig
+from cifarkit.data import Cifar10
+from cifarkit.lr_finder import LRFinderResult
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr", "seconds",
+                   "images_per_second")
+
+
+def hardware_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu": cpu, "cpu_cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def weights_checksum(model: nn.Module) -> float:
+    """A position-weighted sum of every parameter and buffer: equal on two ranks only if their weights are."""
+    total = 0.0
+    for i, t in enumerate(model.state_dict().values()):
+        if t.is_floating_point():
+            total += float(t.double().sum()) * (i + 1)
+    return total
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Files and console output of one run."""
+
+    def __init__(self, run: Path, config: TrainConfig, *, enabled: bool, progress: bool) -> None:
+        self.run, self.config, self.enabled = run, config, enabled
+        self.progress = progress and enabled
+        self.rows: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+        self.train_images = 0.0
+        self.metrics: dict[str, Any] = {}
+        self.writer: Any = None
+        self.postfix_every = 1
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rows = list(state["rows"])
+        self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
+
+    def state(self) -> dict[str, Any]:
+        return {"rows": self.rows, "train_seconds": self.train_seconds, "train_images": self.train_images}
+
+    def lr_finder(self, result: LRFinderResult) -> None:
+        if self.enabled:
+            self.run.mkdir(parents=True, exist_ok=True)
+            result.save(self.run / "lr_finder.json")
+            tqdm.write(f"lr-find: {len(result.lrs)} steps; LRMIN {result.lr_min:.3g} ({result.lr_min_rule}); "
+                       f"LRMAX {result.lr_max:.3g} ({result.lr_max_rule})")
+
+    def start(self, config: TrainConfig, data: Cifar10, lrs: list[float], steps_per_epoch: int,
+              device: torch.device, world: int) -> None:
+        self.config = config  # now with the LRs the range test found
+        self.lrs = lrs
+        self.postfix_every = 1 if device.type == "cpu" else 20  # reading the loss syncs with the GPU
+        self.base = {"lr_min": self.config.lr_min, "lr_max": self.config.lr_max, "device": str(device),
+                     "world_size": world, "hardware": hardware_info(device), "dataset": data.source,
+                     "synthetic": data.synthetic, "train_images": len(data.train_labels),
+                     "test_images": len(data.test_labels), "steps_per_epoch": steps_per_epoch}
+        if not self.enabled:
+            return
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run / "config.json")
+        write_json(self.run / "schedule.json", {"lrs": lrs, "steps_per_epoch": steps_per_epoch,
+                                                "peak_epoch": self.config.peak_epoch, "epochs": self.config.epochs})
+        if data.synthetic:
+            tqdm.write(f"NOTE: training on {data.source}: results say nothing about CIFAR-10")
+        tqdm.write(f"run {self.run}: {len(data.train_labels)} train / {len(data.test_labels)} test images "
+                   f"({data.source}); {device} x{world}; {self.config.epochs} epochs x {steps_per_epoch} steps of "
+                   f"{self.config.batch_size}; one-cycle LR {self.config.lr_min:.3g} -> {self.config.lr_max:.3g} "
+                   f"(peak at epoch {self.config.peak_epoch:g}) -> {self.config.lr_min / self.config.final_div:.3g}")
+        if self.config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency
+
+            self.writer = SummaryWriter(str(self.run / "tensorboard"))
+            for step, lr in enumerate(lrs):
+                self.writer.add_scalar("lr", lr, step)
+
+    def bar(self, epoch: int, total: int, initial: int) -> tqdm:
+        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
+                    disable=not self.progress, dynamic_ncols=True)
+
+    def step(self, bar: tqdm, global_step: int, loss: torch.Tensor, sums: torch.Tensor) -> None:
+        bar.update(1)
+        if self.progress and (global_step % self.postfix_every == 0):
+            s = sums.tolist()
+            bar.set_postfix_str(f"loss {float(loss):.4f} acc {100 * s[1] / max(s[2], 1):.2f}% "
+                                f"lr {self.lrs[global_step]:.2e}")
+
+    def epoch(self, epoch: int, *, train_loss: float, train_acc: float, test: dict[str, float], lr: float,
+              seconds: float, train_seconds: float, images: float) -> None:
+        images_per_second = images / train_seconds
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test["loss"],
+               "test_acc": test["acc"], "test_acc_tta": test["acc_tta"], "lr": lr, "seconds": seconds,
+               "images_per_second": images_per_second}
+        self.rows.append(row)
+        self.train_images += images
+        self.train_seconds += train_seconds
+        if not self.enabled:
+            return
+        tta = "" if math.isnan(test["acc_tta"]) else f" tta {100 * test['acc_tta']:6.2f}%"
+        tqdm.write(f"epoch {epoch + 1:3d}/{self.config.epochs} | train loss {train_loss:.4f} acc "
+                   f"{100 * train_acc:6.2f}% | test loss {test['loss']:.4f} acc {100 * test['acc']:6.2f}%{tta} | "
+                   f"lr {lr:.3e} | {seconds:7.1f} s | {images_per_second:7.1f} img/s")
+        with open(self.run / "history.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+            w.writeheader()
+            w.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                        for r in self.rows)
+        write_json(self.run / "metrics.json", self.summary())
+        if self.writer is not None:
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                self.writer.add_scalar(key, row[key], epoch + 1)
+
+    def summary(self) -> dict[str, Any]:
+        accs = [r["test_acc"] for r in self.rows]
+        out = {"final_test_accuracy": accs[-1] if accs else None, "best_test_accuracy": max(accs, default=None),
+               "epochs_completed": len(self.rows), "epochs": self.config.epochs,
+               "train_seconds": self.train_seconds,
+               "images_per_second": self.train_images / self.train_seconds if self.train_seconds else None}
+        if self.config.tta and self.rows:
+            out["final_test_accuracy_tta"] = self.rows[-1]["test_acc_tta"]
+        return out | self.base
+
+    def finish(self, model: nn.Module, checksums: list[float]) -> list[dict[str, float]]:
+        self.metrics = self.summary() | {"weights_checksum_per_rank": checksums}
+        if self.enabled:
+            atomic_torch_save(model.state_dict(), self.run / "model.pt")
+            write_json(self.run / "metrics.json", self.metrics)
+            if self.writer is not None:
+                self.writer.close()
+        return self.rows

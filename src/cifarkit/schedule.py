@@ -1,0 +1,55 @@
+"""The one-cycle learning-rate policy as a pure function of the step.
+
+LR rises linearly from lr_min to lr_max at the end of epoch `peak_epoch`, then falls linearly to lr_min at the end of
+the last epoch. "No annihilation": it never goes below lr_min (unless the reference's variant, final_div > 1, asks
+for a final LR of lr_min / final_div).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def one_cycle_lr(step: int, *, lr_min: float, lr_max: float, total_steps: int, peak_step: int,
+                 final_div: float = 1.0) -> float:
+    """LR for optimizer step `step` (0-based; the LR used by the step, so step 0 uses lr_min).
+
+    The last step (total_steps - 1) uses the final LR; the peak step uses lr_max.
+    """
+    final = lr_min / final_div
+    if step <= peak_step:
+        return lr_min + (lr_max - lr_min) * step / max(peak_step, 1)
+    last = total_steps - 1
+    frac = min(1.0, (step - peak_step) / max(last - peak_step, 1))
+    return lr_max + (final - lr_max) * frac
+
+
+def peak_step_of(peak_epoch: float, steps_per_epoch: int) -> int:
+    """The step at the end of epoch `peak_epoch` (fractional epochs allowed): the last step of that epoch."""
+    return max(0, round(peak_epoch * steps_per_epoch) - 1)
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, *, lr_min: float, lr_max: float, epochs: int,
+              steps_per_epoch: int, peak_epoch: float = 5.0, final_div: float = 1.0) -> LambdaLR:
+    """A LambdaLR stepped once per batch; its state_dict holds only the step, so it resumes exactly."""
+    total = epochs * steps_per_epoch
+    peak = peak_step_of(peak_epoch, steps_per_epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_max  # LambdaLR multiplies the base LR; lr_max keeps the factor in [0, 1]
+        group["initial_lr"] = lr_max
+
+    def factor(step: int) -> float:
+        return one_cycle_lr(step, lr_min=lr_min, lr_max=lr_max, total_steps=total, peak_step=peak,
+                            final_div=final_div) / lr_max
+
+    return LambdaLR(optimizer, factor)
+
+
+def schedule_lrs(*, lr_min: float, lr_max: float, epochs: int, steps_per_epoch: int, peak_epoch: float,
+                 final_div: float = 1.0) -> list[float]:
+    """The LR of every step of a run (for plots and the run folder)."""
+    total = epochs * steps_per_epoch
+    peak = peak_step_of(peak_epoch, steps_per_epoch)
+    return [one_cycle_lr(s, lr_min=lr_min, lr_max=lr_max, total_steps=total, peak_step=peak, final_div=final_div)
+            for s in range(total)]

@@ -1,0 +1,261 @@
+"""fit(config): the assignment's run end to end: data, LR range test, one-cycle Adam, evaluation, checkpoints.
+
+The loop is forward -> loss -> backward -> step -> schedule; logging, checkpoints and plots are named functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cifarkit import distributed as D
+from cifarkit.checkpoint import RunLock, load_checkpoint, save_checkpoint, set_rng_state
+from cifarkit.config import RESUMABLE_FIELDS, TrainConfig
+from cifarkit.data import Cifar10, resolve_data, subset
+from cifarkit.errors import CifarkitError
+from cifarkit.loaders import build_train_batches, normalize, repeat_epochs
+from cifarkit.lr_finder import find_lr
+from cifarkit.models import CustomResNet
+from cifarkit.runlog import RunLog, hardware_info, weights_checksum
+from cifarkit.schedule import one_cycle, schedule_lrs
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM: a checkpoint was written at a step boundary; `train --resume` continues from it."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class NonFiniteLoss(CifarkitError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class History:
+    run_dir: Path
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto": cuda, then mps, then cpu. Asking for a device that is not there is a user error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CifarkitError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CifarkitError("--device mps was asked for, but MPS is not available here; use --device cpu")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise CifarkitError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+               x: torch.Tensor, y: torch.Tensor, *, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns the batch's mean loss and number correct, as tensors left on the device."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)  # takes logits: softmax lives inside the loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach().float(), (logits.argmax(1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
+             autocast: bool = False, tta: bool = False, ctx: D.DistContext = D.DistContext()) -> dict[str, float]:
+    """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode. Under torchrun each rank
+    takes a contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy."""
+    was_training = model.training
+    model.eval()
+    lo, hi = D.shard_range(len(labels), ctx)
+    sums = torch.zeros(4, dtype=torch.float64, device=images.device)  # loss sum, correct, correct with TTA, count
+    for start in range(lo, hi, config.eval_batch_size):
+        stop = min(start + config.eval_batch_size, hi)
+        x = normalize(images[start:stop], config.mean, config.std_values)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[start:stop]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x).float()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
+        if tta:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                flipped = model(torch.flip(x, dims=[3])).float()
+            sums[2] += ((logits.softmax(1) + flipped.softmax(1)).argmax(1) == y).sum()
+        sums[3] += stop - start
+    model.train(was_training)
+    loss, correct, correct_tta, count = D.all_reduce_sum(sums, ctx).tolist()
+    return {"loss": loss / count, "acc": correct / count, "acc_tta": correct_tta / count if tta else float("nan")}
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict[str, int]]:
+    """SIGINT/SIGTERM set a flag that the loop reads after each step, so it stops at a consistent point."""
+    flag: dict[str, int] = {}
+    handler = lambda signum, frame: flag.setdefault("signum", signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The saved recipe, with only the fields that do not change what is trained taken from `given`."""
+    merged = saved.to_dict()
+    for key, value in given.to_dict().items():
+        if key in RESUMABLE_FIELDS:
+            merged[key] = value
+        elif value != merged[key] and not (key in ("lr_min", "lr_max") and value is None):
+            raise CifarkitError(f"cannot resume: {key} is {value!r} here but {merged[key]!r} in the checkpoint; "
+                                "a resumed run keeps its recipe (or start a new run with another --out)")
+    return TrainConfig.from_dict(merged)
+
+
+def fit(config: TrainConfig, *, data: Cifar10 | None = None, resume: bool = False, progress: bool = True) -> History:
+    """Train `config` into config.out; with resume, continue exactly from RUN/checkpoints/last.pt."""
+    config.validate()
+    device = pick_device(config.device)
+    ctx = D.init_distributed(device.type)
+    device = pick_device(config.device, ctx.local_rank)
+    run = Path(config.out)
+    try:
+        with RunLock(run) if ctx.is_main else contextlib.nullcontext():
+            return _fit(config, data, resume, progress, run, device, ctx)
+    finally:
+        D.shutdown(ctx)
+
+
+def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool, run: Path, device: torch.device,
+         ctx: D.DistContext) -> History:
+    ckpt_path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(ckpt_path) if resume else None
+    if state is not None:
+        config = resume_config(TrainConfig.from_dict(state["config"]), config)
+    elif ckpt_path.exists():
+        raise CifarkitError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    data = subset(data or resolve_data(config.data), config.subset, config.test_subset, seed=config.seed)
+    model = CustomResNet(len(data.classes)).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    autocast = device.type == "cuda"  # bf16 autocast on CUDA; fp32 on CPU (no bf16 FMA units here)
+    batches = build_train_batches(data.train_images, data.train_labels, config, device=device, rank=ctx.rank,
+                                  world_size=ctx.world_size)
+    D.split_batch(config.batch_size, ctx)
+    log = RunLog(run, config, enabled=ctx.is_main, progress=progress)
+    if config.lr_min is None or config.lr_max is None:
+        config = find_lrs(model, batches, config, autocast, log, ctx)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr_max, weight_decay=config.weight_decay)
+    lrs = schedule_lrs(lr_min=config.lr_min, lr_max=config.lr_max, epochs=config.epochs,  # type: ignore[arg-type]
+                       steps_per_epoch=len(batches), peak_epoch=config.peak_epoch, final_div=config.final_div)
+    scheduler = one_cycle(optimizer, lr_min=config.lr_min, lr_max=config.lr_max, epochs=config.epochs,  # type: ignore[arg-type]
+                          steps_per_epoch=len(batches), peak_epoch=config.peak_epoch,  # type: ignore[arg-type]
+                          final_div=config.final_div)
+    start_epoch, start_step, partial = 0, 0, None
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CifarkitError(f"{ckpt_path} holds weights of another model: {str(e).splitlines()[0]}") from e
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, start_step, partial = state["epoch"], state["step_in_epoch"], state.get("partial")
+        log.restore(state["history"])
+    log.start(config, data, lrs, len(batches), device, ctx.world_size)
+    if config.sync_bn and ctx.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net: nn.Module = model
+    if ctx.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    test_x = torch.from_numpy(data.test_images).to(device)
+    test_y = torch.from_numpy(data.test_labels).to(device)
+
+    def checkpoint(epoch: int, step_in_epoch: int, partial: torch.Tensor | None = None) -> None:
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "scaler": None, "epoch": epoch,
+                                        "step_in_epoch": step_in_epoch, "partial": partial,
+                                        "config": config.to_dict(), "history": log.state()})
+
+    check_every = 1 if device.type == "cpu" else 25  # reading the loss on the host waits for the GPU
+    with stop_on_signals() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter() - (float(partial[3]) if partial is not None else 0.0)
+            sums = partial[:3].to(device) if partial is not None else torch.zeros(3, dtype=torch.float64, device=device)
+            bar = log.bar(epoch, len(batches), start_step)
+            for step, (x, y) in enumerate(batches.epoch(epoch, start_step), start=start_step):
+                loss, correct = train_step(net, optimizer, scheduler, x, y, autocast=autocast)
+                sums[0] += loss.double() * len(y)  # in-place adds on the device: no step waits on the host
+                sums[1] += correct
+                sums[2] += len(y)
+                log.step(bar, epoch * len(batches) + step, loss, sums)
+                if step % check_every == 0 and not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"the loss became {float(loss)} at step {epoch * len(batches) + step + 1} "
+                                        f"(epoch {epoch + 1}); stopped, and {ckpt_path} keeps the last good state: "
+                                        "lower --lr-max")
+                if D.any_rank("signum" in stop, ctx, device):
+                    elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+                    checkpoint(epoch, step + 1, torch.cat([sums.cpu(), elapsed]))
+                    signum = stop.get("signum", signal.SIGTERM)
+                    raise TrainingInterrupted(signum, f"stopped by {signal.Signals(signum).name} at epoch "
+                                              f"{epoch + 1}, step {step + 1}; checkpoint saved to {ckpt_path}; "
+                                              f"continue with: cifarkit train --resume --out {run}")
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            train_loss, train_correct, count = D.all_reduce_sum(sums, ctx).tolist()
+            D.sync_buffers(model, ctx)
+            test = evaluate(model, test_x, test_y, config, autocast=autocast, tta=config.tta, ctx=ctx)
+            log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,
+                      lr=lrs[(epoch + 1) * len(batches) - 1], seconds=time.perf_counter() - t0,
+                      train_seconds=train_seconds, images=count)
+            start_step, partial = 0, None
+            checkpoint(epoch + 1, 0)
+    checksums = D.gather_floats(weights_checksum(model), ctx, device)
+    history = log.finish(model, checksums)
+    if ctx.is_main and config.plots:
+        from cifarkit.report import write_plots, write_report  # matplotlib is loaded only when plots are drawn
+
+        write_plots(run, model=model, data=data, config=config, device=device)
+        write_report(run)
+    D.barrier(ctx)
+    return History(run_dir=run, epochs=history, metrics=log.metrics)
+
+
+def find_lrs(model: nn.Module, batches: Any, config: TrainConfig, autocast: bool, log: RunLog,
+             ctx: D.DistContext) -> TrainConfig:
+    """Fill the missing LRMIN/LRMAX with the range test's suggestions (run on rank 0, shared with all ranks)."""
+    found = None
+    if ctx.is_main:
+        result = find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
+                         iters=config.lr_find_iters, weight_decay=config.weight_decay, autocast=autocast,
+                         progress=log.progress)
+        log.lr_finder(result)
+        found = (result.lr_min, result.lr_max)
+    lr_min, lr_max = D.broadcast_object(found, ctx)
+    values = config.to_dict() | {"lr_min": config.lr_min or lr_min, "lr_max": config.lr_max or lr_max}
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config

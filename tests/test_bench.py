@@ -1,0 +1,62 @@
+"""cifarkit bench: figures, the model's multiply-adds and the CPU peak formula."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from torchinfo import summary
+
+from cifarkit.bench import count_macs, cpu_peak, format_bench, run_bench
+from cifarkit.models import CustomResNet
+
+
+@pytest.fixture(scope="module")
+def small_result() -> dict:
+    """One tiny CPU run (batch 8, 1 step, no warm-up, 1 repeat), shared by the tests below (a few seconds)."""
+    return run_bench(device="cpu", batch_size=8, steps=1, warmup=0, repeats=1)
+
+
+def test_run_bench_cpu_returns_positive_figures_and_sane_ratio(small_result: dict) -> None:
+    """Every throughput and GFLOP/s figure is positive and finite; the project step runs within 10x of the bare
+    loop either way (same model, optimizer and batch: anything further out is a bug, not noise)."""
+    ips = small_result["images_per_s"]
+    assert set(ips) == {"train_reference", "train_project", "eval", "pipeline_albumentations", "pipeline_batched"}
+    assert all(0 < v < float("inf") for v in ips.values())
+    assert all(v > 0 for v in small_result["gflops"].values())
+    assert 0.1 < small_result["train_ratio"] < 10
+    assert small_result["device"] == "cpu" and small_result["batch_size"] == 8
+    assert all(len(v) == 1 for v in small_result["samples"].values())
+
+
+def test_format_bench_states_the_peak_formula_and_convention(small_result: dict) -> None:
+    """The printout names each factor of the CPU peak (cores, FMA units, lanes, FLOPs/FMA, clock), the FLOP
+    convention and the project / reference ratio; without a known peak it says so instead."""
+    text = format_bench(small_result)
+    assert "ratio project / reference" in text and "multiply-adds" in text and "3 x forward" in text
+    if small_result["cpu_peak"] is not None:
+        for word in ("cores x", "FMA units x", "fp32 lanes x", "FLOPs/FMA x", "GHz =", "% of peak"):
+            assert word in text
+    no_peak = copy.deepcopy(small_result)
+    no_peak["cpu_peak"], no_peak["peak_fraction"] = None, None
+    assert "peak: unknown" in format_bench(no_peak)
+
+
+def test_count_macs_matches_torchinfo() -> None:
+    """The hook count of multiply-adds is 379,261,952 per image (194.18 G at batch 512), torchinfo's figure less
+    BatchNorm's 4,480 (it counts BN's affine parameters as multiply-adds)."""
+    macs = count_macs(CustomResNet())
+    assert macs == 379_261_952
+    assert round(macs * 512 / 1e9, 2) == 194.18
+    assert summary(CustomResNet(), input_size=(1, 3, 32, 32), verbose=0).total_mult_adds - macs == 4_480
+
+
+def test_cpu_peak_is_the_product_of_its_factors() -> None:
+    """Where /proc/cpuinfo is readable, the peak equals cores x FMA units x lanes x 2 x GHz, with lanes 4, 8 or 16
+    and at least one core."""
+    peak = cpu_peak()
+    if peak is None:
+        pytest.skip("no /proc/cpuinfo clock or no AVX2/FMA on this machine")
+    assert peak["cores"] >= 1 and peak["lanes"] in (4, 8, 16) and peak["flops_per_fma"] == 2
+    product = peak["cores"] * peak["fma_units"] * peak["lanes"] * peak["flops_per_fma"] * peak["clock_ghz"]
+    assert peak["peak_gflops"] == pytest.approx(product)

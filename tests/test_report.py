@@ -1,0 +1,154 @@
+"""report.py turns a run folder into real PNGs, per_class.json and a report that references all of them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarkit import data as data_module
+from cifarkit import report
+from cifarkit.config import TrainConfig
+from cifarkit.data import CLASSES, make_synthetic
+from cifarkit.errors import CifarkitError
+from cifarkit.models.custom_resnet import CustomResNet
+
+PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
+LR_MIN, LR_MAX = 2.5e-4, 3.2e-2
+
+
+def assert_real_png(path: Path, min_size: tuple[int, int] = (300, 200)) -> None:
+    """A PNG of at least min_size pixels that is not a single colour."""
+    assert path.is_file(), path
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width >= min_size[0] and image.height >= min_size[1], (path.name, image.size)
+        pixels = np.asarray(image.convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10, f"{path.name} is (almost) one colour"
+
+
+def make_run_files(run: Path, *, with_finder: bool = True) -> TrainConfig:
+    """The files `train.fit` leaves in a run folder (CONTRACTS.md), with plausible values and an untrained model."""
+    run.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig(data="synthetic", out=str(run), epochs=3, batch_size=16, test_subset=30, eval_batch_size=16,
+                         lr_min=None if with_finder else LR_MIN, lr_max=None if with_finder else LR_MAX)
+    config.save(run / "config.json")
+    torch.manual_seed(0)
+    torch.save(CustomResNet().state_dict(), run / "model.pt")
+    rows = ["epoch,train_loss,train_acc,test_loss,test_acc,test_acc_tta,lr,seconds,images_per_second"]
+    rows += [f"{e},{2 / e:.4f},{0.2 * e:.4f},{2.1 / e:.4f},{0.19 * e:.4f},,{LR_MAX / e:.4g},{10 + e},{50.0}"
+             for e in (1, 2, 3)]
+    (run / "history.csv").write_text("\n".join(rows) + "\n")
+    if with_finder:
+        lrs = np.geomspace(1e-7, 1, 50)
+        losses = 2.3 - 1.0 / (1 + np.exp(-(np.log10(lrs) + 3))) + np.where(lrs > 0.1, 5 * lrs, 0)
+        (run / "lr_finder.json").write_text(json.dumps({
+            "lrs": lrs.tolist(), "losses": losses.tolist(), "smoothed": losses.tolist(), "lr_min": LR_MIN,
+            "lr_max": LR_MAX, "lr_min_rule": "rule-for-min", "lr_max_rule": "rule-for-max"}))
+    lrs = list(np.r_[np.linspace(LR_MIN, LR_MAX, 4), np.linspace(LR_MAX, LR_MIN, 8)])
+    (run / "schedule.json").write_text(json.dumps({"lrs": lrs, "steps_per_epoch": 4, "peak_epoch": 1.0, "epochs": 3}))
+    (run / "metrics.json").write_text(json.dumps({
+        "final_test_accuracy": 0.57, "best_test_accuracy": 0.57, "epochs_completed": 3, "epochs": 3,
+        "lr_min": LR_MIN, "lr_max": LR_MAX, "train_seconds": 36.5, "images_per_second": 50.0, "device": "cpu",
+        "world_size": 1, "hardware": {"cpu": "Test CPU", "cpu_cores": 2, "torch_threads": 1, "torch": torch.__version__,
+                                      "python": "3.11"},
+        "dataset": "synthetic (seed 0) - NOT CIFAR-10", "synthetic": True, "train_images": 40, "test_images": 30}))
+    return config
+
+
+def tiny_data() -> data_module.Cifar10:
+    return make_synthetic(n_train=40, n_test=30)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder processed by build_report (which runs write_plots and write_report), data patched to be tiny."""
+    run = tmp_path_factory.mktemp("runs") / "demo"
+    make_run_files(run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data_module, "resolve_data", lambda source: tiny_data(), raising=False)
+        path = report.build_report(run, device="cpu")
+    assert path == run / "report.md"
+    return run
+
+
+def test_every_plot_is_a_real_picture(built: Path) -> None:
+    """Every plot of the contract is written under RUN/plots/ as a PNG of sensible size that is not one colour."""
+    for name in PLOTS:
+        assert_real_png(built / "plots" / f"{name}.png")
+
+
+def test_per_class_json(built: Path) -> None:
+    """per_class.json has one accuracy per class, consistent with counts that add up to the test set."""
+    per_class = json.loads((built / "per_class.json").read_text())
+    assert per_class["classes"] == list(CLASSES)
+    assert sum(per_class["total"]) == per_class["n_test"] == 30
+    for correct, total, accuracy in zip(per_class["correct"], per_class["total"], per_class["accuracy"]):
+        assert accuracy == pytest.approx(correct / total)
+    assert np.asarray(per_class["confusion"]).sum() == 30
+
+
+def test_report_references_plots_tables_and_lrs(built: Path) -> None:
+    """report.md embeds every plot by relative path with a caption, has the per-class table, both LRs with their
+    rules, the accuracies, the hardware, and says loudly that the data was synthetic; report.html has the same."""
+    text = (built / "report.md").read_text()
+    for name in PLOTS:
+        assert f"](plots/{name}.png)" in text, name
+    for name in CLASSES:
+        assert f"\n| {name} | " in text, name
+    assert "| class | correct | total | accuracy |" in text
+    assert f"{LR_MIN:.3e}" in text and f"{LR_MAX:.3e}" in text and "rule-for-min" in text and "rule-for-max" in text
+    assert "57.00%" in text and "Test CPU" in text
+    assert "SYNTHETIC DATA" in text and "NOT on CIFAR-10" in text
+    page = (built / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<img src='plots/") == len(PLOTS)
+    assert "<strong>SYNTHETIC DATA" in page
+
+
+def test_report_without_lr_finder(tmp_path: Path, built: Path) -> None:
+    """When the LRs were given (no lr_finder.json, no lr_finder.png) the report says so and still lists both LRs."""
+    run = tmp_path / "given"
+    make_run_files(run, with_finder=False)
+    shutil.copytree(built / "plots", run / "plots")
+    (run / "plots" / "lr_finder.png").unlink()
+    text = report.write_report(run).read_text()
+    assert "lr_finder.png" not in text and "given by the user" in text
+    assert f"{LR_MIN:.3e}" in text and f"{LR_MAX:.3e}" in text
+    assert "run `cifarkit report RUN`" in text  # no per_class.json here: the report says how to get the table
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.pt", "metrics.json"])
+def test_build_report_missing_file_is_one_clear_error(tmp_path: Path, missing: str) -> None:
+    """A run folder without one of its files gives CifarkitError naming the file, before any work."""
+    make_run_files(tmp_path / "run")
+    (tmp_path / "run" / missing).unlink()
+    with pytest.raises(CifarkitError, match=missing.replace(".", r"\.")):
+        report.build_report(tmp_path / "run", device="cpu")
+    with pytest.raises(CifarkitError, match="no run folder"):
+        report.build_report(tmp_path / "absent", device="cpu")
+
+
+def test_augmented_views_denormalise_to_uint8() -> None:
+    """augmented_views undoes the pipeline's normalisation: an identity 'augmentation' gives the images back."""
+    config = TrainConfig()
+    mean, std = np.asarray(config.mean), np.asarray(config.std_values)
+
+    def normalise_only(image: np.ndarray) -> dict:
+        return {"image": torch.from_numpy(((image / 255 - mean) / std).transpose(2, 0, 1).astype(np.float32))}
+
+    images = make_synthetic(n_train=5, n_test=1).train_images
+    views = report.augmented_views(images, normalise_only, config)
+    assert views.dtype == np.uint8 and views.shape == images.shape
+    assert np.abs(views.astype(int) - images).max() <= 1
+
+
+def test_read_history_blank_cells_are_nan(tmp_path: Path) -> None:
+    """history.csv's empty test_acc_tta cells read as NaN, numbers as floats."""
+    (tmp_path / "h.csv").write_text("epoch,test_acc,test_acc_tta\n1,0.5,\n2,0.6,0.61\n")
+    h = report.read_history(tmp_path / "h.csv")
+    assert h["epoch"].tolist() == [1, 2] and np.isnan(h["test_acc_tta"][0]) and h["test_acc_tta"][1] == 0.61
