@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,9 +19,11 @@ from cifarkit.errors import CifarkitError
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(cifar_cache: Path) -> Path:
-    """Every test here gets its own cache, so none reads or fills ~/.cache/cifarkit."""
-    return cifar_cache
+def _private_cache(request: pytest.FixtureRequest) -> None:
+    """Every test here but the real-data one gets its own cache, so none reads or fills ~/.cache/cifarkit; the
+    real-data test uses the user's cache, as decoding 60,000 PNGs every run would take a minute."""
+    if request.node.get_closest_marker("realdata") is None:
+        request.getfixturevalue("cifar_cache")
 
 
 def assert_same(loaded: Cifar10, expected: Cifar10, order: np.ndarray | None = None) -> None:
@@ -112,9 +113,9 @@ def test_official_archive_extracts_once(tmp_path: Path, tiny_data: Cifar10, cifa
     def no_extraction(*args: object, **kwargs: object) -> None:
         raise AssertionError("extracted again")
 
-    monkeypatch.setattr(archive, "_extract_checked", no_extraction)
-    assert_same(load_cifar10(tgz), tiny_data)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(archive, "_extract_checked", no_extraction)
+        assert_same(load_cifar10(tgz), tiny_data)
     other = make_synthetic(n_train=20, n_test=10, seed=1)
     cifar_files.tar(tgz, cifar_files.pickle_folder(other, tmp_path / "src2" / "b"), "cifar-10-batches-py")
     os.utime(tgz, ns=(1, 1))  # a different mtime even if the size were equal
@@ -145,7 +146,7 @@ def test_image_tree_second_load_hits_array_cache(tmp_path: Path, tiny_data: Cifa
     def no_decoding(path: str) -> np.ndarray:
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(data_module, "_decode_image", no_decoding)
+    monkeypatch.setattr(archive, "decode_image", no_decoding)
     second = load_cifar10(root)
     np.testing.assert_array_equal(second.train_images, first.train_images)
     np.testing.assert_array_equal(second.test_labels, first.test_labels)
@@ -162,7 +163,7 @@ def test_image_tree_archive(tmp_path: Path, tiny_data: Cifar10, cifar_files: Sim
     tgz = cifar_files.tar(tmp_path / "cifar10-png.tgz", root, "cifar10")
     assert_same(load_cifar10(tgz), tiny_data, cifar_files.tree_order(tiny_data.train_labels))
     monkeypatch.setattr(archive, "_extract_checked", lambda *a: pytest.fail("extracted again"))
-    monkeypatch.setattr(data_module, "_decode_image", lambda p: pytest.fail("decoded again"))
+    monkeypatch.setattr(archive, "decode_image", lambda p: pytest.fail("decoded again"))
     assert_same(load_cifar10(tgz), tiny_data, cifar_files.tree_order(tiny_data.train_labels))
 
 
@@ -185,13 +186,24 @@ def test_jpeg_tree_loads(tmp_path: Path, cifar_files: SimpleNamespace) -> None:
 
 def test_parallel_decoding_matches_serial(tmp_path: Path, cifar_files: SimpleNamespace,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decoding in worker processes gives the same arrays as decoding in this one."""
+    """Decoding in helper processes gives the same arrays as decoding in this one (the decoder is disabled here, in
+    the parent, so a silent fall-back to serial decoding would fail)."""
     data = make_synthetic(n_train=30, n_test=10)
     root = cifar_files.image_tree(data, tmp_path / "t")
-    monkeypatch.setattr(data_module, "_PARALLEL_MIN_IMAGES", 1)
-    monkeypatch.setattr(data_module, "_DECODE_CHUNK", 7)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(archive, "_PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(archive, "decode_image", lambda p: pytest.fail("decoded in the parent process"))
     assert_same(load_cifar10(root), data, cifar_files.tree_order(data.train_labels))
+
+
+def test_parallel_decoding_names_bad_file(tmp_path: Path, cifar_files: SimpleNamespace,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad image met by a helper process still gives the one-line CifarkitError naming that file."""
+    root = cifar_files.image_tree(make_synthetic(n_train=30, n_test=10), tmp_path / "t")
+    monkeypatch.setattr(archive, "_PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    Image.new("RGB", (16, 16)).save(root / "train" / "bird" / "small.png")
+    expect_error(root, root / "train" / "bird" / "small.png", "16×16")
 
 
 # ----------------------------------------------------------------------------------------------- resolve_data

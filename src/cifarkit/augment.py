@@ -18,6 +18,7 @@ replayed alone (exact mid-epoch resume), and CPU and CUDA runs draw the same bat
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,7 +55,14 @@ def sample_params(batch: int, generator: torch.Generator, *, height: int = 32, w
 
 
 def _affine(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) with (v / 255 - mean) / std = v * scale + shift, per channel (float32 [3])."""
+    """(scale, shift) with (v / 255 - mean) / std = v * scale + shift, per channel (float32 [3]), cached per device:
+    building them is a host-to-device copy, which on CUDA would wait for the GPU once per batch."""
+    return _affine_cached(tuple(float(v) for v in mean), tuple(float(v) for v in std), torch.device(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _affine_cached(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     m = torch.tensor(mean, dtype=torch.float64)
     s = torch.tensor(std, dtype=torch.float64)
     return (1.0 / (255.0 * s)).float().to(device), (-m / s).float().to(device)
@@ -105,7 +113,8 @@ def apply_params(images_uint8_nhwc: torch.Tensor, params: AugmentParams, *, mean
     keep: torch.Tensor | None = None  # False where the output is 0 (= the mean): zero padding and the hole
     if row_ok is not None and col_ok is not None:
         keep = row_ok[:, :, None] & col_ok[:, None, :]
-    if cutout_size > 0 and bool(params.cutout.any()):
+    # Skipping the hole mask when no image has a hole reads the flags on the host: only when they are already there.
+    if cutout_size > 0 and (params.cutout.device.type != "cpu" or bool(params.cutout.any())):
         hole = params.hole.to(dev)
         in_y = (ar_h >= hole[:, :1]) & (ar_h < hole[:, :1] + cutout_size)
         in_x = (ar_w >= hole[:, 1:]) & (ar_w < hole[:, 1:] + cutout_size)
@@ -115,6 +124,16 @@ def apply_params(images_uint8_nhwc: torch.Tensor, params: AugmentParams, *, mean
         out.mul_(keep[..., None])  # in place: one pass over the batch, no new [B, H, W, C] buffer
     out = out.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: already channels_last
     return out if channels_last else out.contiguous()
+
+
+def params_to(params: AugmentParams, device: torch.device) -> AugmentParams:
+    """The parameters on `device`. To CUDA as one pinned, non-blocking copy: a plain .to() from pageable memory
+    waits for the GPU to finish its queue, which would stall the training loop once per step."""
+    if device.type != "cuda":
+        return AugmentParams(*(t.to(device) for t in (params.offsets, params.flip, params.cutout, params.hole)))
+    packed = torch.cat([params.offsets, params.flip[:, None].long(), params.cutout[:, None].long(), params.hole], 1)
+    packed = packed.pin_memory().to(device, non_blocking=True)
+    return AugmentParams(packed[:, 0:2], packed[:, 2].bool(), packed[:, 3].bool(), packed[:, 4:6])
 
 
 def augment_batch(images_uint8_nhwc: torch.Tensor, generator: torch.Generator, *, mean: Sequence[float],
@@ -207,6 +226,8 @@ class DeviceBatches:
             gen.manual_seed(step_seed(self.seed, epoch, step, self.rank))
             params = sample_params(len(idx), gen, height=h, width=w, cutout_size=self.cutout_size,
                                    cutout_p=self.cutout_p)
+            params = params_to(params, self.device)
             x = apply_params(self.images, params, mean=self.mean, std=self.std, pad_mode=self.pad_mode,
-                             cutout_size=self.cutout_size, channels_last=self.channels_last, index=idx)
+                             cutout_size=self.cutout_size if self.cutout_p > 0 else 0,  # p = 0: skip the mask
+                             channels_last=self.channels_last, index=idx)
             yield x, self.labels.index_select(0, idx)

@@ -11,6 +11,7 @@ import fcntl
 import os
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,14 @@ def safe_torch_load(path: Path) -> Any:
     if not path.is_file():
         raise CifarkitError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it: keep one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message opens with generic advice; the line that names the refused global or opcode comes later
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        first = next((s for s in lines[1:] if not s.startswith(("Please file", "Check the documentation"))),
+                     lines[0] if lines else type(e).__name__)
         raise CifarkitError(f"refused to load {path}: it holds objects other than tensors and plain data, "
                             f"which could run code ({first[:160]})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
@@ -110,8 +116,12 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # read-only or full disk, no permission: say so before any work is done
+            raise CifarkitError(f"cannot use {self.path.parent} as a run folder: {e.strerror or e}; "
+                                "choose a writable --out") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,6 +132,10 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
+        # Temp files of a writer killed mid-write (kill -9, power loss): only a lock holder writes here, so any that
+        # exist now are orphans, and each can be a checkpoint's size.
+        for orphan in (*self.path.parent.glob(".*.tmp-*"), *self.path.parent.glob("checkpoints/.*.tmp-*")):
+            orphan.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

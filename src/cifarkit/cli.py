@@ -95,15 +95,27 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def saved_config(out: Path) -> TrainConfig:
+    """The recipe of the run in `out`: its config.json or, when that is gone or damaged, the one in its checkpoint."""
+    from cifarkit.checkpoint import load_checkpoint
+
+    try:
+        return TrainConfig.load(out / "config.json")
+    except (OSError, ValueError, TypeError):  # missing, unreadable, or not JSON of a config
+        pass
+    if not (out / "checkpoints" / "last.pt").is_file():
+        raise CifarkitError(f"nothing to resume in {out}: no readable config.json and no checkpoint "
+                            "(start the run without --resume)")
+    return TrainConfig.from_dict(load_checkpoint(out / "checkpoints" / "last.pt")["config"])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cifarkit.train import fit
 
     given = given_config(args)
     if args.resume:
         out = Path(given.get("out", TrainConfig.out))
-        if not (out / "config.json").is_file():
-            raise CifarkitError(f"nothing to resume in {out}: no config.json (start the run without --resume)")
-        config = TrainConfig.from_dict(TrainConfig.load(out / "config.json").to_dict() | given)
+        config = TrainConfig.from_dict(saved_config(out).to_dict() | given)
     else:
         config = TrainConfig(**given)
     history = fit(config, resume=args.resume)
@@ -164,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CifarkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or vanished folder: the machine's state, not a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:

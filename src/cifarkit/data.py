@@ -9,16 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cifarkit.archive import cache_root, extract_cached, is_archive, restricted_loads, save_npz_atomic
+from cifarkit.archive import cache_root, decode_images, extract_cached, is_archive, restricted_loads, save_npz_atomic
 from cifarkit.download import OFFICIAL_ARCHIVE_NAME, OFFICIAL_MD5, OFFICIAL_URL, download_cifar10
 from cifarkit.errors import CifarkitError
 
@@ -103,7 +100,8 @@ def subset(data: Cifar10, n_train: int | None, n_test: int | None, *, seed: int 
 
 TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
-# md5 of the files in the official cifar-10-python.tar.gz: a differing file still loads (re-exports exist), with a warning
+# md5 of the files in the official cifar-10-python.tar.gz: a differing file still loads (people re-export CIFAR-10),
+# with a one-line warning
 BATCH_MD5: dict[str, str] = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
@@ -111,8 +109,6 @@ BATCH_MD5: dict[str, str] = {
 }
 SYNTHETIC_SIZES = (5000, 1000)  # train, test images of `--data synthetic`
 _TREE_CACHE_VERSION = 1  # part of the array-cache key: bump when decoding changes so old entries are not reused
-_PARALLEL_MIN_IMAGES = 4000  # below this, starting worker processes costs more than it saves
-_DECODE_CHUNK = 2000
 
 
 def _field(batch: dict, key: str) -> object:
@@ -139,13 +135,15 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, b
     data = _field(batch, "data") if isinstance(batch, dict) else None
     labels = _field(batch, "labels") if isinstance(batch, dict) else None
     if data is None or labels is None:
-        raise CifarkitError(f"{path}: not a CIFAR-10 batch (expected a dict with data and labels); download CIFAR-10 again")
+        raise CifarkitError(f"{path}: not a CIFAR-10 batch (expected a dict with data and labels); download "
+                            "CIFAR-10 again")
     data, labels = np.asarray(data), np.asarray(labels)
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype.kind not in "ui":
         raise CifarkitError(f"{path}: data is {data.dtype} {data.shape}, expected uint8 N×3072 (3×32×32, planar); "
                             "re-export it or download CIFAR-10 again")
     if labels.ndim != 1 or len(labels) != len(data) or (labels.size and labels.dtype.kind not in "ui"):
-        raise CifarkitError(f"{path}: {labels.size} labels for {len(data)} images; re-export it or download CIFAR-10 again")
+        raise CifarkitError(f"{path}: {labels.size} labels for {len(data)} images; re-export it or download "
+                            "CIFAR-10 again")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.size:
         raise CifarkitError(f"{path}: label {int(bad[0])} is outside 0..{num_classes - 1}; re-export it or download "
@@ -168,56 +166,10 @@ def _load_pickle_folder(folder: Path) -> Cifar10:
     test = _read_batch(folder / TEST_BATCH, len(classes))
     differ = [name for name, part in zip((*TRAIN_BATCHES, TEST_BATCH), (*train, test)) if not part[2]]
     if differ:
-        log.warning("%s: %s differ from the official CIFAR-10 files (md5); loading them anyway", folder, ", ".join(differ))
+        log.warning("%s: %s differ from the official CIFAR-10 files (md5); loading them anyway", folder,
+                    ", ".join(differ))
     return Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), test[0], test[1],
                    classes)
-
-
-def _decode_image(path: str) -> np.ndarray:
-    from PIL import Image  # imported here: PIL is only needed for image trees
-
-    try:
-        with Image.open(path) as image:
-            if image.size != (32, 32):
-                raise CifarkitError(f"{path}: image is {image.size[0]}×{image.size[1]}, expected 32×32; resize or "
-                                    "remove it")
-            return np.asarray(image.convert("RGB"))
-    except CifarkitError:
-        raise
-    except Exception as exc:  # UnidentifiedImageError, OSError on truncated data, SyntaxError, ValueError, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CifarkitError(f"{path}: cannot decode it as an image ({reason}); remove or replace it") from exc
-
-
-def _decode_many(paths: list[str]) -> np.ndarray:
-    out = np.empty((len(paths), 32, 32, 3), np.uint8)
-    for i, path in enumerate(paths):
-        out[i] = _decode_image(path)
-    return out
-
-
-def _decode_all(paths: list[str]) -> np.ndarray:
-    """Decode every PNG/JPEG; worker processes on several cores (PIL decoding of 32×32 images is Python-bound, so
-    threads do not help: measured 60k PNGs in ~8 s serial, ~5 s with 2 processes)."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if workers < 2 or len(paths) < _PARALLEL_MIN_IMAGES:
-        return _decode_many(paths)
-    out = np.empty((len(paths), 32, 32, 3), np.uint8)
-    starts = range(0, len(paths), _DECODE_CHUNK)
-    # forkserver, not fork: the caller may already run torch threads, and forking a threaded process can deadlock.
-    # Preloading this module in the server makes each worker a cheap fork of it instead of a fresh (slow) import.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload([__name__])
-    try:
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for start, chunk in zip(starts, pool.map(_decode_many, [paths[s:s + _DECODE_CHUNK] for s in starts])):
-                out[start:start + len(chunk)] = chunk
-    except (BrokenProcessPool, OSError) as exc:  # no processes allowed here (sandbox, limits): decode in this one
-        log.debug("parallel decoding failed (%s); decoding serially", exc)
-        return _decode_many(paths)
-    return out
 
 
 def _list_split(split_dir: Path) -> dict[str, list[os.DirEntry[str]]]:
@@ -236,7 +188,12 @@ def _list_split(split_dir: Path) -> dict[str, list[os.DirEntry[str]]]:
     return classes
 
 
-def _load_image_tree(root: Path) -> Cifar10:
+def _load_image_tree(root: Path, archive_key: str | None = None) -> Cifar10:
+    """Decode the tree, or read its arrays from the cache. `archive_key` names the cache entry of an extracted archive:
+    nothing changes that tree, so its arrays are found without listing 60,000 files."""
+    arrays_dir = cache_root() / "arrays"
+    if archive_key is not None and (cached := _read_array_cache(arrays_dir / f"{archive_key}.npz", None)) is not None:
+        return cached
     listing = {split: _list_split(root / split) for split in ("train", "test")}
     if set(listing["train"]) != set(listing["test"]):
         only_train = sorted(set(listing["train"]) - set(listing["test"]))
@@ -245,27 +202,28 @@ def _load_image_tree(root: Path) -> Cifar10:
                             f"in test: {only_test}); give both the same class folders")
     names = set(listing["train"])
     classes = CLASSES if names == set(CLASSES) else tuple(sorted(names))
-    # The cache key covers every file's path, size and mtime, so any change to the tree is a new entry.
-    key = hashlib.sha256(f"v{_TREE_CACHE_VERSION}\n{classes}\n".encode())
-    for split, by_class in listing.items():
-        for name in classes:
-            for f in by_class[name]:
-                stat = f.stat()
-                key.update(f"{split}/{name}/{f.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    folder_key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    cache_file = cache_root() / "arrays" / f"{folder_key}-{key.hexdigest()[:16]}.npz"
-    cached = _read_array_cache(cache_file, classes)
-    if cached is not None:
-        return cached
+    if archive_key is not None:
+        folder_key, cache_file = None, arrays_dir / f"{archive_key}.npz"
+    else:  # a user's folder: the key covers every file's path, size and mtime, so any change makes a new entry
+        key = hashlib.sha256(f"v{_TREE_CACHE_VERSION}\n{classes}\n".encode())
+        for split, by_class in listing.items():
+            for name in classes:
+                for f in by_class[name]:
+                    stat = f.stat()
+                    key.update(f"{split}/{name}/{f.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        folder_key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+        cache_file = arrays_dir / f"{folder_key}-{key.hexdigest()[:16]}.npz"
+        if (cached := _read_array_cache(cache_file, classes)) is not None:
+            return cached
     arrays: dict[str, np.ndarray] = {}
     for split, by_class in listing.items():
         paths = [f.path for name in classes for f in by_class[name]]
-        arrays[f"{split}_images"] = _decode_all(paths)
+        arrays[f"{split}_images"] = decode_images(paths)
         arrays[f"{split}_labels"] = np.repeat(np.arange(len(classes), dtype=np.int64),
                                               [len(by_class[name]) for name in classes])
     try:
         save_npz_atomic(cache_file, classes=np.array(classes), **arrays)
-        for old in cache_file.parent.glob(f"{folder_key}-*.npz"):  # entries for earlier states of this folder
+        for old in cache_file.parent.glob(f"{folder_key}-*.npz") if folder_key else ():  # this folder's older states
             if old != cache_file:
                 old.unlink(missing_ok=True)
     except OSError as exc:  # a read-only cache only costs speed
@@ -273,18 +231,20 @@ def _load_image_tree(root: Path) -> Cifar10:
     return Cifar10(classes=classes, **arrays)
 
 
-def _read_array_cache(path: Path, classes: tuple[str, ...]) -> Cifar10 | None:
+def _read_array_cache(path: Path, classes: tuple[str, ...] | None) -> Cifar10 | None:
+    """The cached arrays at `path` (None if absent, damaged, or for other classes than `classes` when given)."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as z:  # allow_pickle stays False: the cache holds plain arrays only
             arrays = {k: z[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
-            if tuple(z["classes"].tolist()) != classes:
-                return None
+            stored = tuple(str(c) for c in z["classes"].tolist())
     except Exception as exc:  # a damaged cache entry is rebuilt, never an error
         log.warning("ignoring unreadable array cache %s (%s)", path, exc)
         return None
-    return Cifar10(classes=classes, **arrays)
+    if classes is not None and stored != classes:
+        return None
+    return Cifar10(classes=stored, **arrays)
 
 
 def _layout_of(folder: Path) -> str | None:
@@ -316,14 +276,15 @@ def load_cifar10(source: str | os.PathLike[str]) -> Cifar10:
     path = Path(source).expanduser()
     if not path.exists():
         raise CifarkitError(f"{path}: no such file or folder; pass a CIFAR-10 folder or archive, or --data synthetic")
-    if path.is_file():
-        if not is_archive(path):
-            raise CifarkitError(f"{path}: neither a folder nor a .tar.gz/.tgz/.tar archive; pass a CIFAR-10 folder "
-                                "or archive")
-        kind, root = _find_layout(extract_cached(path), path)
-    else:
-        kind, root = _find_layout(path, path)
-    data = _load_pickle_folder(root) if kind == "pickle" else _load_image_tree(root)
+    if path.is_file() and not is_archive(path):
+        raise CifarkitError(f"{path}: neither a folder nor a .tar.gz/.tgz/.tar archive; pass a CIFAR-10 folder or "
+                            "archive")
+    try:
+        extracted = extract_cached(path) if path.is_file() else None
+        kind, root = _find_layout(extracted or path, path)
+        data = _load_pickle_folder(root) if kind == "pickle" else _load_image_tree(root, extracted and extracted.name)
+    except OSError as exc:  # unreadable folders or files met on the way (permissions, I/O errors)
+        raise CifarkitError(f"{path}: cannot read it ({exc}); check the permissions of the data") from exc
     layout = "python batches" if kind == "pickle" else "image folders"
     return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {path}")  # the path the user gave, not the cache
 

@@ -37,12 +37,16 @@ def init_distributed(device_kind: str) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
+        if device_kind == "cuda":
+            # Before the group exists: NCCL collectives that take no tensor (barrier, broadcast_object_list) use the
+            # current device, which would otherwise be cuda:0 on every rank.
+            torch.cuda.set_device(local_rank)
         # The LR range test runs on rank 0 alone while the others wait; on a CPU it can outlast the default 30 min.
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=4))
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -66,13 +70,19 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
-def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """True on every rank if it is True on any: ranks must agree to stop at the same step."""
+def any_ranks(flags: list[bool], ctx: DistContext, device: torch.device) -> list[bool]:
+    """Each flag True on every rank if it is True on any, in one collective: ranks must agree to stop at the same
+    step, or those that go on wait in their next collective for the ones that left."""
     if not ctx.enabled:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
+        return list(flags)
+    t = torch.tensor([int(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
+
+
+def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """True on every rank if it is True on any."""
+    return any_ranks([flag], ctx, device)[0]
 
 
 def barrier(ctx: DistContext) -> None:
@@ -95,6 +105,14 @@ def split_batch(batch_size: int, ctx: DistContext) -> int:
     if batch_size % ctx.world_size:
         raise CifarkitError(f"--batch-size {batch_size} does not split evenly over {ctx.world_size} processes")
     return batch_size // ctx.world_size
+
+
+def check_setup(batch_size: int, sync_bn: bool, ctx: DistContext, device: torch.device) -> None:
+    """Refuse, before any training, what would fail only at the first step under torchrun."""
+    split_batch(batch_size, ctx)
+    if sync_bn and ctx.enabled and device.type != "cuda":
+        raise CifarkitError(f"--sync-bn needs CUDA GPUs: PyTorch's SyncBatchNorm does not run on {device.type}; "
+                            "drop --sync-bn (each process then normalises over its own share of the batch)")
 
 
 def shard_range(n: int, ctx: DistContext) -> tuple[int, int]:

@@ -159,9 +159,14 @@ def plot_lr_finder(
     return fig
 
 
-def _epoch_axis(ax: Axes) -> None:
+def _epoch_axis(ax: Axes, epochs: Sequence[float] = ()) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if len(epochs):  # half an epoch of margin: a one-epoch run is a centred point, not a tick-less sliver
+        ax.set_xlim(float(np.min(epochs)) - 0.5, float(np.max(epochs)) + 0.5)
+        if len(epochs) <= 30:
+            ax.set_xticks(np.asarray(epochs, dtype=float))
+            ax.xaxis.set_major_formatter("{x:g}")
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
 
 
@@ -172,7 +177,7 @@ def plot_loss(
     fig, ax = _axes(ax, (8, 5))
     ax.plot(epochs, train_loss, "o-", color=TRAIN_COLOUR, label="train")
     ax.plot(epochs, test_loss, "s-", color=TEST_COLOUR, label="test")
-    _epoch_axis(ax)
+    _epoch_axis(ax, epochs)
     ax.set_ylabel("cross-entropy loss")
     ax.set_title("Loss per epoch")
     ax.legend()
@@ -197,12 +202,11 @@ def plot_accuracy(
         tta = 100 * np.asarray(test_acc_tta, dtype=float)
         if np.isfinite(tta).any():
             ax.plot(epochs, tta, "^--", color=TTA_COLOUR, label="test, flip TTA")
-    if test.size and np.isfinite(test).any():
+    if test.size and np.isfinite(test).any():  # the best epoch as a star, its value in the legend (no text to collide)
         best = int(np.nanargmax(test))
-        ax.annotate(f"best test {test[best]:.2f}%\n(epoch {epochs[best]:g})", (epochs[best], test[best]),
-                    xytext=(0, -38), textcoords="offset points", ha="center", fontsize=10,
-                    arrowprops={"arrowstyle": "->", "color": "0.3"})
-    _epoch_axis(ax)
+        ax.plot([epochs[best]], [test[best]], "*", color="tab:red", markersize=15, zorder=3,
+                label=f"best test {test[best]:.2f}% (epoch {epochs[best]:g})")
+    _epoch_axis(ax, epochs)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Accuracy per epoch")
     ax.legend(loc="lower right")
@@ -223,9 +227,9 @@ def plot_lr_schedule(
         ax.plot(x, np.append(lrs, lrs[-1]), drawstyle="steps-post", color="tab:purple", linewidth=2,
                 label=f"LR per step (start {lrs[0]:.2e}, end {lrs[-1]:.2e})")
         top = int(np.argmax(lrs))
-        ax.plot([x[top + 1]], [lrs[top]], "o", color="tab:red", label=f"LRMAX {lrs[top]:.2e}")
+        ax.plot([x[top + 1]], [lrs[top]], "o", color="tab:red", label=f"highest LR {lrs[top]:.2e}")
     if peak_epoch is not None:
-        ax.axvline(peak_epoch, color="tab:red", linestyle="--", linewidth=1.2, label=f"peak: end of epoch {peak_epoch:g}")
+        ax.axvline(peak_epoch, color="tab:red", linestyle="--", linewidth=1.2, label=f"peak: end of epoch {peak_epoch:.3g}")
     _epoch_axis(ax)
     ax.set_xlim(0, max(x[-1], 1e-9))
     ax.set_ylim(0, 1.25 * float(lrs.max()) if lrs.size and lrs.max() > 0 else None)  # headroom for the legend

@@ -134,7 +134,8 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     wrong = np.flatnonzero(pred != true)
     wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:N_MISCLASSIFIED]  # most confident mistakes first
     save(plots.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
-                                  title=f"The {len(wrong)} most confident mistakes on the test set"),
+                                  title=f"The {len(wrong)} most confident mistakes on the test set" if len(wrong)
+                                  else "Misclassified test images"),
          "misclassified")
     shown = wrong[:N_GRADCAM]
     title = "Grad-CAM on the most confident mistakes (red: evidence for the predicted class)"

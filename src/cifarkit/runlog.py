@@ -95,7 +95,7 @@ class RunLog:
         if not self.enabled:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.run / "config.json")
+        write_json(self.run / "config.json", self.config.to_dict())  # as config.save, but never torn: resume reads it
         write_json(self.run / "schedule.json", {"lrs": lrs, "steps_per_epoch": steps_per_epoch,
                                                 "peak_epoch": self.config.peak_epoch, "epochs": self.config.epochs})
         if data.synthetic:
@@ -137,11 +137,13 @@ class RunLog:
         tqdm.write(f"epoch {epoch + 1:3d}/{self.config.epochs} | train loss {train_loss:.4f} acc "
                    f"{100 * train_acc:6.2f}% | test loss {test['loss']:.4f} acc {100 * test['acc']:6.2f}%{tta} | "
                    f"lr {lr:.3e} | {seconds:7.1f} s | {images_per_second:7.1f} img/s")
-        with open(self.run / "history.csv", "w", newline="") as f:
+        tmp = self.run / ".history.csv.tmp"  # renamed into place: a crash or a full disk never leaves it torn
+        with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             w.writeheader()
             w.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                         for r in self.rows)
+        os.replace(tmp, self.run / "history.csv")
         write_json(self.run / "metrics.json", self.summary())
         if self.writer is not None:
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):

@@ -6,6 +6,7 @@ The loop is forward -> loss -> backward -> step -> schedule; logging, checkpoint
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -147,9 +148,15 @@ def fit(config: TrainConfig, *, data: Cifar10 | None = None, resume: bool = Fals
 def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool, run: Path, device: torch.device,
          ctx: D.DistContext) -> History:
     ckpt_path = run / "checkpoints" / "last.pt"
+    if resume and not ckpt_path.exists():  # stopped before its first epoch ended: there is nothing to lose
+        raise CifarkitError(f"nothing to resume in {run}: no checkpoint yet (it is written at the end of the first "
+                            "epoch); start the run again without --resume")
     state = load_checkpoint(ckpt_path) if resume else None
     if state is not None:
         config = resume_config(TrainConfig.from_dict(state["config"]), config)
+        if state.get("world_size", 1) != ctx.world_size:  # each rank's data order depends on the world size
+            raise CifarkitError(f"cannot resume: {ckpt_path} was written by {state.get('world_size', 1)} process(es), "
+                                f"this run has {ctx.world_size}; resume with as many (torchrun --nproc_per_node)")
     elif ckpt_path.exists():
         raise CifarkitError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(config.seed)
@@ -161,10 +168,14 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
     autocast = device.type == "cuda"  # bf16 autocast on CUDA; fp32 on CPU (no bf16 FMA units here)
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device, rank=ctx.rank,
                                   world_size=ctx.world_size)
-    D.split_batch(config.batch_size, ctx)
+    D.check_setup(config.batch_size, config.sync_bn, ctx, device)
     log = RunLog(run, config, enabled=ctx.is_main, progress=progress)
     if config.lr_min is None or config.lr_max is None:
-        config = find_lrs(model, batches, config, autocast, log, ctx)
+        # Rank 0 runs the range test alone: on the global batch, as a one-process run does, so it finds the same LRs.
+        lr_batches = build_train_batches(data.train_images, data.train_labels, config, device=device) \
+            if ctx.enabled and ctx.is_main else batches
+        config = find_lrs(model, lr_batches, config, autocast, log, ctx)
+        del lr_batches
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr_max, weight_decay=config.weight_decay)
     lrs = schedule_lrs(lr_min=config.lr_min, lr_max=config.lr_max, epochs=config.epochs,  # type: ignore[arg-type]
                        steps_per_epoch=len(batches), peak_epoch=config.peak_epoch, final_div=config.final_div)
@@ -194,31 +205,44 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
     test_y = torch.from_numpy(data.test_labels).to(device)
 
     def checkpoint(epoch: int, step_in_epoch: int, partial: torch.Tensor | None = None) -> None:
+        if partial is not None and not math.isfinite(float(partial[0])):  # a NaN since the last check (GPU)
+            raise NonFiniteLoss(f"the loss became {float(partial[0])} by step {epoch * len(batches) + step_in_epoch} "
+                                f"(epoch {epoch + 1}); stopped, and {ckpt_path} keeps the last good state: "
+                                "lower --lr-max")
         if ctx.is_main:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "scaler": None, "epoch": epoch,
                                         "step_in_epoch": step_in_epoch, "partial": partial,
-                                        "config": config.to_dict(), "history": log.state()})
+                                        "config": config.to_dict(), "history": log.state(),
+                                        "world_size": ctx.world_size})
 
     check_every = 1 if device.type == "cpu" else 25  # reading the loss on the host waits for the GPU
-    with stop_on_signals() as stop:
+    # open_bars: an error or a signal mid-epoch closes the bar first, so its message starts a line of its own
+    with stop_on_signals() as stop, contextlib.ExitStack() as open_bars:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter() - (float(partial[3]) if partial is not None else 0.0)
-            sums = partial[:3].to(device) if partial is not None else torch.zeros(3, dtype=torch.float64, device=device)
-            bar = log.bar(epoch, len(batches), start_step)
+            # An interrupted epoch's sums were reduced over ranks into the checkpoint: rank 0 carries them on.
+            sums = partial[:3].to(device) if partial is not None and ctx.is_main else \
+                torch.zeros(3, dtype=torch.float64, device=device)
+            bar = open_bars.enter_context(log.bar(epoch, len(batches), start_step))
             for step, (x, y) in enumerate(batches.epoch(epoch, start_step), start=start_step):
                 loss, correct = train_step(net, optimizer, scheduler, x, y, autocast=autocast)
                 sums[0] += loss.double() * len(y)  # in-place adds on the device: no step waits on the host
                 sums[1] += correct
                 sums[2] += len(y)
                 log.step(bar, epoch * len(batches) + step, loss, sums)
-                if step % check_every == 0 and not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"the loss became {float(loss)} at step {epoch * len(batches) + step + 1} "
+                nonfinite, stopping = step % check_every == 0 and not torch.isfinite(loss), "signum" in stop
+                if ctx.enabled:  # every rank must stop at the same step: agree, in one collective, at check steps
+                    nonfinite, stopping = D.any_ranks([nonfinite, stopping], ctx, device) \
+                        if step % check_every == 0 else (False, False)
+                if nonfinite:
+                    value = float(loss) if not torch.isfinite(loss) else "nan or inf on another rank"
+                    raise NonFiniteLoss(f"the loss became {value} at step {epoch * len(batches) + step + 1} "
                                         f"(epoch {epoch + 1}); stopped, and {ckpt_path} keeps the last good state: "
                                         "lower --lr-max")
-                if D.any_rank("signum" in stop, ctx, device):
+                if stopping:
                     elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-                    checkpoint(epoch, step + 1, torch.cat([sums.cpu(), elapsed]))
+                    checkpoint(epoch, step + 1, torch.cat([D.all_reduce_sum(sums, ctx).cpu(), elapsed]))
                     signum = stop.get("signum", signal.SIGTERM)
                     raise TrainingInterrupted(signum, f"stopped by {signal.Signals(signum).name} at epoch "
                                               f"{epoch + 1}, step {step + 1}; checkpoint saved to {ckpt_path}; "
@@ -226,6 +250,8 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
             bar.close()
             train_seconds = time.perf_counter() - t0
             train_loss, train_correct, count = D.all_reduce_sum(sums, ctx).tolist()
+            if not math.isfinite(train_loss):  # a GPU reads the loss every 25 steps: never evaluate or save NaN weights
+                checkpoint(epoch, len(batches), torch.tensor([train_loss]))  # raises NonFiniteLoss, saves nothing
             D.sync_buffers(model, ctx)
             test = evaluate(model, test_x, test_y, config, autocast=autocast, tta=config.tta, ctx=ctx)
             log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,

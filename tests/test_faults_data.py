@@ -1,0 +1,249 @@
+"""Hostile and broken inputs through the CLI, end to end: checkpoints that are truncated, foreign, from another
+recipe, or run code when unpickled; data sets that run code, escape their folder, bomb the disk, or hold the wrong
+shapes. Each must give exit code 2 and one `error:` line on stderr with no traceback, run nothing, write nothing
+outside its place, and overwrite nothing.
+
+The loaders' own checks are tested in test_data.py and test_safety_data.py; here the same inputs go through
+`cifarkit train`/`evaluate` as a user would pass them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cifarkit.data
+from cifarkit import cli
+from cifarkit.data import Cifar10
+
+ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
+        "--lr-max", "1e-3", "--no-plots"]
+
+
+class RunsShell:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (self.command,)
+
+
+def main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
+    """Exit code 2 and stderr exactly one `error: ...` line holding every fragment, no traceback."""
+    assert code == 2, err
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with its sha256: to prove nothing was written or overwritten."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch run on synthetic data (64/32 images drawn; 8/8 used): config.json and last.pt."""
+    run = tmp_path_factory.mktemp("faults-data") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cifarkit.data, "SYNTHETIC_SIZES", (64, 32))
+        assert cli.main(["train", "--data", "synthetic", *ARGS, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the finished run, without its lock file."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    return run
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+def bad_checkpoint(kind: str, good: bytes, marker: Path) -> bytes:
+    if kind == "truncated":
+        return good[: len(good) // 2]
+    if kind == "empty":
+        return b""
+    if kind == "garbage":
+        return np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    buffer = io.BytesIO()
+    if kind == "foreign":  # a PyTorch file, but a bare state dict rather than a cifarkit checkpoint
+        torch.save({"fc.weight": torch.zeros(10, 512)}, buffer)
+    elif kind == "runs code (zip)":
+        torch.save({"model": RunsShell(f"touch {marker}")}, buffer)
+    elif kind == "runs code (pickle)":
+        pickle.dump({"model": RunsShell(f"touch {marker}")}, buffer, protocol=2)
+    return buffer.getvalue()
+
+
+CHECKPOINT_ERRORS = {"truncated": "truncated or not a PyTorch file", "empty": "truncated or not a PyTorch file",
+                     "garbage": "last.pt", "foreign": "not a cifarkit training checkpoint",
+                     "runs code (zip)": "posix.system", "runs code (pickle)": "refused to load"}
+
+
+@pytest.mark.parametrize("command", ["train --resume", "evaluate"])
+@pytest.mark.parametrize("kind", list(CHECKPOINT_ERRORS))
+def test_bad_checkpoint_is_refused(run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str,
+                                   command: str) -> None:
+    """A truncated, empty, random, foreign or code-running last.pt is refused by `train --resume` and by `evaluate`
+    with one `error:` line naming the file; its pickled command never runs, and no file in the run changes."""
+    if command == "evaluate" and kind == "foreign":
+        pytest.skip("a bare state dict is a valid input to evaluate")
+    marker = tmp_path / "MARKER"
+    ckpt = run_copy / "checkpoints" / "last.pt"
+    ckpt.write_bytes(bad_checkpoint(kind, ckpt.read_bytes(), marker))
+    before = snapshot(run_copy)
+    argv = (["train", "--resume", "--out", str(run_copy)] if command == "train --resume"
+            else ["evaluate", "--checkpoint", str(ckpt), "--device", "cpu"])
+    code, err = main(argv, capsys)
+    assert_one_error_line(code, err, str(ckpt), CHECKPOINT_ERRORS[kind])
+    assert not marker.exists()
+    after = snapshot(run_copy)
+    after.pop(".lock", None)
+    assert after == before
+
+
+@pytest.mark.parametrize("case", ["flag", "other run"])
+def test_checkpoint_of_another_recipe_is_refused(run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 case: str) -> None:
+    """Resuming with a flag that changes the recipe (--batch-size 4), or into a run whose config.json differs from
+    the checkpoint copied into it (seed 1 vs 0): one `error:` line naming the field and both values; nothing in the
+    run folder is overwritten."""
+    argv = ["train", "--resume", "--out", str(run_copy)]
+    if case == "flag":
+        argv += ["--batch-size", "4"]
+        expected = "cannot resume: batch_size is 4 here but 8 in the checkpoint"
+    else:
+        config = (run_copy / "config.json").read_text().replace('"seed": 0', '"seed": 1')
+        (run_copy / "config.json").write_text(config)
+        expected = "cannot resume: seed is 1 here but 0 in the checkpoint"
+    before = snapshot(run_copy)
+    code, err = main(argv, capsys)
+    assert_one_error_line(code, err, expected)
+    after = snapshot(run_copy)
+    after.pop(".lock", None)
+    assert after == before
+
+
+@pytest.mark.parametrize("damage", ["missing", "torn"])
+def test_resume_without_config_json_uses_the_checkpoint(run_copy: Path, capsys: pytest.CaptureFixture[str],
+                                                        damage: str) -> None:
+    """config.json deleted or torn (a crash of an older version mid-write): the checkpoint holds the recipe, so
+    `train --resume` still works, and writes config.json back as it was (with this folder as "out")."""
+    original = (run_copy / "config.json").read_text()
+    if damage == "missing":
+        (run_copy / "config.json").unlink()
+    else:
+        (run_copy / "config.json").write_text(original[:40])
+    code, err = main(["train", "--resume", "--out", str(run_copy)], capsys)
+    assert code == 0, err
+    assert json.loads((run_copy / "config.json").read_text()) == json.loads(original) | {"out": str(run_copy)}
+
+
+def test_code_running_checkpoint_end_to_end(tmp_path: Path) -> None:
+    """The real command in a fresh interpreter: `python -m cifarkit evaluate` on a checkpoint whose unpickling would
+    run a shell command exits 2 with one `error:` line on stderr, no traceback, and the command never runs."""
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "model.pt"
+    evil.write_bytes(bad_checkpoint("runs code (zip)", b"", marker))
+    result = subprocess.run([sys.executable, "-m", "cifarkit", "evaluate", "--checkpoint", str(evil), "--device",
+                             "cpu"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CIFARKIT_CACHE": str(tmp_path / "cache")})
+    assert_one_error_line(result.returncode, result.stderr, f"refused to load {evil}", "posix.system")
+    assert result.stdout == "" and not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ data sets
+
+def header_bomb(path: Path) -> Path:
+    """A .tar.gz a few hundred bytes long whose member header claims 2 GiB: far more than CIFAR-10 unpacks to.
+    (A real 2 GiB of zeros would take seconds to build and to read; the refusal comes from the headers either way.)"""
+    info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    info.size = 2 << 30
+    path.write_bytes(gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024))
+    return path
+
+
+def hostile_data(case: str, root: Path, tiny: Cifar10, files: SimpleNamespace, marker: Path) -> tuple[Path, str]:
+    """(the --data to pass, a fragment the error must hold)."""
+    src = root / "src"
+    if case in ("pickle runs code", "label out of range", "wrong shape"):
+        folder = files.pickle_folder(tiny, src / "cifar-10-batches-py")
+        if case == "pickle runs code":
+            (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": RunsShell(f"touch {marker}"), b"labels": []}))
+            return folder, "posix.system"
+        batch = files.batch_dict(tiny.test_images, tiny.test_labels, "test")
+        if case == "label out of range":
+            batch[b"labels"][3] = 10
+        else:
+            batch[b"data"] = batch[b"data"][:, :3000]
+        (folder / "test_batch").write_bytes(files.py2_dumps(batch))
+        return folder, "test_batch"
+    if case == "image not 32x32":
+        tree = files.image_tree(tiny, src / "tree")
+        Image.new("RGB", (64, 64)).save(tree / "train" / "cat" / "big.png")
+        return tree, "64×64"
+    if case == "zip bomb":
+        return header_bomb(root / "bomb.tar.gz"), "bomb"
+    archive = root / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        ok = tarfile.TarInfo("cifar-10-batches-py/readme")
+        ok.size = 2
+        tf.addfile(ok, io.BytesIO(b"hi"))
+        if case == "symlink member":
+            bad = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+            bad.type, bad.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tf.addfile(bad)
+        else:
+            bad = tarfile.TarInfo("../escaped" if case == "../ member" else str(root / "escaped"))
+            bad.size = 2
+            tf.addfile(bad, io.BytesIO(b"hi"))
+    return archive, bad.name
+
+
+DATA_CASES = ["pickle runs code", "../ member", "absolute member", "symlink member", "zip bomb", "image not 32x32",
+              "label out of range", "wrong shape"]
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_hostile_data_is_refused_by_train(tmp_path: Path, cifar_cache: Path, tiny_data: Cifar10,
+                                          cifar_files: SimpleNamespace, capsys: pytest.CaptureFixture[str],
+                                          case: str) -> None:
+    """`cifarkit train --data X` on a hostile or malformed data set: exit 2, one `error:` line naming the problem, no
+    code run (marker absent), and the only file written anywhere is the run folder's lock: nothing outside the
+    extraction folder, no partial cache entry. The bomb is refused at the real caps, from its headers."""
+    marker = tmp_path / "MARKER"
+    source, fragment = hostile_data(case, tmp_path, tiny_data, cifar_files, marker)
+    before = set(tmp_path.rglob("*"))
+    run = tmp_path / "run"
+    code, err = main(["train", "--data", str(source), *ARGS, "--out", str(run)], capsys)
+    assert_one_error_line(code, err, fragment)
+    assert not marker.exists()
+    assert {p for p in set(tmp_path.rglob("*")) - before if not p.is_dir()} == {run / ".lock"}

@@ -1,0 +1,72 @@
+"""The one-cycle schedule: LRMIN at the first step, LRMAX at the end of the peak epoch, LRMIN at the last step,
+linear in between, never below LRMIN (no annihilation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cifarkit.schedule import one_cycle, peak_step_of, schedule_lrs
+
+
+def run_scheduler(epochs: int, steps: int, peak: float, final_div: float = 1.0) -> list[float]:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=123.0)
+    sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-2, epochs=epochs, steps_per_epoch=steps, peak_epoch=peak,
+                      final_div=final_div)
+    lrs = []
+    for _ in range(epochs * steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_assignment_schedule_first_peak_last_steps() -> None:
+    """24 epochs x 98 steps, peak 5: step 0 uses 1e-4, the last step of epoch 5 uses 1e-2, the last step 1e-4."""
+    lrs = run_scheduler(24, 98, 5)
+    assert lrs[0] == pytest.approx(1e-4)
+    assert peak_step_of(5, 98) == 5 * 98 - 1
+    assert lrs[5 * 98 - 1] == pytest.approx(1e-2)
+    assert max(lrs) == pytest.approx(1e-2) and int(np.argmax(lrs)) == 5 * 98 - 1
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert min(lrs) >= 1e-4 * (1 - 1e-9)
+
+
+def test_schedule_is_linear_on_both_sides() -> None:
+    """Equal LR increments on the way up and equal decrements on the way down."""
+    lrs = np.array(run_scheduler(6, 10, 2))
+    up, down = np.diff(lrs[:20]), np.diff(lrs[19:])
+    assert np.allclose(up, up[0]) and up[0] > 0
+    assert np.allclose(down, down[0]) and down[0] < 0
+
+
+def test_fractional_peak_for_short_runs() -> None:
+    """A 2-epoch run with peak 0.5 peaks halfway through the first epoch."""
+    lrs = run_scheduler(2, 10, 0.5)
+    assert int(np.argmax(lrs)) == 4 and lrs[4] == pytest.approx(1e-2)
+
+
+def test_reference_variant_ends_at_lr_min_over_100() -> None:
+    """final_div=100 reproduces the reference's final LR of LRMIN/100."""
+    lrs = run_scheduler(4, 10, 1, final_div=100)
+    assert lrs[-1] == pytest.approx(1e-6)
+
+
+def test_pure_function_matches_the_scheduler_and_resumes_from_state() -> None:
+    """schedule_lrs equals what the optimizer sees; a scheduler restored from state_dict continues the sequence."""
+    expected = schedule_lrs(lr_min=1e-4, lr_max=1e-2, epochs=3, steps_per_epoch=7, peak_epoch=1)
+    assert np.allclose(run_scheduler(3, 7, 1), expected)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-2, epochs=3, steps_per_epoch=7, peak_epoch=1)
+    for _ in range(9):
+        opt.step()
+        sched.step()
+    opt2 = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    sched2 = one_cycle(opt2, lr_min=1e-4, lr_max=1e-2, epochs=3, steps_per_epoch=7, peak_epoch=1)
+    opt2.load_state_dict(opt.state_dict())  # as train.py resumes: optimizer, then scheduler
+    sched2.load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["lr"] == pytest.approx(expected[9])
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(expected[10])

@@ -1,0 +1,115 @@
+"""fit(): the run folder it writes, determinism on CPU, exact resume after SIGTERM mid-epoch, and refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import cifarkit.train as train_module
+from cifarkit.config import TrainConfig
+from cifarkit.data import make_synthetic
+from cifarkit.errors import CifarkitError
+from cifarkit.train import TrainingInterrupted, fit
+
+
+def tiny_config(out: Path, **kw) -> TrainConfig:
+    values = dict(out=str(out), epochs=2, batch_size=8, subset=32, test_subset=16, lr_min=1e-4, lr_max=1e-3,
+                  plots=False, data="synthetic")
+    return TrainConfig(**(values | kw))
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "model.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(64, 32)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data) -> Path:
+    """One uninterrupted 2-epoch run that the other tests compare against."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    fit(tiny_config(out), data=data, progress=False)
+    return out
+
+
+def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path) -> None:
+    """history.csv has a row per epoch with the contract's columns; metrics.json has the promised keys."""
+    rows = list(csv.DictReader(open(reference_run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_second"}
+    metrics = json.loads((reference_run / "metrics.json").read_text())
+    for key in ("final_test_accuracy", "best_test_accuracy", "epochs_completed", "lr_min", "lr_max",
+                "train_seconds", "images_per_second", "device", "world_size"):
+        assert key in metrics, key
+    assert metrics["epochs_completed"] == 2 and metrics["world_size"] == 1 and metrics["synthetic"] is True
+    assert 0 <= metrics["final_test_accuracy"] <= 1
+    assert TrainConfig.load(reference_run / "config.json").lr_max == 1e-3
+    assert (reference_run / "checkpoints" / "last.pt").is_file()
+    assert len(json.loads((reference_run / "schedule.json").read_text())["lrs"]) == 2 * 4
+
+
+def test_same_seed_same_weights_on_cpu(tmp_path: Path, data, reference_run: Path) -> None:
+    """Two runs with one seed end with bitwise-equal weights."""
+    fit(tiny_config(tmp_path / "again"), data=data, progress=False)
+    ref, again = weights(reference_run), weights(tmp_path / "again")
+    assert all(torch.equal(ref[k], again[k]) for k in ref)
+
+
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, data, reference_run: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM at step 6 (epoch 2) writes a checkpoint at a step boundary; --resume ends bitwise equal to the
+    uninterrupted run, with the same history."""
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def step_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        out = real_step(*args, **kwargs)
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train_module, "train_step", step_then_signal)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at epoch 2, step 2"):
+        fit(tiny_config(run), data=data, progress=False)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    fit(tiny_config(run), data=data, resume=True, progress=False)
+    ref, resumed = weights(reference_run), weights(run)
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+    ref_rows = list(csv.DictReader(open(reference_run / "history.csv")))
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    for a, b in zip(ref_rows, rows):
+        assert (a["train_loss"], a["test_acc"], a["lr"]) == (b["train_loss"], b["test_acc"], b["lr"])
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path: Path, data, reference_run: Path) -> None:
+    """A changed training field on --resume is one clear error naming the field."""
+    with pytest.raises(CifarkitError, match="weight_decay"):
+        fit(tiny_config(reference_run, weight_decay=0.5), data=data, resume=True, progress=False)
+
+
+def test_new_run_into_an_existing_run_is_refused(data, reference_run: Path) -> None:
+    """Without --resume, a folder that already holds a checkpoint is not overwritten."""
+    before = (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(CifarkitError, match="--resume"):
+        fit(tiny_config(reference_run), data=data, progress=False)
+    assert (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_range_test_fills_missing_lrs(tmp_path: Path, data) -> None:
+    """Without --lr-min/--lr-max the run starts with the range test and trains with what it found."""
+    run = tmp_path / "found"
+    fit(tiny_config(run, lr_min=None, lr_max=None, lr_find_iters=10, epochs=1), data=data, progress=False)
+    found = json.loads((run / "lr_finder.json").read_text())
+    config = TrainConfig.load(run / "config.json")
+    assert (config.lr_min, config.lr_max) == (found["lr_min"], found["lr_max"])
+    assert config.lr_min < config.lr_max
