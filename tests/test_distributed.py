@@ -50,8 +50,8 @@ def torchrun(*args: str) -> list[str]:
 
 
 def worker_env() -> dict[str, str]:
-    """One thread per process (two processes share the cores), no progress bars, no inherited rendezvous."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+    """One thread per process (two processes share the cores), no rendezvous inherited from an outer torchrun."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         env.pop(key, None)
     return env

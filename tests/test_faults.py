@@ -28,6 +28,7 @@ import pytest
 import torch
 
 import cifarkit.data
+import cifarkit.runlog
 import cifarkit.train
 from cifarkit import cli
 from cifarkit.checkpoint import RunLock, load_checkpoint, safe_torch_load
@@ -380,12 +381,40 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, reference: Path, mo
     assert_matches_reference(run, reference)
 
 
+def test_disk_full_in_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC while writing epoch 2's metrics.json (simulated in runlog.write_json), before epoch 2's checkpoint: one
+    `error:` line (no traceback), exit 2; last.pt is still epoch 1's, history.csv is whole, no temp file is left
+    beside the checkpoint."""
+    run = tmp_path / "run"
+    real_write_json = cifarkit.runlog.write_json
+    calls = [0]
+
+    def full_disk(path: Path, obj: Any) -> None:
+        calls[0] += path.name == "metrics.json"
+        if calls[0] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write_json(path, obj)
+
+    monkeypatch.setattr(cifarkit.runlog, "write_json", full_disk)
+    code, err = main(train_argv(run), capsys)
+    assert code == 2
+    assert error_line(err) == f"error: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: '{run}/metrics.json'"
+    assert checkpoint_position(run) == (1, 0)
+    assert [row["epoch"] for row in history(run)] == ["1", "2"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+
+
 @contextlib.contextmanager
 def read_only(folder: Path) -> Iterator[str]:
     """Make `folder` refuse new files. Root ignores permission bits, so chmod 0o555 proves nothing here; `chattr +i`
     (immutable) is refused even to root, where the filesystem supports it. Elsewhere, non-root: chmod 0o555. Root
     without chattr: simulated, by making open/os.open raise EROFS for paths in the folder. Yields the mode used."""
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+    try:
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    except OSError:  # no chattr here
+        immutable = False
+    if immutable:
         try:
             yield "chattr"
         finally:

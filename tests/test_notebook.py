@@ -32,6 +32,7 @@ def test_notebook_runs_in_smoke_mode(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CIFARKIT_SMOKE", "1")
     monkeypatch.setenv("CIFARKIT_DATA", "synthetic")
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: one thread, like the rest of the suite
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})

@@ -106,19 +106,23 @@ def test_report_references_plots_tables_and_lrs(built: Path) -> None:
     assert f"{LR_MIN:.3e}" in text and f"{LR_MAX:.3e}" in text and "rule-for-min" in text and "rule-for-max" in text
     assert "57.00%" in text and "Test CPU" in text
     assert "SYNTHETIC DATA" in text and "NOT on CIFAR-10" in text
+    # the command that trains it again: non-default flags only, LRs left to the range test that found them
+    assert "`cifarkit train --out NEW_RUN --data synthetic --epochs 3 --batch-size 16 --test-subset 30" in text
+    assert "--lr-min" not in text
     page = (built / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<img src='plots/") == len(PLOTS)
     assert "<strong>SYNTHETIC DATA" in page
 
 
 def test_report_without_lr_finder(tmp_path: Path, built: Path) -> None:
-    """When the LRs were given (no lr_finder.json, no lr_finder.png) the report says so and still lists both LRs."""
+    """When the LRs were given (no lr_finder.json, no lr_finder.png) the report says so, still lists both LRs, and
+    its train command passes them."""
     run = tmp_path / "given"
     make_run_files(run, with_finder=False)
     shutil.copytree(built / "plots", run / "plots")
     (run / "plots" / "lr_finder.png").unlink()
     text = report.write_report(run).read_text()
-    assert "lr_finder.png" not in text and "given by the user" in text
+    assert "lr_finder.png" not in text and "given by the user" in text and f"--lr-min {LR_MIN}" in text
     assert f"{LR_MIN:.3e}" in text and f"{LR_MAX:.3e}" in text
     assert "run `cifarkit report RUN`" in text  # no per_class.json here: the report says how to get the table
 

@@ -70,3 +70,9 @@ def test_pure_function_matches_the_scheduler_and_resumes_from_state() -> None:
     opt2.step()
     sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(expected[10])
+
+
+def test_a_peak_at_the_first_step_still_reaches_lr_max() -> None:
+    """A run so short that the peak falls on step 0 starts at LRMAX rather than never using it."""
+    lrs = schedule_lrs(lr_min=1e-4, lr_max=1e-2, epochs=1, steps_per_epoch=3, peak_epoch=0.2)
+    assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)

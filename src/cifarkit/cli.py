@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig(**given)
     history = fit(config, resume=args.resume)
     m = history.metrics
-    if m:
+    if m and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"final_test_accuracy={m['final_test_accuracy']:.4f} best_test_accuracy={m['best_test_accuracy']:.4f} "
               f"run={history.run_dir}")
     return 0

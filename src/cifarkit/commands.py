@@ -12,7 +12,8 @@ from cifarkit.checkpoint import safe_torch_load
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, resolve_data, subset
 from cifarkit.errors import CifarkitError
-from cifarkit.loaders import build_train_batches, normalize, repeat_epochs
+from cifarkit.augment import normalize_batch
+from cifarkit.loaders import build_train_batches, repeat_epochs
 from cifarkit.lr_finder import LRFinderResult, find_lr
 from cifarkit.models import CustomResNet
 from cifarkit.train import evaluate, pick_device
@@ -104,7 +105,7 @@ def predict_command(path: Path, images: list[Path], device: str) -> list[tuple[P
     dev = pick_device(device)
     model, config = load_model(path, dev)
     batch = torch.from_numpy(np.stack([read_image(p) for p in images])).to(dev)
-    probs = model.predict_proba(normalize(batch, config.mean, config.std_values))
+    probs = model.predict_proba(normalize_batch(batch, config.mean, config.std_values))
     classes = CLASSES if model.num_classes == len(CLASSES) else tuple(f"class{i}" for i in range(model.num_classes))
     conf, idx = probs.max(1)
     return [(p, classes[int(i)], float(c)) for p, i, c in zip(images, idx, conf)]

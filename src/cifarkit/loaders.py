@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -111,9 +111,3 @@ def repeat_epochs(batches: "LoaderBatches") -> Iterator[tuple[torch.Tensor, torc
         yield from batches.epoch(epoch)
         epoch += 1
 
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float [B, 3, H, W], (x / 255 - mean) / std: the test transform, on whole batches."""
-    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.permute(0, 3, 1, 2).float() / 255 - m) / s

@@ -229,7 +229,8 @@ def plot_lr_schedule(
         top = int(np.argmax(lrs))
         ax.plot([x[top + 1]], [lrs[top]], "o", color="tab:red", label=f"highest LR {lrs[top]:.2e}")
     if peak_epoch is not None:
-        ax.axvline(peak_epoch, color="tab:red", linestyle="--", linewidth=1.2, label=f"peak: end of epoch {peak_epoch:.3g}")
+        ax.axvline(peak_epoch, color="tab:red", linestyle="--", linewidth=1.2,
+                   label=f"peak: end of epoch {peak_epoch:.3g}")
     _epoch_axis(ax)
     ax.set_xlim(0, max(x[-1], 1e-9))
     ax.set_ylim(0, 1.25 * float(lrs.max()) if lrs.size and lrs.max() > 0 else None)  # headroom for the legend
@@ -329,7 +330,7 @@ def plot_gradcam(
     title: str = "Grad-CAM on misclassified test images (red: evidence for the predicted class)",
     fig: Figure | None = None,
 ) -> Figure:
-    """Pairs original | Grad-CAM overlay, the original titled with true/pred and the overlay with the class explained."""
+    """Pairs original | Grad-CAM overlay: the original titled with true/pred, the overlay with the class explained."""
     n = len(images)
     pairs_per_row = max(1, min(pairs_per_row, n))
     rows = max(1, -(-n // pairs_per_row))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import json
 import math
@@ -23,7 +24,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10
 from cifarkit.errors import CifarkitError
 from cifarkit.gradcam import grad_cam
-from cifarkit.loaders import normalize
+from cifarkit.augment import normalize_batch
 
 N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 8, 3
 
@@ -71,7 +72,7 @@ def predict_proba(model: nn.Module, images: np.ndarray, config: TrainConfig, dev
     try:
         for start in range(0, len(images), config.eval_batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start: start + config.eval_batch_size])).to(device)
-            logits = model(normalize(batch, config.mean, config.std_values))
+            logits = model(normalize_batch(batch, config.mean, config.std_values))
             out.append(torch.softmax(logits.float(), dim=1).cpu())
     finally:
         model.train(was_training)
@@ -142,7 +143,7 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     if len(shown) == 0:  # a perfect model: explain correct predictions instead of drawing nothing
         shown = np.argsort(-conf, kind="stable")[:N_GRADCAM]
         title = "Grad-CAM on correctly classified test images (no mistakes to explain)"
-    heat = grad_cam(model, normalize(torch.from_numpy(data.test_images[shown]).to(device), config.mean,
+    heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device), config.mean,
                                      config.std_values), pred[shown]) if len(shown) else np.zeros((0, 32, 32))
     save(plots.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
                             title=title), "gradcam")
@@ -206,7 +207,7 @@ def _blocks(run_dir: Path) -> list[Block]:
                           "stand-in (coloured stripe patterns), which only checks that the pipeline works; its "
                           "accuracies say nothing about CIFAR-10."))
     done, planned = m.get("epochs_completed", "?"), m.get("epochs", config.get("epochs"))
-    stopped = f" (of {planned} planned: the run was stopped early)" if planned not in (None, done) else ""
+    stopped = f" (of {planned} planned: stopped early or still running; `cifarkit train --resume` continues it)" if planned not in (None, done) else ""
     images = (f"{m['train_images']:,} training and {m['test_images']:,} test images of "
               if m.get("train_images") and m.get("test_images") else "")
     b.append(("p", f"The assignment's custom ResNet (6,573,120 parameters) was trained for **{done} epochs**{stopped}"
@@ -264,8 +265,24 @@ def _blocks(run_dir: Path) -> list[Block]:
         ["PyTorch / Python", f"{hw.get('torch', '?')} / {hw.get('python', '?')}"]])]
     b += [("h2", "Configuration"),
           ("table", ["field", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in config.items()]),
-          ("p", f"Regenerate this report with `cifarkit report {run_dir}`.")]
+          ("p", f"Train again with `{_train_command(config, bool(finder))}`; redraw the plots and this report with "
+                f"`cifarkit report {run_dir}`.")]
     return b
+
+
+def _train_command(values: dict[str, Any], lrs_found: bool) -> str:
+    """The `cifarkit train` command line that gives this config (only the flags that differ from the defaults)."""
+    # peak_epoch's default follows the epochs: compare with the default for this run's epochs
+    defaults = TrainConfig(epochs=values.get("epochs", TrainConfig.epochs)).to_dict() | {"epochs": TrainConfig.epochs}
+    skip = {"extra", "out"} | ({"lr_min", "lr_max"} if lrs_found else set())  # LRs found by the range test
+    words = ["cifarkit train --out NEW_RUN"]
+    for f in dataclasses.fields(TrainConfig):
+        value = values.get(f.name)
+        if f.name in skip or value is None or value == defaults[f.name]:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        words.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(words)
 
 
 def _md_cell(text: str) -> str:
@@ -336,25 +353,30 @@ def write_report(run_dir: Path) -> Path:
 
 
 def build_report(run_dir: Path, *, data_source: str | None = None, device: str = "auto") -> Path:
-    """`cifarkit report RUN`: reload the run's config, weights and test data, redraw every plot, rewrite the report."""
+    """`cifarkit report RUN`: reload the run's config, weights and test data, redraw every plot, rewrite the report.
+
+    A finished run is drawn from RUN/model.pt; a run still in progress (or stopped) from its last checkpoint.
+    """
     from cifarkit import data as data_module
-    from cifarkit.checkpoint import safe_torch_load
-    from cifarkit.models.custom_resnet import CustomResNet
+    from cifarkit.commands import load_model
     from cifarkit.train import pick_device
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CifarkitError(f"no run folder at {run_dir}: give the --out folder of a `cifarkit train` run")
-    for name in ("config.json", "model.pt", "metrics.json"):
+    for name in ("config.json", "metrics.json"):
         if not (run_dir / name).is_file():
-            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a finished `cifarkit train` run")
+            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a `cifarkit train` run that "
+                                "completed at least one epoch")
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        weights = run_dir / "checkpoints" / "last.pt"
+    if not weights.is_file():
+        raise CifarkitError(f"{run_dir} has neither model.pt nor checkpoints/last.pt: nothing to draw")
+    dev = pick_device(device)
+    model, _ = load_model(weights, dev)
     config = TrainConfig.load(run_dir / "config.json")
     data = data_module.resolve_data(data_source or config.data)
     data = data_module.subset(data, None, config.test_subset, seed=config.seed)
-    model = CustomResNet(num_classes=len(data.classes))
-    try:
-        model.load_state_dict(safe_torch_load(run_dir / "model.pt"))
-    except RuntimeError as e:
-        raise CifarkitError(f"{run_dir / 'model.pt'} does not fit CustomResNet: {str(e).splitlines()[0]}") from e
-    write_plots(run_dir, model=model, data=data, config=config, device=pick_device(device))
+    write_plots(run_dir, model=model, data=data, config=config, device=dev)
     return write_report(run_dir)

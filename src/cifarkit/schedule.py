@@ -18,8 +18,8 @@ def one_cycle_lr(step: int, *, lr_min: float, lr_max: float, total_steps: int, p
     The last step (total_steps - 1) uses the final LR; the peak step uses lr_max.
     """
     final = lr_min / final_div
-    if step <= peak_step:
-        return lr_min + (lr_max - lr_min) * step / max(peak_step, 1)
+    if step <= peak_step:  # (a peak at step 0, in a tiny run, starts at lr_max)
+        return lr_max if peak_step == 0 else lr_min + (lr_max - lr_min) * step / peak_step
     last = total_steps - 1
     frac = min(1.0, (step - peak_step) / max(last - peak_step, 1))
     return lr_max + (final - lr_max) * frac

@@ -25,7 +25,8 @@ from cifarkit.checkpoint import RunLock, load_checkpoint, save_checkpoint, set_r
 from cifarkit.config import RESUMABLE_FIELDS, TrainConfig
 from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import CifarkitError
-from cifarkit.loaders import build_train_batches, normalize, repeat_epochs
+from cifarkit.augment import normalize_batch
+from cifarkit.loaders import build_train_batches, repeat_epochs
 from cifarkit.lr_finder import find_lr
 from cifarkit.models import CustomResNet
 from cifarkit.runlog import RunLog, hardware_info, weights_checksum
@@ -88,9 +89,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
     sums = torch.zeros(4, dtype=torch.float64, device=images.device)  # loss sum, correct, correct with TTA, count
     for start in range(lo, hi, config.eval_batch_size):
         stop = min(start + config.eval_batch_size, hi)
-        x = normalize(images[start:stop], config.mean, config.std_values)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = normalize_batch(images[start:stop], config.mean, config.std_values, channels_last=config.channels_last)
         y = labels[start:stop]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(x).float()
