@@ -63,8 +63,10 @@ def safe_torch_load(path: Path) -> Any:
         lines = [s.strip() for s in str(e).splitlines() if s.strip()]
         first = next((s for s in lines[1:] if not s.startswith(("Please file", "Check the documentation"))),
                      lines[0] if lines else type(e).__name__)
-        raise CifarkitError(f"refused to load {path}: it holds objects other than tensors and plain data, "
-                            f"which could run code ({first[:160]})") from e
+        if "GLOBAL" in first or "global" in first:  # a class or function reference: what a code-running pickle needs
+            raise CifarkitError(f"refused to load {path}: it holds objects other than tensors and plain data, "
+                                f"which could run code ({first[:160]})") from e
+        raise CifarkitError(f"cannot read {path}: not a PyTorch checkpoint ({first[:160]})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CifarkitError(f"cannot read {path}: truncated or not a PyTorch file ({type(e).__name__})") from e
 
@@ -105,6 +107,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CifarkitError(f"{path} is not a cifarkit training checkpoint (no '{FORMAT}' marker)")
     return state
+
+
+def restore_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """model.load_state_dict(state), a mismatch reported in one line that names the first offending keys."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])[:240]
+        raise CifarkitError(f"{path} holds weights of another model ({detail})") from e
 
 
 class RunLock:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarkit.checkpoint import safe_torch_load
+from cifarkit.checkpoint import restore_weights, safe_torch_load
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, resolve_data, subset
 from cifarkit.errors import CifarkitError
@@ -63,10 +63,7 @@ def load_model(path: Path, device: torch.device) -> tuple[CustomResNet, TrainCon
     state, config = load_weights(path)
     fc = state.get("fc.weight")
     model = CustomResNet(int(fc.shape[0]) if fc is not None else 10)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CifarkitError(f"{path} holds weights of another model: {str(e).splitlines()[0]}") from e
+    restore_weights(model, state, path)
     return model.to(device).eval(), config
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cifarkit import distributed as D
-from cifarkit.checkpoint import RunLock, load_checkpoint, save_checkpoint, set_rng_state
+from cifarkit.checkpoint import RunLock, load_checkpoint, restore_weights, save_checkpoint, set_rng_state
 from cifarkit.config import RESUMABLE_FIELDS, TrainConfig
 from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import CifarkitError
@@ -183,10 +183,7 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
                           final_div=config.final_div)
     start_epoch, start_step, partial = 0, 0, None
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise CifarkitError(f"{ckpt_path} holds weights of another model: {str(e).splitlines()[0]}") from e
+        restore_weights(model, state["model"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
