@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -269,10 +270,18 @@ def test_not_an_archive(tmp_path: Path) -> None:
     expect_error(tmp_path / "data.zip", tmp_path / "data.zip", "archive")
 
 
-def test_corrupt_archive(tmp_path: Path) -> None:
-    """A .tar.gz that is not a readable archive is named and nothing is left in the cache."""
+def test_corrupt_archive(tmp_path: Path, cifar_cache: Path) -> None:
+    """A .tar.gz that is not a readable archive, or is cut short, is named and nothing is left in the cache."""
     (tmp_path / "c.tar.gz").write_bytes(b"\x1f\x8b" + os.urandom(200))
     expect_error(tmp_path / "c.tar.gz", tmp_path / "c.tar.gz", "corrupt")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "blob").write_bytes(os.urandom(100_000))
+    with tarfile.open(tmp_path / "cut.tar.gz", "w:gz") as tf:
+        tf.add(tmp_path / "src", arcname="src")
+    raw = (tmp_path / "cut.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(raw[: len(raw) // 2])
+    expect_error(tmp_path / "cut.tar.gz", tmp_path / "cut.tar.gz", "corrupt")
+    assert not any(p.is_file() for p in cifar_cache.rglob("*"))
 
 
 def test_missing_batch(tmp_path: Path, tiny_data: Cifar10, cifar_files: SimpleNamespace) -> None:

@@ -178,11 +178,15 @@ def test_member_count_bomb_is_refused(tmp_path: Path) -> None:
     assert len(list((tmp_path / "t" / "d").iterdir())) == 6
 
 
-def test_duplicate_member_is_refused(tmp_path: Path) -> None:
-    """A member name given twice is an error rather than a silent overwrite."""
+def test_duplicate_member_is_refused(tmp_path: Path, cifar_cache: Path) -> None:
+    """A member name given twice is an error rather than a silent overwrite; failing half-way through extraction
+    into the cache leaves no partial entry (the temporary folder is removed)."""
     tgz = _tar(tmp_path / "dup.tar.gz", [_file("d/a", b"1"), _file("d/a", b"2")])
     with pytest.raises(CifarkitError, match="dup.tar.gz"):
         safe_extract(tgz, tmp_path / "t")
+    with pytest.raises(CifarkitError, match="dup.tar.gz"):
+        load_cifar10(tgz)
+    assert (cifar_cache / "extracted").is_dir() and _everything_under(cifar_cache / "extracted") == []
 
 
 # ----------------------------------------------------------------------------------------------- downloads
