@@ -80,11 +80,6 @@ def any_ranks(flags: list[bool], ctx: DistContext, device: torch.device) -> list
     return [bool(v) for v in t.tolist()]
 
 
-def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """True on every rank if it is True on any."""
-    return any_ranks([flag], ctx, device)[0]
-
-
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

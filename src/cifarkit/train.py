@@ -202,9 +202,7 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
 
     def checkpoint(epoch: int, step_in_epoch: int, partial: torch.Tensor | None = None) -> None:
         if partial is not None and not math.isfinite(float(partial[0])):  # a NaN since the last check (GPU)
-            raise NonFiniteLoss(f"the loss became {float(partial[0])} by step {epoch * len(batches) + step_in_epoch} "
-                                f"(epoch {epoch + 1}); stopped, and {ckpt_path} keeps the last good state: "
-                                "lower --lr-max")
+            raise non_finite(float(partial[0]), epoch, epoch * len(batches) + step_in_epoch, ckpt_path, "by")
         if ctx.is_main:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "scaler": None, "epoch": epoch,
@@ -227,15 +225,9 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
                 sums[1] += correct
                 sums[2] += len(y)
                 log.step(bar, epoch * len(batches) + step, loss, sums)
-                nonfinite, stopping = step % check_every == 0 and not torch.isfinite(loss), "signum" in stop
-                if ctx.enabled:  # every rank must stop at the same step: agree, in one collective, at check steps
-                    nonfinite, stopping = D.any_ranks([nonfinite, stopping], ctx, device) \
-                        if step % check_every == 0 else (False, False)
+                nonfinite, stopping = check_step(step, loss, "signum" in stop, check_every, ctx, device)
                 if nonfinite:
-                    value = float(loss) if not torch.isfinite(loss) else "nan or inf on another rank"
-                    raise NonFiniteLoss(f"the loss became {value} at step {epoch * len(batches) + step + 1} "
-                                        f"(epoch {epoch + 1}); stopped, and {ckpt_path} keeps the last good state: "
-                                        "lower --lr-max")
+                    raise non_finite(float(loss), epoch, epoch * len(batches) + step + 1, ckpt_path, "at")
                 if stopping:
                     elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
                     checkpoint(epoch, step + 1, torch.cat([D.all_reduce_sum(sums, ctx).cpu(), elapsed]))
@@ -247,7 +239,7 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
             train_seconds = time.perf_counter() - t0
             train_loss, train_correct, count = D.all_reduce_sum(sums, ctx).tolist()
             if not math.isfinite(train_loss):  # a GPU reads the loss every 25 steps: never evaluate or save NaN weights
-                checkpoint(epoch, len(batches), torch.tensor([train_loss]))  # raises NonFiniteLoss, saves nothing
+                raise non_finite(train_loss, epoch, (epoch + 1) * len(batches), ckpt_path, "by")
             D.sync_buffers(model, ctx)
             test = evaluate(model, test_x, test_y, config, autocast=autocast, tta=config.tta, ctx=ctx)
             log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,
@@ -264,6 +256,25 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
         write_report(run)
     D.barrier(ctx)
     return History(run_dir=run, epochs=history, metrics=log.metrics)
+
+
+def check_step(step: int, loss: torch.Tensor, signalled: bool, check_every: int, ctx: D.DistContext,
+               device: torch.device) -> tuple[bool, bool]:
+    """(non-finite loss, stop requested) after a step. Under torchrun every rank must stop at the same step, so the
+    ranks agree in one collective, at check steps only (reading the loss waits for the GPU)."""
+    if step % check_every:
+        return False, signalled and not ctx.enabled
+    nonfinite = not torch.isfinite(loss).item()
+    if ctx.enabled:
+        nonfinite, signalled = D.any_ranks([nonfinite, signalled], ctx, device)
+    return nonfinite, signalled
+
+
+def non_finite(value: float, epoch: int, step: int, ckpt_path: Path, when: str) -> NonFiniteLoss:
+    """The error for a NaN or infinite loss: the step, and that the last good checkpoint is kept."""
+    shown = value if not math.isfinite(value) else "nan or inf on another rank"
+    return NonFiniteLoss(f"the loss became {shown} {when} step {step} (epoch {epoch + 1}); stopped, and "
+                         f"{ckpt_path} keeps the last good state: lower --lr-max")
 
 
 def find_lrs(model: nn.Module, batches: Any, config: TrainConfig, autocast: bool, log: RunLog,
