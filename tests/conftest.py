@@ -9,6 +9,7 @@ import struct
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -43,6 +44,23 @@ def cifar_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cifarkit-cache"
     monkeypatch.setenv("CIFARKIT_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def assert_real_png() -> Callable[..., None]:
+    """`assert_real_png(path, min_size=(300, 200))`: fails unless `path` is a PNG of at least min_size pixels that is
+    not (almost) a single colour. A fixture, for the plot and report tests alike (rather than `import conftest`)."""
+
+    def check(path: Path, min_size: tuple[int, int] = (300, 200)) -> None:
+        assert path.is_file(), path
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            assert image.width >= min_size[0] and image.height >= min_size[1], (path.name, image.size)
+            pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+        colours = np.unique((pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2])
+        assert len(colours) > 10, f"{path.name} is (almost) one colour"
+
+    return check
 
 
 # ------------------------------------------------------------------------------------------- on-disk layouts

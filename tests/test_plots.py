@@ -1,34 +1,23 @@
-"""Plots render real, readable PNGs from plain arrays; Grad-CAM returns sensible heatmaps."""
+"""Plots and image grids render real, readable PNGs from plain arrays; Grad-CAM returns sensible heatmaps."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import nn
 
-from cifarkit import plots
+from cifarkit import galleries, plots
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.gradcam import grad_cam
 from cifarkit.models.custom_resnet import CustomResNet
-
-
-def assert_real_png(path: Path, min_size: tuple[int, int] = (300, 200)) -> None:
-    """A PNG of at least min_size pixels that is not a single colour."""
-    assert path.is_file(), path
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        assert image.width >= min_size[0] and image.height >= min_size[1], (path.name, image.size)
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
-    colours = np.unique((pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2])
-    assert len(colours) > 10, f"{path.name} is (almost) one colour"
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +26,27 @@ def small() -> dict:
     return {"data": make_synthetic(n_train=40, n_test=20), "three": make_synthetic(n_train=9, n_test=3, num_classes=3)}
 
 
-def test_samples_grid(tmp_path: Path, small: dict) -> None:
+def test_samples_grid(tmp_path: Path, small: dict, assert_real_png: Callable[..., None]) -> None:
     """The samples grid (rows = classes, originals beside augmented views) saves as a real PNG."""
     data = small["three"]
     views = np.ascontiguousarray(data.train_images[:, ::-1])  # any uint8 HWC stand-in for the augmented view
-    fig = plots.plot_samples(data.train_images, data.train_labels, data.classes, views, per_class=2)
+    fig = galleries.plot_samples(data.train_images, data.train_labels, data.classes, views, per_class=2)
     assert isinstance(fig, Figure)
     assert_real_png(plots.save_figure(fig, tmp_path / "samples.png"))
 
 
-def test_samples_without_views_and_with_several_views(tmp_path: Path, small: dict) -> None:
+def test_samples_without_views_and_with_several_views(tmp_path: Path, small: dict,
+                                                      assert_real_png: Callable[..., None]) -> None:
     """Samples work with no augmented views and with V views per image ([N, V, 32, 32, 3])."""
     data = small["three"]
-    assert_real_png(plots.save_figure(plots.plot_samples(data.train_images, data.train_labels, data.classes),
+    assert_real_png(plots.save_figure(galleries.plot_samples(data.train_images, data.train_labels, data.classes),
                                       tmp_path / "a.png"))
     views = np.stack([data.train_images, data.train_images[:, :, ::-1]], axis=1)
-    assert_real_png(plots.save_figure(plots.plot_samples(data.train_images, data.train_labels, data.classes, views,
-                                                         per_class=1), tmp_path / "b.png"))
+    assert_real_png(plots.save_figure(galleries.plot_samples(data.train_images, data.train_labels, data.classes, views,
+                                                             per_class=1), tmp_path / "b.png"))
 
 
-def test_lr_finder_plot_tolerates_divergence(tmp_path: Path) -> None:
+def test_lr_finder_plot_tolerates_divergence(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
     """The LR-finder plot draws raw and smoothed loss on a log axis with both LRs labelled, even with inf/NaN."""
     lrs = np.geomspace(1e-6, 1, 60)
     losses = 2.3 - np.linspace(0, 1, 60) + np.r_[np.zeros(55), [1, 3, 10, np.inf, np.nan]]
@@ -68,7 +58,7 @@ def test_lr_finder_plot_tolerates_divergence(tmp_path: Path) -> None:
     assert_real_png(plots.save_figure(fig, tmp_path / "lr_finder.png"))
 
 
-def test_loss_accuracy_schedule(tmp_path: Path) -> None:
+def test_loss_accuracy_schedule(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
     """Loss, accuracy (in %, best epoch annotated) and the LR schedule (peak marked) save as real PNGs."""
     epochs = np.arange(1, 6)
     fig = plots.plot_accuracy(epochs, [0.3, 0.5, 0.6, 0.7, 0.8], [0.28, 0.45, 0.62, 0.6, 0.7], [np.nan] * 5)
@@ -83,7 +73,7 @@ def test_loss_accuracy_schedule(tmp_path: Path) -> None:
     assert_real_png(plots.save_figure(fig, tmp_path / "lr_schedule.png"))
 
 
-def test_plot_into_given_ax(tmp_path: Path) -> None:
+def test_plot_into_given_ax(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
     """Single-panel plots draw into a caller's ax and return that ax's figure."""
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
@@ -92,7 +82,7 @@ def test_plot_into_given_ax(tmp_path: Path) -> None:
     assert_real_png(plots.save_figure(fig, tmp_path / "both.png"))
 
 
-def test_confusion_counts_and_plot(tmp_path: Path) -> None:
+def test_confusion_counts_and_plot(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
     """confusion_counts puts true classes on rows; the plot writes every count in its cell."""
     matrix = plots.confusion_counts([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
@@ -101,32 +91,32 @@ def test_confusion_counts_and_plot(tmp_path: Path) -> None:
     assert_real_png(plots.save_figure(fig, tmp_path / "cm.png"))
 
 
-def test_misclassified_titles_and_empty(tmp_path: Path, small: dict) -> None:
+def test_misclassified_titles_and_empty(tmp_path: Path, small: dict, assert_real_png: Callable[..., None]) -> None:
     """Each misclassified image is titled 'true: X / pred: Y (NN%)'; no mistakes still gives a readable PNG."""
     data = small["data"]
     true, pred = data.test_labels[:7], (data.test_labels[:7] + 1) % 10
-    fig = plots.plot_misclassified(data.test_images[:7], true, pred, np.full(7, 0.87), data.classes)
+    fig = galleries.plot_misclassified(data.test_images[:7], true, pred, np.full(7, 0.87), data.classes)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == f"true: {CLASSES[true[0]]}\npred: {CLASSES[pred[0]]} (87%)"
     assert len(titles) == 7
     assert_real_png(plots.save_figure(fig, tmp_path / "mis.png"))
-    empty = plots.plot_misclassified(data.test_images[:0], [], [], [], data.classes)
+    empty = galleries.plot_misclassified(data.test_images[:0], [], [], [], data.classes)
     assert_real_png(plots.save_figure(empty, tmp_path / "none.png"))
 
 
-def test_gradcam_plot(tmp_path: Path, small: dict) -> None:
+def test_gradcam_plot(tmp_path: Path, small: dict, assert_real_png: Callable[..., None]) -> None:
     """Grad-CAM pairs (original | overlay) save as a real PNG."""
     data = small["data"]
     heat = np.random.default_rng(0).random((3, 32, 32))
-    fig = plots.plot_gradcam(data.test_images[:3], heat, data.test_labels[:3], data.test_labels[:3] ^ 1,
-                             data.classes, [0.5, 0.6, 0.7])
+    fig = galleries.plot_gradcam(data.test_images[:3], heat, data.test_labels[:3], data.test_labels[:3] ^ 1,
+                                 data.classes, [0.5, 0.6, 0.7])
     assert_real_png(plots.save_figure(fig, tmp_path / "gradcam.png"))
 
 
 def test_import_does_not_touch_pyplot() -> None:
     """Importing the plotting modules loads no pyplot (no global state, no GUI backend on servers)."""
-    code = ("import sys, cifarkit.plots, cifarkit.report, cifarkit.gradcam; "
-            "assert 'matplotlib.pyplot' not in sys.modules")
+    code = ("import sys, cifarkit.plots, cifarkit.galleries, cifarkit.report, cifarkit.report_render, "
+            "cifarkit.gradcam; assert 'matplotlib.pyplot' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

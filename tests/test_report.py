@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cifarkit import data as data_module
 from cifarkit import report
@@ -20,17 +20,6 @@ from cifarkit.models.custom_resnet import CustomResNet
 
 PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
 LR_MIN, LR_MAX = 2.5e-4, 3.2e-2
-
-
-def assert_real_png(path: Path, min_size: tuple[int, int] = (300, 200)) -> None:
-    """A PNG of at least min_size pixels that is not a single colour."""
-    assert path.is_file(), path
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        assert image.width >= min_size[0] and image.height >= min_size[1], (path.name, image.size)
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
-    colours = np.unique((pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2])
-    assert len(colours) > 10, f"{path.name} is (almost) one colour"
 
 
 def make_run_files(run: Path, *, with_finder: bool = True) -> TrainConfig:
@@ -78,7 +67,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def test_every_plot_is_a_real_picture(built: Path) -> None:
+def test_every_plot_is_a_real_picture(built: Path, assert_real_png: Callable[..., None]) -> None:
     """Every plot of the contract is written under RUN/plots/ as a PNG of sensible size that is not one colour."""
     for name in PLOTS:
         assert_real_png(built / "plots" / f"{name}.png")

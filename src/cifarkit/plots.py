@@ -1,7 +1,8 @@
-"""The run's pictures as matplotlib Figures, drawn without pyplot so nothing global happens (safe on headless servers).
+"""The run's curves and matrices as matplotlib Figures: LR range test, loss, accuracy, LR schedule, confusion matrix.
 
-Single-panel plots take an optional `ax`; grids (samples, misclassified, Grad-CAM) need a figure of their own and
-take an optional `fig` instead. Every function returns the Figure; `save_figure` writes it as PNG.
+Drawn without pyplot, so importing or calling this module changes no global state (safe on headless servers). Every
+plot takes an optional `ax` to draw into and returns the Figure; `save_figure` writes any Figure as PNG, including
+the image grids (samples, misclassified, Grad-CAM) of `cifarkit.galleries`.
 """
 
 from __future__ import annotations
@@ -38,86 +39,6 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
         return getattr(parent, "figure", parent), ax  # the root Figure, also when ax lives in a SubFigure
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot()
-
-
-def _grid_figure(fig: Figure | None, figsize: tuple[float, float]) -> Figure:
-    if fig is None:
-        return Figure(figsize=figsize, layout="constrained")
-    fig.clear()
-    fig.set_size_inches(*figsize)
-    return fig
-
-
-def _tile_grid(fig: Figure | None, rows: int, cols: int, title: str, *, tile: float, title_h: float = 0.0,
-               left: float = 0.1, top: float = 0.55, gap: float = 0.08) -> tuple[Figure, np.ndarray]:
-    """A rows x cols grid of square image tiles (inches), with fixed margins: a constrained layout of dozens of
-    image axes costs seconds and gains nothing when every tile has the same size. title_h: room for tile titles."""
-    right = bottom = 0.12
-    width = left + cols * tile + (cols - 1) * gap + right
-    height = top + rows * (tile + title_h) + (rows - 1) * gap + bottom
-    if fig is None:
-        fig = Figure(figsize=(width, height))
-    else:
-        fig.clear()
-        fig.set_layout_engine(None)
-        fig.set_size_inches(width, height)
-    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
-        "left": left / width, "right": 1 - right / width, "bottom": bottom / height,
-        "top": 1 - (top + title_h) / height, "wspace": gap / tile, "hspace": (gap + title_h) / tile})
-    fig.suptitle(title, fontsize=13, y=1 - 0.12 / height, va="top")
-    return fig, np.asarray(axes)
-
-
-def _image_axes(ax: Axes) -> None:
-    """An image panel: no ticks, no frame, but the y label (the class name) stays visible."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
-def _empty_note(ax: Axes, text: str) -> None:
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=13, wrap=True, transform=ax.transAxes)
-
-
-def plot_samples(
-    images: np.ndarray,
-    labels: np.ndarray,
-    classes: Sequence[str],
-    augmented: np.ndarray | None = None,
-    *,
-    per_class: int = 3,
-    fig: Figure | None = None,
-) -> Figure:
-    """A grid with one row per class (named): `per_class` training images, each beside its augmented view(s).
-
-    images: uint8 [N, 32, 32, 3]; labels: [N]; augmented: None, uint8 [N, 32, 32, 3] (one view of each image)
-    or [N, V, 32, 32, 3] (V views), already de-normalised.
-    """
-    labels = np.asarray(labels)
-    if augmented is not None:
-        augmented = np.asarray(augmented)
-        if augmented.ndim == 4:
-            augmented = augmented[:, None]
-    views = 0 if augmented is None else augmented.shape[1]
-    cols = per_class * (1 + views)
-    rows = len(classes)
-    title = "Training images per class" + (", each beside its augmented view" if views else "")
-    fig, axes = _tile_grid(fig, rows, cols, title, tile=1.0, left=1.25, top=0.75 if views else 0.5)
-    for row, name in enumerate(classes):
-        picks = np.flatnonzero(labels == row)[:per_class]
-        for k in range(per_class):
-            for v in range(1 + views):
-                ax = axes[row, k * (1 + views) + v]
-                _image_axes(ax)
-                if k < len(picks):
-                    i = picks[k]
-                    ax.imshow(images[i] if v == 0 else augmented[i, v - 1], interpolation="nearest")
-                if row == 0 and views:
-                    ax.set_title("original" if v == 0 else "augmented", fontsize=9)
-        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=11)
-    return fig
 
 
 def plot_lr_finder(
@@ -241,45 +162,6 @@ def plot_lr_schedule(
     return fig
 
 
-def _titled_label(classes: Sequence[str], true: int, pred: int, confidence: float | None) -> str:
-    conf = f" ({100 * confidence:.0f}%)" if confidence is not None else ""
-    return f"true: {classes[true]}\npred: {classes[pred]}{conf}"
-
-
-def plot_misclassified(
-    images: np.ndarray,
-    true: Sequence[int],
-    pred: Sequence[int],
-    confidence: Sequence[float] | None,
-    classes: Sequence[str],
-    *,
-    ncols: int = 5,
-    title: str = "Misclassified test images",
-    fig: Figure | None = None,
-) -> Figure:
-    """A grid of test images (uint8 HWC), each titled "true: cat / pred: dog (87%)" (the predicted class's prob)."""
-    n = len(images)
-    ncols = max(1, min(ncols, n))
-    rows = max(1, -(-n // ncols))
-    if n == 0:
-        fig = _grid_figure(fig, (7, 3))
-        _empty_note(fig.add_subplot(), "No misclassified test images.")
-        fig.suptitle(title, fontsize=13)
-        return fig
-    fig, axes = _tile_grid(fig, rows, ncols, title, tile=1.9, title_h=0.42)
-    axes = axes.ravel()
-    for i, ax in enumerate(axes):
-        _image_axes(ax)
-        if i >= n:
-            ax.axis("off")
-            continue
-        ax.imshow(images[i], interpolation="nearest")
-        conf = None if confidence is None else float(confidence[i])
-        ax.set_title(_titled_label(classes, int(true[i]), int(pred[i]), conf), fontsize=9,
-                     color="tab:red" if true[i] != pred[i] else "black")
-    return fig
-
-
 def confusion_counts(true: Sequence[int], pred: Sequence[int], num_classes: int) -> np.ndarray:
     """Counts [num_classes, num_classes]: rows are true classes, columns predicted ones."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -307,52 +189,4 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, ax: Axe
     accuracy = np.trace(matrix) / total if total else float("nan")
     ax.set_title(f"Confusion matrix on {total} test images (accuracy {100 * accuracy:.2f}%)")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    return fig
-
-
-def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0,1] heatmap (jet colours) over a uint8 HWC image; returns float RGB in [0,1]."""
-    from matplotlib import colormaps
-
-    colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
-    return np.clip((1 - alpha) * image.astype(float) / 255 + alpha * colours, 0, 1)
-
-
-def plot_gradcam(
-    images: np.ndarray,
-    heatmaps: np.ndarray,
-    true: Sequence[int],
-    pred: Sequence[int],
-    classes: Sequence[str],
-    confidence: Sequence[float] | None = None,
-    *,
-    pairs_per_row: int = 2,
-    title: str = "Grad-CAM on misclassified test images (red: evidence for the predicted class)",
-    fig: Figure | None = None,
-) -> Figure:
-    """Pairs original | Grad-CAM overlay: the original titled with true/pred, the overlay with the class explained."""
-    n = len(images)
-    pairs_per_row = max(1, min(pairs_per_row, n))
-    rows = max(1, -(-n // pairs_per_row))
-    if n == 0:
-        fig = _grid_figure(fig, (7, 3))
-        _empty_note(fig.add_subplot(), "No images to explain.")
-        fig.suptitle(title, fontsize=12)
-        return fig
-    fig, axes = _tile_grid(fig, rows, 2 * pairs_per_row, title, tile=1.9, title_h=0.42)
-    for i in range(rows * pairs_per_row):
-        row, col = divmod(i, pairs_per_row)
-        left, right = axes[row, 2 * col], axes[row, 2 * col + 1]
-        for ax in (left, right):
-            _image_axes(ax)
-        if i >= n:
-            left.axis("off")
-            right.axis("off")
-            continue
-        conf = None if confidence is None else float(confidence[i])
-        left.imshow(images[i], interpolation="nearest")
-        left.set_title(_titled_label(classes, int(true[i]), int(pred[i]), conf), fontsize=9,
-                       color="tab:red" if true[i] != pred[i] else "black")
-        right.imshow(overlay_heatmap(images[i], heatmaps[i]), interpolation="bilinear")
-        right.set_title(f"Grad-CAM for\n'{classes[int(pred[i])]}'", fontsize=9)
     return fig

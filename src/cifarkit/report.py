@@ -1,17 +1,16 @@
 """Turn a run folder into pictures (RUN/plots/*.png, RUN/per_class.json) and a report (RUN/report.md, report.html).
 
 `write_plots` needs the trained model and the data (for predictions, misclassified images and Grad-CAM);
-`write_report` needs only the files; `build_report` does both for `cifarkit report RUN`.
+`write_report` needs only the files; `build_report` does both for `cifarkit report RUN`. What the report says is
+built here as blocks; `cifarkit.report_render` writes them out as Markdown and HTML.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import html
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarkit import plots
+from cifarkit import galleries, plots
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10
 from cifarkit.errors import CifarkitError
 from cifarkit.gradcam import grad_cam
+from cifarkit.report_render import Block, fmt_duration, fmt_lr, fmt_pct, to_html, to_markdown
 from cifarkit.augment import normalize_batch
 
 N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 8, 3
@@ -108,8 +108,8 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     picks = np.concatenate([np.flatnonzero(labels == c)[:SAMPLES_PER_CLASS] for c in range(len(data.classes))])
     picks = picks.astype(np.int64)
     views = augmented_views(data.train_images[picks], _train_transform(config), config)
-    save(plots.plot_samples(data.train_images[picks], labels[picks], data.classes, views,
-                            per_class=SAMPLES_PER_CLASS), "samples")
+    save(galleries.plot_samples(data.train_images[picks], labels[picks], data.classes, views,
+                                per_class=SAMPLES_PER_CLASS), "samples")
 
     if (run_dir / "lr_finder.json").is_file():
         f = json.loads((run_dir / "lr_finder.json").read_text())
@@ -134,9 +134,9 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
 
     wrong = np.flatnonzero(pred != true)
     wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:N_MISCLASSIFIED]  # most confident mistakes first
-    save(plots.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
-                                  title=f"The {len(wrong)} most confident mistakes on the test set" if len(wrong)
-                                  else "Misclassified test images"),
+    save(galleries.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
+                                      title=f"The {len(wrong)} most confident mistakes on the test set" if len(wrong)
+                                      else "Misclassified test images"),
          "misclassified")
     shown = wrong[:N_GRADCAM]
     title = "Grad-CAM on the most confident mistakes (red: evidence for the predicted class)"
@@ -145,8 +145,8 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
         title = "Grad-CAM on correctly classified test images (no mistakes to explain)"
     heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device), config.mean,
                                      config.std_values), pred[shown]) if len(shown) else np.zeros((0, 32, 32))
-    save(plots.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
-                            title=title), "gradcam")
+    save(galleries.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
+                                title=title), "gradcam")
     return written
 
 
@@ -158,26 +158,6 @@ def _write_per_class(path: Path, matrix: np.ndarray, classes: tuple[str, ...]) -
         "overall": float(correct.sum() / max(total.sum(), 1)), "n_test": int(total.sum()),
         "confusion": matrix.tolist(),  # rows: true class, columns: predicted class
     }, indent=2) + "\n")
-
-
-# --- the report: a list of blocks rendered both as Markdown and as self-contained HTML -----------------------------
-
-Block = tuple[Any, ...]
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.2f}%"
-
-
-def _lr(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):.3e}"
-
-
-def _duration(seconds: Any) -> str:
-    if seconds is None:
-        return "n/a"
-    m, s = divmod(float(seconds), 60)
-    return f"{int(m)} min {s:.0f} s" if m else f"{s:.1f} s"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -211,24 +191,24 @@ def _blocks(run_dir: Path) -> list[Block]:
     images = (f"{m['train_images']:,} training and {m['test_images']:,} test images of "
               if m.get("train_images") and m.get("test_images") else "")
     b.append(("p", f"The assignment's custom ResNet (6,573,120 parameters) was trained for **{done} epochs**{stopped}"
-                   f" on {images}{dataset} with Adam and the one-cycle policy (LR "
-                   f"{_lr(m.get('lr_min'))} -> {_lr(m.get('lr_max'))} at epoch {config.get('peak_epoch', 0):g} -> "
-                   f"{_lr(final_lr)}), batch {config.get('batch_size')}. It reached a final test accuracy of "
-                   f"**{_pct(m.get('final_test_accuracy'))}** (best {_pct(m.get('best_test_accuracy'))}"
+                   f" on {images}{dataset} with Adam and the one-cycle policy (LR {fmt_lr(m.get('lr_min'))} -> "
+                   f"{fmt_lr(m.get('lr_max'))} at epoch {config.get('peak_epoch', 0):g} -> "
+                   f"{fmt_lr(final_lr)}), batch {config.get('batch_size')}. It reached a final test accuracy of "
+                   f"**{fmt_pct(m.get('final_test_accuracy'))}** (best {fmt_pct(m.get('best_test_accuracy'))}"
                    + (f" at epoch {best_epoch}" if best_epoch else "") +
-                   f") in {_duration(m.get('train_seconds'))} of training on {m.get('device', '?')}."))
-    results = [["final test accuracy", _pct(m.get("final_test_accuracy"))],
-               ["best test accuracy", _pct(m.get("best_test_accuracy")) + (f" (epoch {best_epoch})" if best_epoch
+                   f") in {fmt_duration(m.get('train_seconds'))} of training on {m.get('device', '?')}."))
+    results = [["final test accuracy", fmt_pct(m.get("final_test_accuracy"))],
+               ["best test accuracy", fmt_pct(m.get("best_test_accuracy")) + (f" (epoch {best_epoch})" if best_epoch
                                                                             else "")]]
     if m.get("final_test_accuracy_tta") is not None:
-        results.append(["final test accuracy, flip TTA", _pct(m.get("final_test_accuracy_tta"))])
+        results.append(["final test accuracy, flip TTA", fmt_pct(m.get("final_test_accuracy_tta"))])
     results += [["epochs completed", f"{done}{stopped}"],
                 ["dataset", dataset],
                 ["train / test images", f"{m.get('train_images', '?')} / {m.get('test_images', '?')}"]]
     b += [("h2", "Results"), ("table", ["metric", "value"], results)]
     b.append(("h3", "Per-class test accuracy"))
     if per_class:
-        rows = [[c, str(k), str(t), _pct(a)] for c, k, t, a in
+        rows = [[c, str(k), str(t), fmt_pct(a)] for c, k, t, a in
                 zip(per_class["classes"], per_class["correct"], per_class["total"], per_class["accuracy"])]
         b.append(("table", ["class", "correct", "total", "accuracy"], rows))
     else:
@@ -236,7 +216,7 @@ def _blocks(run_dir: Path) -> list[Block]:
 
     rules = [finder.get(f"{k}_rule", "LR range test") if finder else "given by the user" for k in ("lr_min", "lr_max")]
     b += [("h2", "Learning rates"), ("table", ["", "value", "rule"], [
-        ["LRMIN", _lr(m.get("lr_min")), rules[0]], ["LRMAX", _lr(m.get("lr_max")), rules[1]]]),
+        ["LRMIN", fmt_lr(m.get("lr_min")), rules[0]], ["LRMAX", fmt_lr(m.get("lr_max")), rules[1]]]),
           ("p", "Found by the LR range test (`lr_finder.json`)." if finder else
            "The LRs were given in the configuration, so no LR range test was run.")]
     captions = dict(CAPTIONS, lr_finder=CAPTIONS["lr_finder"] + f" Rules: LRMIN = {rules[0]}; LRMAX = {rules[1]}.")
@@ -251,13 +231,13 @@ def _blocks(run_dir: Path) -> list[Block]:
     if len(epochs):
         b.append(("h2", "History"))
         cols = [("epoch", "epoch", lambda v: f"{v:.0f}"), ("train loss", "train_loss", lambda v: f"{v:.4f}"),
-                ("train acc", "train_acc", _pct), ("test loss", "test_loss", lambda v: f"{v:.4f}"),
-                ("test acc", "test_acc", _pct), ("LR", "lr", _lr), ("seconds", "seconds", lambda v: f"{v:.1f}")]
+                ("train acc", "train_acc", fmt_pct), ("test loss", "test_loss", lambda v: f"{v:.4f}"),
+                ("test acc", "test_acc", fmt_pct), ("LR", "lr", fmt_lr), ("seconds", "seconds", lambda v: f"{v:.1f}")]
         cols = [c for c in cols if c[1] in history]
         b.append(("table", [c[0] for c in cols],
                   [[c[2](history[c[1]][i]) for c in cols] for i in range(len(epochs))]))
     b += [("h2", "Timing and hardware"), ("table", ["", "value"], [
-        ["training time", _duration(m.get("train_seconds"))],
+        ["training time", fmt_duration(m.get("train_seconds"))],
         ["throughput", f"{m['images_per_second']:.0f} images/s" if m.get("images_per_second") else "n/a"],
         ["device", f"{m.get('device', '?')} x {m.get('world_size', 1)} process(es)"],
         ["CPU", f"{hw.get('cpu', '?')} ({hw.get('cpu_cores', '?')} cores usable)"],
@@ -285,70 +265,13 @@ def _train_command(values: dict[str, Any], lrs_found: bool) -> str:
     return " ".join(words)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _to_markdown(blocks: list[Block]) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + rest[0])
-        elif kind == "p":
-            out.append(rest[0])
-        elif kind == "warn":
-            out.append("> [!WARNING]\n> " + rest[0])
-        elif kind == "table":
-            head, rows = rest
-            lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
-            out.append("\n".join(lines + ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]))
-        elif kind == "img":
-            src, alt, caption = rest
-            out.append(f"![{alt}]({src})\n\n*{caption}*")
-    return "\n\n".join(out) + "\n"
-
-
-def _inline_html(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.5}"
-         "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem}"
-         "th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5rem 0}figcaption{color:#444}"
-         ".warn{background:#fff3cd;border:2px solid #e0a800;padding:.8rem;font-size:1.1rem}")
-
-
-def _to_html(blocks: list[Block], title: str) -> str:
-    out = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{STYLE}</style></head><body>"]
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2", "h3"):
-            out.append(f"<{kind}>{_inline_html(rest[0])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline_html(rest[0])}</p>")
-        elif kind == "warn":
-            out.append(f"<p class='warn'>{_inline_html(rest[0])}</p>")
-        elif kind == "table":
-            head, rows = rest
-            cells = "".join(f"<th>{_inline_html(h)}</th>" for h in head)
-            body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in rows)
-            out.append(f"<table><tr>{cells}</tr>{body}</table>")
-        elif kind == "img":
-            src, alt, caption = rest
-            out.append(f"<figure><img src='{html.escape(src)}' alt='{html.escape(alt)}'>"
-                       f"<figcaption>{_inline_html(caption)}</figcaption></figure>")
-    return "\n".join(out + ["</body></html>"]) + "\n"
-
-
 def write_report(run_dir: Path) -> Path:
     """Write RUN/report.md (and the same as RUN/report.html) from the run folder's files; returns report.md."""
     run_dir = Path(run_dir)
     blocks = _blocks(run_dir)
-    (run_dir / "report.html").write_text(_to_html(blocks, f"cifarkit run {run_dir.name}"))
+    (run_dir / "report.html").write_text(to_html(blocks, f"cifarkit run {run_dir.name}"))
     path = run_dir / "report.md"
-    path.write_text(_to_markdown(blocks))
+    path.write_text(to_markdown(blocks))
     return path
 
 
