@@ -113,3 +113,16 @@ def test_range_test_fills_missing_lrs(tmp_path: Path, data) -> None:
     config = TrainConfig.load(run / "config.json")
     assert (config.lr_min, config.lr_max) == (found["lr_min"], found["lr_max"])
     assert config.lr_min < config.lr_max
+
+
+def test_tensorboard_logs_scalars_and_the_lr(tmp_path: Path, data) -> None:
+    """--tensorboard writes an event file holding the per-epoch scalars and the per-step LR."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    fit(tiny_config(run, epochs=1, tensorboard=True), data=data, progress=False)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"lr", "train_loss", "train_acc", "test_loss", "test_acc"} <= tags
+    assert len(events.Scalars("lr")) == 4
