@@ -175,10 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except CifarkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only or vanished folder: the machine's state, not a bug
+    except (CifarkitError, OSError) as e:  # OSError: a full disk, a read-only or vanished folder, not a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
