@@ -7,6 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
+# The data for `make run`: $CIFARKIT_DATA if set, else this workspace's shared copy when it is there, else the
+# cache, else a download.
+SHARED_DATA := $(wildcard ../shared/datasets/cifar10-png.tar.gz)
 
 .PHONY: run test venv clean
 
@@ -23,6 +26,7 @@ venv: $(VENV)/.installed
 
 # The assignment with its defaults (24 epochs, peak at 5, batch 512, LRs from the range test) on $CIFARKIT_DATA,
 # else the cached or downloaded official set, into runs/<timestamp>/.
+run: export CIFARKIT_DATA ?= $(SHARED_DATA)
 run: venv
 	$(BIN)/cifarkit summary --batch-size 512
 	$(BIN)/cifarkit train --out $(RUN_DIR) $(ARGS)
