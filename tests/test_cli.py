@@ -52,3 +52,37 @@ def test_python_m_cifarkit_is_the_same_command_end_to_end(tmp_path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_lr_find_evaluate_and_predict_commands(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """lr-find writes its data and plot and prints both LRs; evaluate prints test_accuracy of a run's weights;
+    predict prints a class name and a probability for each image file."""
+    import numpy as np
+    from PIL import Image
+
+    from cifarkit.data import CLASSES
+
+    small = ["--data", "synthetic", "--subset", "32", "--batch-size", "8"]
+    assert main(["lr-find", *small, "--iters", "10", "--out", str(tmp_path / "lr")]) == 0
+    out = capsys.readouterr().out
+    assert "lr_min=" in out and "lr_max=" in out
+    assert (tmp_path / "lr" / "lr_finder.json").is_file() and (tmp_path / "lr" / "lr_finder.png").is_file()
+
+    run = tmp_path / "run"
+    assert main(["train", *small, "--test-subset", "16", "--epochs", "1", "--lr-min", "1e-4", "--lr-max", "1e-3",
+                 "--no-plots", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run)]) == 0
+    accuracy = float(capsys.readouterr().out.split("test_accuracy=")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0
+    images = []
+    for i, size in enumerate((32, 64)):  # a user's photo of another size is resized
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((size, size, 3), 120 + 40 * i, dtype=np.uint8)).save(path)
+        images.append(str(path))
+    assert main(["predict", "--checkpoint", str(run / "model.pt"), *images]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        _, label, prob = line.split("\t")
+        assert label in CLASSES and 0.0 < float(prob) <= 1.0
