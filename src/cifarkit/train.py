@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from cifarkit import distributed as D
 from cifarkit.checkpoint import RunLock, load_checkpoint, restore_weights, save_checkpoint, set_rng_state
@@ -29,7 +28,7 @@ from cifarkit.augment import normalize_batch
 from cifarkit.loaders import build_train_batches, repeat_epochs
 from cifarkit.lr_finder import find_lr
 from cifarkit.models import CustomResNet
-from cifarkit.runlog import RunLog, hardware_info, weights_checksum
+from cifarkit.runlog import RunLog, weights_checksum
 from cifarkit.schedule import one_cycle, schedule_lrs
 
 
