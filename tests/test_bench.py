@@ -7,7 +7,9 @@ import copy
 import pytest
 from torchinfo import summary
 
-from cifarkit.bench import count_macs, cpu_peak, format_bench, run_bench
+import torch
+
+from cifarkit.bench import count_macs, cpu_peak, format_bench, matmul_peak, run_bench
 from cifarkit.models import CustomResNet
 
 
@@ -60,3 +62,21 @@ def test_cpu_peak_is_the_product_of_its_factors() -> None:
     assert peak["cores"] >= 1 and peak["lanes"] in (4, 8, 16) and peak["flops_per_fma"] == 2
     product = peak["cores"] * peak["fma_units"] * peak["lanes"] * peak["flops_per_fma"] * peak["clock_ghz"]
     assert peak["peak_gflops"] == pytest.approx(product)
+
+
+def test_matmul_peak_is_the_rate_of_timed_products() -> None:
+    """The measured accelerator ceiling is 2 n^3 FLOPs over the median product time: positive, finite, and named
+    with its size, precision and repeats (on CPU: fp32; bf16 is used on CUDA)."""
+    peak = matmul_peak(torch.device("cpu"), n=128, repeats=3)
+    assert 0 < peak["tflops"] < float("inf")
+    assert (peak["n"], peak["dtype"], peak["repeats"]) == (128, "float32", 3)
+
+
+def test_format_bench_names_a_measured_gpu_ceiling(small_result: dict) -> None:
+    """With a measured matmul ceiling (a CUDA run) the printout states it and gives each figure's % of it."""
+    gpu = copy.deepcopy(small_result)
+    gpu["cpu_peak"], gpu["device"] = None, "cuda:0"
+    gpu["matmul_peak"] = {"tflops": 779.9, "dtype": "bfloat16", "n": 8192, "repeats": 10}
+    gpu["peak_fraction"] = {k: v / 779_900 for k, v in gpu["gflops"].items()}
+    text = format_bench(gpu)
+    assert "measured dense matmul ceiling: 779.9 TFLOP/s (8192^3 bfloat16" in text and "% of peak" in text

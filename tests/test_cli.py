@@ -24,6 +24,7 @@ def test_summary_prints_the_assignment_table(capsys: pytest.CaptureFixture[str])
     (["--epochs", "4", "--peak-epoch", "5"], "--peak-epoch must be in"),
     (["--lr-min", "0.1", "--lr-max", "0.01"], "--lr-min (0.1) must be below --lr-max"),
     (["--pad-mode", "wrap"], "--pad-mode must be reflect or zero"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
 ])
 def test_invalid_train_values_exit_2_with_one_error_line(argv: list[str], message: str, tmp_path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:

@@ -126,3 +126,19 @@ def test_tensorboard_logs_scalars_and_the_lr(tmp_path: Path, data) -> None:
     tags = set(events.Tags()["scalars"])
     assert {"lr", "train_loss", "train_acc", "test_loss", "test_acc"} <= tags
     assert len(events.Scalars("lr")) == 4
+
+
+def test_label_smoothing_reaches_the_training_loss() -> None:
+    """train_step's loss with label_smoothing e is (1 - e) x cross-entropy + e x the mean over classes of -log p
+    (PyTorch's CrossEntropyLoss definition); with e = 0 it is the plain cross-entropy."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    x, y = torch.randn(16, 6), torch.randint(0, 4, (16,))
+    with torch.no_grad():
+        logp = model(x).log_softmax(1)
+    ce, uniform = -logp.gather(1, y[:, None]).mean(), -logp.mean()
+    for eps in (0.0, 0.2):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        loss, _ = train_module.train_step(model, optimizer, scheduler, x, y, autocast=False, label_smoothing=eps)
+        assert float(loss) == pytest.approx(float((1 - eps) * ce + eps * uniform), rel=1e-5)

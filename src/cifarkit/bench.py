@@ -115,6 +115,27 @@ def _rate(fn: Callable[[], int], device: torch.device) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def matmul_peak(device: torch.device, *, n: int = 8192, repeats: int = 10) -> dict[str, Any]:
+    """The accelerator's measured dense-matmul ceiling: median rate of n x n x n products in the training's
+    precision (bf16 on CUDA, fp32 elsewhere) on random data (zeros run faster than real data and flatter it)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
+    for _ in range(3):  # warm-up: handle creation, kernel selection, clocks ramping up
+        a @ b
+    rates = [2 * n**3 / _seconds(lambda: a @ b, device) for _ in range(repeats)]
+    return {"tflops": statistics.median(rates) / 1e12, "dtype": str(dtype).removeprefix("torch."), "n": n,
+            "repeats": repeats}
+
+
+def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    _synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    _synchronize(device)
+    return time.perf_counter() - t0
+
+
 def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, warmup: int = 2,
               repeats: int = 3) -> dict[str, Any]:
     """Measure and return every figure (images/s medians, GFLOP/s, CPU peak fraction, pipelines) as a dict."""
@@ -195,6 +216,7 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
               "train_project": med["train_project"] * macs * 2 * 3 / 1e9,
               "eval": med["eval"] * macs * 2 / 1e9}
     peak = cpu_peak() if dev.type == "cpu" else None
+    accel = matmul_peak(dev) if dev.type == "cuda" else None  # no datasheet figure: the ceiling as measured here
     return {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
         (peak["cpu"] if peak else platform.processor() or "cpu"),
@@ -206,7 +228,9 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
                                                                          samples["train_reference"])),
         "macs_per_image": macs, "flops_convention": FLOPS_CONVENTION, "gflops": gflops,
         "cpu_peak": peak,
-        "peak_fraction": {k: v / peak["peak_gflops"] for k, v in gflops.items()} if peak else None,
+        "matmul_peak": accel,
+        "peak_fraction": {k: v / peak["peak_gflops"] for k, v in gflops.items()} if peak else
+        {k: v / (1e3 * accel["tflops"]) for k, v in gflops.items()} if accel else None,
         "pipeline_workers": workers,
     }
 
@@ -245,6 +269,10 @@ def format_bench(result: dict[str, Any]) -> str:
                   f"clock = /proc/cpuinfo 'cpu MHz' (base clock in a VM: boost can beat it); "
                   f"lanes {peak['lanes']} = fp32 per {'512' if peak['lanes'] == 16 else '256' if peak['lanes'] == 8 else '128'}"
                   f"-bit vector; FMA units per core {peak['fma_units']}"]
+    elif result.get("matmul_peak"):
+        mm = result["matmul_peak"]
+        lines.append(f"peak = measured dense matmul ceiling: {mm['tflops']:.1f} TFLOP/s ({mm['n']}^3 {mm['dtype']} "
+                     f"products, median of {mm['repeats']}, random data)")
     elif result["device"] == "cpu":
         lines.append("CPU fp32 FMA peak: unknown (no /proc/cpuinfo clock or no AVX2/FMA flags)")
     train_ips = ips["train_project"]

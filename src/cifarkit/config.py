@@ -44,6 +44,7 @@ class TrainConfig:
     lr_min: float | None = opt(None, 'one-cycle start and end LR; None: found by the LR range test')
     lr_max: float | None = opt(None, 'one-cycle peak LR; None: found by the LR range test')
     final_div: float = opt(1.0, 'final LR = lr_min / final_div; 1 = no annihilation (assignment), 100 = reference variant')
+    label_smoothing: float = opt(0.0, "CrossEntropyLoss's label_smoothing: 0 = the assignment's plain cross-entropy")
     weight_decay: float = opt(1e-4, "Adam's (coupled, L2) weight decay, as the reference")
     lr_find_iters: int = opt(200, 'steps of the LR range test')
     lr_find_start: float = opt(1e-7, 'first LR of the exponential sweep')
@@ -98,6 +99,8 @@ class TrainConfig:
             raise CifarkitError(f"--lr-min ({self.lr_min:g}) must be below --lr-max ({self.lr_max:g})")
         if self.final_div < 1:
             raise CifarkitError(f"--final-div must be >= 1 (no LR above lr_min at the end), got {self.final_div}")
+        if not 0 <= self.label_smoothing < 1:
+            raise CifarkitError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr_find_iters < 10:
             raise CifarkitError(f"--lr-find-iters must be at least 10, got {self.lr_find_iters}")
         if not 0 < self.lr_find_start < self.lr_find_end:

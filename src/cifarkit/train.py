@@ -65,11 +65,12 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-               x: torch.Tensor, y: torch.Tensor, *, autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               x: torch.Tensor, y: torch.Tensor, *, autocast: bool,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step; returns the batch's mean loss and number correct, as tensors left on the device."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(x)
-        loss = F.cross_entropy(logits, y)  # takes logits: softmax lives inside the loss
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)  # logits: softmax lives in the loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -159,6 +160,8 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
         raise CifarkitError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then uses the fastest
     data = subset(data or resolve_data(config.data), config.subset, config.test_subset, seed=config.seed)
     model = CustomResNet(len(data.classes)).to(device)
     if config.channels_last:
@@ -219,7 +222,8 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
                 torch.zeros(3, dtype=torch.float64, device=device)
             bar = open_bars.enter_context(log.bar(epoch, len(batches), start_step))
             for step, (x, y) in enumerate(batches.epoch(epoch, start_step), start=start_step):
-                loss, correct = train_step(net, optimizer, scheduler, x, y, autocast=autocast)
+                loss, correct = train_step(net, optimizer, scheduler, x, y, autocast=autocast,
+                                           label_smoothing=config.label_smoothing)
                 sums[0] += loss.double() * len(y)  # in-place adds on the device: no step waits on the host
                 sums[1] += correct
                 sums[2] += len(y)
@@ -282,7 +286,8 @@ def find_lrs(model: nn.Module, batches: Any, config: TrainConfig, autocast: bool
     found = None
     if ctx.is_main:
         result = find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
-                         iters=config.lr_find_iters, weight_decay=config.weight_decay, autocast=autocast,
+                         iters=config.lr_find_iters, weight_decay=config.weight_decay,
+                         label_smoothing=config.label_smoothing, autocast=autocast,
                          progress=log.progress)
         log.lr_finder(result)
         found = (result.lr_min, result.lr_max)
