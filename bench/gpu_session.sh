@@ -7,7 +7,7 @@
 #   bash bench/gpu_session.sh train NAME ARGS  `cifarkit train` on the real set into /root/runs/NAME
 # Logs and the runs' small files (no weights) come back in $OUT.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:/tmp/site" CIFARKIT_CACHE=/root/cifarkit-cache TQDM_DISABLE=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:/tmp/site" CIFARKIT_CACHE=/root/cifarkit-cache
 OUT=${OUT:-/tmp/out}
 [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
     .whl/*.whl || exit 1

@@ -108,11 +108,14 @@ def _synchronize(device: torch.device) -> None:
 
 def _rate(fn: Callable[[], int], device: torch.device) -> float:
     """Images per second of fn(), which processes some images and returns how many; device work included."""
-    _synchronize(device)
-    t0 = time.perf_counter()
-    n = fn()
-    _synchronize(device)
-    return n / (time.perf_counter() - t0)
+    images = 0
+
+    def run() -> None:
+        nonlocal images
+        images = fn()
+
+    seconds = _seconds(run, device)
+    return images / seconds
 
 
 def matmul_peak(device: torch.device, *, n: int = 8192, repeats: int = 10) -> dict[str, Any]:

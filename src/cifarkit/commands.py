@@ -31,7 +31,7 @@ def lr_find_command(config: TrainConfig) -> LRFinderResult:
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
     result = find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
                      iters=config.lr_find_iters, weight_decay=config.weight_decay,
-                         label_smoothing=config.label_smoothing, autocast=device.type == "cuda")
+                     label_smoothing=config.label_smoothing, autocast=device.type == "cuda")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "lr_finder.json")
