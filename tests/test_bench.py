@@ -32,12 +32,12 @@ def test_run_bench_cpu_returns_positive_figures_and_sane_ratio(small_result: dic
 
 
 def test_format_bench_states_the_peak_formula_and_convention(small_result: dict) -> None:
-    """The printout names each factor of the CPU peak (cores, FMA units, lanes, FLOPs/FMA, clock), the FLOP
+    """The printout names each factor of the CPU peak (cores, FMA units, lanes, FLOPs per lane, clock), the FLOP
     convention and the project / reference ratio; without a known peak it says so instead."""
     text = format_bench(small_result)
     assert "ratio project / reference" in text and "multiply-adds" in text and "3 x forward" in text
     if small_result["cpu_peak"] is not None:
-        for word in ("cores x", "FMA units x", "fp32 lanes x", "FLOPs/FMA x", "GHz =", "% of peak"):
+        for word in ("cores x", "FMA units x", "fp32 lanes x", "FLOPs/lane x", "GHz =", "% of peak"):
             assert word in text
     no_peak = copy.deepcopy(small_result)
     no_peak["cpu_peak"], no_peak["peak_fraction"] = None, None
@@ -54,14 +54,17 @@ def test_count_macs_matches_torchinfo() -> None:
 
 
 def test_cpu_peak_is_the_product_of_its_factors() -> None:
-    """Where /proc/cpuinfo is readable, the peak equals cores x FMA units x lanes x 2 x GHz, with lanes 4, 8 or 16
-    and at least one core."""
-    peak = cpu_peak()
-    if peak is None:
+    """Where /proc/cpuinfo is readable, the peak equals cores x FMA units x lanes x FLOPs per lane x GHz, with lanes
+    4, 8 or 16, at least one core, and 2 FLOPs per lane in fp32, 4 in bf16 (a dot product of two pairs): bf16 is
+    exactly twice fp32."""
+    peak, peak_bf16 = cpu_peak(), cpu_peak(bf16=True)
+    if peak is None or peak_bf16 is None:
         pytest.skip("no /proc/cpuinfo clock or no AVX2/FMA on this machine")
     assert peak["cores"] >= 1 and peak["lanes"] in (4, 8, 16) and peak["flops_per_fma"] == 2
     product = peak["cores"] * peak["fma_units"] * peak["lanes"] * peak["flops_per_fma"] * peak["clock_ghz"]
     assert peak["peak_gflops"] == pytest.approx(product)
+    assert (peak["dtype"], peak_bf16["dtype"], peak_bf16["flops_per_fma"]) == ("fp32", "bf16", 4)
+    assert peak_bf16["peak_gflops"] == pytest.approx(2 * peak["peak_gflops"])
 
 
 def test_matmul_peak_is_the_rate_of_timed_products() -> None:

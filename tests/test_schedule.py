@@ -76,3 +76,47 @@ def test_a_peak_at_the_first_step_still_reaches_lr_max() -> None:
     """A run so short that the peak falls on step 0 starts at LRMAX rather than never using it."""
     lrs = schedule_lrs(lr_min=1e-4, lr_max=1e-2, epochs=1, steps_per_epoch=3, peak_epoch=0.2)
     assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-4)
+
+
+def test_cycled_beta1_mirrors_the_lr_and_resumes() -> None:
+    """With momentum=(0.85, 0.95) Adam's beta1 is 0.95 at LRMIN (first and last step), 0.85 at the peak, linear in
+    the LR between (beta2 untouched); a restored optimizer and scheduler carry on with the same betas."""
+    def run(steps: int, opt: torch.optim.Optimizer, sched) -> list[tuple[float, float]]:
+        seen = []
+        for _ in range(steps):
+            group = opt.param_groups[0]
+            seen.append((group["lr"], group["betas"][0]))
+            assert group["betas"][1] == 0.999
+            opt.step()
+            sched.step()
+        return seen
+
+    def make() -> tuple[torch.optim.Optimizer, object]:
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        return opt, one_cycle(opt, lr_min=1e-4, lr_max=1e-2, epochs=3, steps_per_epoch=7, peak_epoch=1,
+                              momentum=(0.85, 0.95))
+
+    opt, sched = make()
+    seen = run(21, opt, sched)
+    lrs, beta1 = np.array(seen).T
+    assert beta1[0] == pytest.approx(0.95) and beta1[-1] == pytest.approx(0.95)
+    assert beta1[6] == pytest.approx(0.85) and lrs[6] == pytest.approx(1e-2)
+    assert np.allclose(beta1, 0.95 - 0.10 * (lrs - 1e-4) / (1e-2 - 1e-4))
+    opt, sched = make()
+    run(9, opt, sched)
+    opt2, sched2 = make()
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert np.allclose(run(12, opt2, sched2), seen[9:])
+
+
+def test_without_momentum_cycle_beta1_stays_adams_default() -> None:
+    """momentum=None leaves Adam's beta1 at 0.9 on every step; (0.9, 0.9) is the same constant."""
+    for momentum in (None, (0.9, 0.9)):
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-2, epochs=2, steps_per_epoch=5, peak_epoch=1,
+                          momentum=momentum)
+        for _ in range(10):
+            assert opt.param_groups[0]["betas"] == (0.9, 0.999)
+            opt.step()
+            sched.step()

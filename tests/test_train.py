@@ -142,3 +142,32 @@ def test_label_smoothing_reaches_the_training_loss() -> None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         loss, _ = train_module.train_step(model, optimizer, scheduler, x, y, autocast=False, label_smoothing=eps)
         assert float(loss) == pytest.approx(float((1 - eps) * ce + eps * uniform), rel=1e-5)
+
+
+def test_precision_auto_follows_the_hardware() -> None:
+    """auto means bf16 on CUDA and on a CPU whose flags show bf16 units (avx512_bf16 or amx_bf16), fp32 on other
+    CPUs and on MPS; bf16 and fp32 are taken as asked."""
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert train_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512_bf16 gfni")
+    assert train_module.cpu_has_bf16_units("flags : fpu amx_bf16 amx_tile")
+    assert not train_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512bw")
+    assert train_module.use_bf16("auto", cuda) and not train_module.use_bf16("auto", mps)
+    assert train_module.use_bf16("auto", cpu) == train_module.cpu_has_bf16_units()
+    assert train_module.use_bf16("bf16", cpu) and not train_module.use_bf16("fp32", cuda)
+
+
+def test_run_records_the_precision_it_ran_in_and_resumes_under_auto(tmp_path: Path, data) -> None:
+    """config.json holds the resolved precision (bf16 or fp32, never auto); bf16 autocast trains on the CPU to
+    finite weights that differ from fp32's; --resume with the default auto keeps the saved precision, and another
+    explicit precision is refused (it would change the numbers)."""
+    runs = {p: tmp_path / p for p in ("bf16", "fp32")}
+    for precision, run in runs.items():
+        fit(tiny_config(run, epochs=1, precision=precision), data=data, progress=False)
+        assert TrainConfig.load(run / "config.json").precision == precision
+    w16, w32 = weights(runs["bf16"]), weights(runs["fp32"])
+    assert all(torch.isfinite(v).all() for v in w16.values() if v.is_floating_point())
+    assert any(not torch.equal(w16[k], w32[k]) for k in w32 if w32[k].is_floating_point())
+    fit(tiny_config(runs["bf16"], epochs=1), data=data, resume=True, progress=False)  # precision "auto"
+    assert TrainConfig.load(runs["bf16"] / "config.json").precision == "bf16"
+    with pytest.raises(CifarkitError, match="precision"):
+        fit(tiny_config(runs["bf16"], epochs=1, precision="fp32"), data=data, resume=True, progress=False)

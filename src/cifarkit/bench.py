@@ -25,7 +25,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.loaders import build_train_batches
 from cifarkit.models import CustomResNet
 from cifarkit.schedule import one_cycle
-from cifarkit.train import pick_device, train_step
+from cifarkit.train import pick_device, train_step, use_bf16
 
 FLOPS_CONVENTION = ("FLOPs = 2 x multiply-adds of the convolutions and the FC (BN, ReLU, pooling not counted); "
                     "training = 3 x forward (backward ~ 2 x forward)")
@@ -62,8 +62,11 @@ def count_macs(model: nn.Module, *, image_size: int = 32) -> int:
     return total
 
 
-def cpu_peak() -> dict[str, Any] | None:
-    """The CPU's fp32 FMA peak: cores x FMA units x lanes x 2 FLOPs per FMA x clock; None if it cannot be read.
+def cpu_peak(*, bf16: bool = False) -> dict[str, Any] | None:
+    """The CPU's FMA peak: cores x FMA units x lanes x FLOPs per FMA x clock; None if it cannot be read.
+
+    fp32: 2 FLOPs per lane per FMA. bf16 (the AVX512-BF16 dot product VDPBF16PS): each fp32 lane takes two bf16
+    products and their sum, so 4 FLOPs per lane per instruction.
 
     cores: the CPUs this process may run on (sched_getaffinity), capped at torch's thread count; clock: the highest
     "cpu MHz" in /proc/cpuinfo (a VM usually reports the base clock, so boost can exceed this "peak"); lanes: fp32
@@ -90,12 +93,13 @@ def cpu_peak() -> dict[str, Any] | None:
     model = int(fields.get("model", ["0"])[0] or 0)
     if fields.get("vendor_id", [""])[0] == "AuthenticAMD" and family == 23 and model < 0x30:
         lanes = 4
-    fma_units, flops_per_fma, clock_ghz = 2, 2, max(mhz) / 1000
+    fma_units, flops_per_fma, clock_ghz = 2, 4 if bf16 else 2, max(mhz) / 1000
     peak = cores * fma_units * lanes * flops_per_fma * clock_ghz
     return {"cpu": fields.get("model name", [platform.processor()])[0], "cores": cores, "affinity_cpus": allowed,
             "torch_threads": torch.get_num_threads(), "fma_units": fma_units, "lanes": lanes,
             "flops_per_fma": flops_per_fma, "clock_ghz": clock_ghz, "peak_gflops": peak,
-            "formula": (f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes x {flops_per_fma} FLOPs/FMA x "
+            "dtype": "bf16" if bf16 else "fp32",
+            "formula": (f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes x {flops_per_fma} FLOPs/lane x "
                         f"{clock_ghz:.3f} GHz = {peak:.1f} GFLOP/s")}
 
 
@@ -118,10 +122,10 @@ def _rate(fn: Callable[[], int], device: torch.device) -> float:
     return images / seconds
 
 
-def matmul_peak(device: torch.device, *, n: int = 8192, repeats: int = 10) -> dict[str, Any]:
+def matmul_peak(device: torch.device, *, n: int = 8192, repeats: int = 10, bf16: bool = False) -> dict[str, Any]:
     """The accelerator's measured dense-matmul ceiling: median rate of n x n x n products in the training's
-    precision (bf16 on CUDA, fp32 elsewhere) on random data (zeros run faster than real data and flatter it)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    precision on random data (zeros run faster than real data and flatter it)."""
+    dtype = torch.bfloat16 if bf16 else torch.float32
     g = torch.Generator().manual_seed(1)
     a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
     for _ in range(3):  # warm-up: handle creation, kernel selection, clocks ramping up
@@ -140,11 +144,12 @@ def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, warmup: int = 2,
-              repeats: int = 3) -> dict[str, Any]:
+              repeats: int = 3, precision: str = "auto") -> dict[str, Any]:
     """Measure and return every figure (images/s medians, GFLOP/s, CPU peak fraction, pipelines) as a dict."""
     dev = pick_device(device)
-    config = TrainConfig(batch_size=batch_size, lr_min=1e-4, lr_max=1e-3)
-    autocast = dev.type == "cuda"  # as train.py: bf16 autocast on CUDA, fp32 elsewhere
+    config = TrainConfig(batch_size=batch_size, lr_min=1e-4, lr_max=1e-3, precision=precision)
+    config.validate()
+    autocast = use_bf16(config.precision, dev)  # as train.py
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
@@ -218,8 +223,8 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
     gflops = {"train_reference": med["train_reference"] * macs * 2 * 3 / 1e9,
               "train_project": med["train_project"] * macs * 2 * 3 / 1e9,
               "eval": med["eval"] * macs * 2 / 1e9}
-    peak = cpu_peak() if dev.type == "cpu" else None
-    accel = matmul_peak(dev) if dev.type == "cuda" else None  # no datasheet figure: the ceiling as measured here
+    peak = cpu_peak(bf16=autocast) if dev.type == "cpu" else None
+    accel = matmul_peak(dev, bf16=autocast) if dev.type == "cuda" else None  # no datasheet figure: the ceiling as measured here
     return {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
         (peak["cpu"] if peak else platform.processor() or "cpu"),
@@ -267,7 +272,7 @@ def format_bench(result: dict[str, Any]) -> str:
     ]
     peak = result["cpu_peak"]
     if peak:
-        lines += [f"CPU fp32 FMA peak: {peak['formula']}",
+        lines += [f"CPU {peak.get('dtype', 'fp32')} FMA peak: {peak['formula']}",
                   f"  cores = min(sched_getaffinity {peak['affinity_cpus']}, torch threads {peak['torch_threads']}); "
                   f"clock = /proc/cpuinfo 'cpu MHz' (base clock in a VM: boost can beat it); "
                   f"lanes {peak['lanes']} = fp32 per {'512' if peak['lanes'] == 16 else '256' if peak['lanes'] == 8 else '128'}"

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", default="auto", help="auto, bf16 or fp32, as train's --precision")
     return parser
 
 
@@ -161,7 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cifarkit.bench import format_bench, run_bench
 
     print(format_bench(run_bench(device=args.device, batch_size=args.batch_size, steps=args.steps,
-                                 repeats=args.repeats)))
+                                 repeats=args.repeats, precision=args.precision)))
     return 0
 
 

@@ -13,10 +13,10 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, resolve_data, subset
 from cifarkit.errors import CifarkitError
 from cifarkit.augment import normalize_batch
-from cifarkit.loaders import build_train_batches, repeat_epochs
-from cifarkit.lr_finder import LRFinderResult, find_lr
+from cifarkit.loaders import build_train_batches
+from cifarkit.lr_finder import LRFinderResult
 from cifarkit.models import CustomResNet
-from cifarkit.train import evaluate, pick_device
+from cifarkit.train import evaluate, pick_device, range_test
 
 
 def lr_find_command(config: TrainConfig) -> LRFinderResult:
@@ -29,9 +29,7 @@ def lr_find_command(config: TrainConfig) -> LRFinderResult:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
-    result = find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
-                     iters=config.lr_find_iters, weight_decay=config.weight_decay,
-                     label_smoothing=config.label_smoothing, autocast=device.type == "cuda")
+    result = range_test(model, batches, config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "lr_finder.json")

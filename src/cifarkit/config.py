@@ -45,6 +45,9 @@ class TrainConfig:
     lr_max: float | None = opt(None, 'one-cycle peak LR; None: found by the LR range test')
     final_div: float = opt(1.0, 'final LR = lr_min / final_div; 1 = no annihilation (assignment), 100 = reference variant')
     label_smoothing: float = opt(0.0, "CrossEntropyLoss's label_smoothing: 0 = the assignment's plain cross-entropy")
+    beta1_peak: float = opt(0.9, "Adam's beta1 at the LR peak (cycled linearly against the LR; 0.85 in OneCycleLR)")
+    beta1_ends: float = opt(0.9, "Adam's beta1 at LRMIN, the cycle's start and end (0.95 in OneCycleLR); "
+                                 "equal to --beta1-peak: constant, Adam's default 0.9")
     weight_decay: float = opt(1e-4, "Adam's (coupled, L2) weight decay, as the reference")
     lr_find_iters: int = opt(200, 'steps of the LR range test')
     lr_find_start: float = opt(1e-7, 'first LR of the exponential sweep')
@@ -60,6 +63,8 @@ class TrainConfig:
     cutout_size: int = opt(8, 'hole side, pixels')
     workers: int | None = opt(None, 'DataLoader workers; None: fitted to the machine')
     eval_batch_size: int = opt(1024, 'batch size for evaluation (no gradients, so it can be larger)')
+    precision: str = opt("auto", '"bf16" (autocast), "fp32", or auto: bf16 on CUDA and on CPUs with bf16 units '
+                         '(AVX512-BF16 or AMX), fp32 elsewhere')
     channels_last: bool = opt(True, 'NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs')
     compile: bool = opt(False, 'torch.compile the model (CUDA)')
     tta: bool = opt(False, 'also report flip test-time-augmented accuracy')
@@ -101,6 +106,9 @@ class TrainConfig:
             raise CifarkitError(f"--final-div must be >= 1 (no LR above lr_min at the end), got {self.final_div}")
         if not 0 <= self.label_smoothing < 1:
             raise CifarkitError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("beta1_peak", "beta1_ends"):
+            if not 0 <= getattr(self, name) < 1:
+                raise CifarkitError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
         if self.lr_find_iters < 10:
             raise CifarkitError(f"--lr-find-iters must be at least 10, got {self.lr_find_iters}")
         if not 0 < self.lr_find_start < self.lr_find_end:
@@ -113,6 +121,8 @@ class TrainConfig:
             raise CifarkitError(f"--augment must be auto, albumentations or batched, got {self.augment!r}")
         if self.pad_mode not in ("reflect", "zero"):
             raise CifarkitError(f"--pad-mode must be reflect or zero, got {self.pad_mode!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise CifarkitError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.std not in CIFAR10_STD:
             raise CifarkitError(f"--std must be one of {sorted(CIFAR10_STD)}, got {self.std!r}")
         if not 0 <= self.cutout_p <= 1:
