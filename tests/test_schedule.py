@@ -3,6 +3,8 @@ linear in between, never below LRMIN (no annihilation)."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -80,7 +82,8 @@ def test_a_peak_at_the_first_step_still_reaches_lr_max() -> None:
 
 def test_cycled_beta1_mirrors_the_lr_and_resumes() -> None:
     """With momentum=(0.85, 0.95) Adam's beta1 is 0.95 at LRMIN (first and last step), 0.85 at the peak, linear in
-    the LR between (beta2 untouched); a restored optimizer and scheduler carry on with the same betas."""
+    the LR between (beta2 untouched); an optimizer and scheduler restored from a weights_only checkpoint carry on
+    with the same betas."""
     def run(steps: int, opt: torch.optim.Optimizer, sched) -> list[tuple[float, float]]:
         seen = []
         for _ in range(steps):
@@ -104,9 +107,13 @@ def test_cycled_beta1_mirrors_the_lr_and_resumes() -> None:
     assert np.allclose(beta1, 0.95 - 0.10 * (lrs - 1e-4) / (1e-2 - 1e-4))
     opt, sched = make()
     run(9, opt, sched)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)  # as checkpoints load: plain data only
     opt2, sched2 = make()
-    opt2.load_state_dict(opt.state_dict())
-    sched2.load_state_dict(sched.state_dict())
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["scheduler"])
     assert np.allclose(run(12, opt2, sched2), seen[9:])
 
 

@@ -224,7 +224,8 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
               "train_project": med["train_project"] * macs * 2 * 3 / 1e9,
               "eval": med["eval"] * macs * 2 / 1e9}
     peak = cpu_peak(bf16=autocast) if dev.type == "cpu" else None
-    accel = matmul_peak(dev, bf16=autocast) if dev.type == "cuda" else None  # no datasheet figure: the ceiling as measured here
+    # No datasheet figure on CUDA: the ceiling as measured here.
+    accel = matmul_peak(dev, bf16=autocast) if dev.type == "cuda" else None
     return {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
         (peak["cpu"] if peak else platform.processor() or "cpu"),

@@ -49,7 +49,12 @@ class OneCycle(LambdaLR):
         self.momentum_of = momentum_of  # set first: LambdaLR's constructor takes the first step
         super().__init__(optimizer, factor)
 
-    def step(self, epoch: int | None = None) -> None:  # noqa: D102 (epoch: LRScheduler's legacy signature)
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        del state["momentum_of"]  # rebuilt from the config; a function would not load under weights_only=True
+        return state
+
+    def step(self, epoch: int | None = None) -> None:  # epoch: LRScheduler's legacy argument, passed on
         super().step(epoch)
         if self.momentum_of is None:
             return
