@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 SUBSET, TEST_SUBSET, BATCH, EPOCHS, WORLD = 64, 32, 16, 2, 2
 TINY = ["--data", "synthetic", "--subset", str(SUBSET), "--test-subset", str(TEST_SUBSET), "--batch-size", str(BATCH),
-        "--epochs", str(EPOCHS), "--lr-min", "1e-4", "--lr-max", "1e-3", "--no-plots"]
+        "--epochs", str(EPOCHS), "--lr-min", "1e-4", "--lr-max", "1e-3", "--no-plots", "--precision", "fp32"]
 STEPS_PER_EPOCH = SUBSET // BATCH  # per rank: 32 images each, in batches of 16 / 2
 TIMEOUT = 240
 # Everything a --no-plots run leaves, once: a per-rank copy or a leftover temp file would show up here.
@@ -260,7 +260,8 @@ def test_shards_cover_each_item_once(world: int) -> None:
 
 def test_sharded_evaluation_counts_each_image_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """evaluate() on 3 ranks, each on its shard (in batches that do not divide the shard), sums to exactly the
-    one-process evaluation: 10 images counted once, the same number correct and the same loss sum."""
+    one-process evaluation: 10 images counted once, the same number correct, and the same loss sum to float32
+    rounding (a GEMM over 2 rows may round differently from one over 4: seen on an AVX512 CPU)."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8)
     labels = torch.randint(0, 10, (10,))
@@ -275,7 +276,7 @@ def test_sharded_evaluation_counts_each_image_once(monkeypatch: pytest.MonkeyPat
     total = torch.stack(seen).sum(0)  # [loss sum, correct, correct with TTA, count]
     assert total[3] == alone[3] == 10
     assert torch.equal(total[1:3], alone[1:3])
-    assert float(total[0]) == pytest.approx(float(alone[0]), rel=1e-9)
+    assert float(total[0]) == pytest.approx(float(alone[0]), rel=1e-6)
 
 
 def test_setup_checks_before_training() -> None:
