@@ -100,12 +100,13 @@ class RunLog:
                                                 "peak_epoch": self.config.peak_epoch, "epochs": self.config.epochs})
         if data.synthetic:
             tqdm.write(f"NOTE: training on {data.source}: results say nothing about CIFAR-10")
+        c = self.config
+        beta1 = f"; Adam beta1 {c.beta1_ends:g} -> {c.beta1_peak:g} -> {c.beta1_ends:g}" \
+            if c.beta1_peak != c.beta1_ends else ""
         tqdm.write(f"run {self.run}: {len(data.train_labels)} train / {len(data.test_labels)} test images "
-                   f"({data.source}); {device} x{world}; {self.config.epochs} epochs x {steps_per_epoch} steps of "
-                   f"{self.config.batch_size}; one-cycle LR {self.config.lr_min:.3g} -> {self.config.lr_max:.3g} "
-                   f"(peak at epoch {self.config.peak_epoch:g}) -> {self.config.lr_min / self.config.final_div:.3g}"
-                   + (f"; Adam beta1 {c.beta1_ends:g} -> {c.beta1_peak:g} -> {c.beta1_ends:g}"
-                      if (c := self.config).beta1_peak != c.beta1_ends else "") + f"; {c.precision}")
+                   f"({data.source}); {device} x{world}; {c.epochs} epochs x {steps_per_epoch} steps of "
+                   f"{c.batch_size}; one-cycle LR {c.lr_min:.3g} -> {c.lr_max:.3g} "
+                   f"(peak at epoch {c.peak_epoch:g}) -> {c.lr_min / c.final_div:.3g}{beta1}; {c.precision}")
         if self.config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency
 
