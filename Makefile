@@ -11,7 +11,7 @@ ARGS ?=
 # cache, else a download.
 SHARED_DATA := $(wildcard ../shared/datasets/cifar10-png.tar.gz)
 
-.PHONY: run test venv clean
+.PHONY: run test test-fast venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest tests
+
+# The unit tests alone (no training runs, torchrun, kill -9 or notebook): for a quick check while editing.
+test-fast: venv
+	$(BIN)/python -m pytest tests -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

@@ -1,4 +1,4 @@
-"""The batched device augmentation (cifarkit.augment) against the albumentations pipeline's semantics."""
+"""The batched device augmentation (cifarkit.data.augment) against the albumentations pipeline's semantics."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data.distributed import DistributedSampler
 
-from cifarkit.augment import (
-    AugmentParams, DeviceBatches, apply_params, augment_batch, normalize_batch, rank_indices, sample_params,
-)
-from cifarkit.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+from cifarkit.config import TrainConfig
+from cifarkit.data import CIFAR10_MEAN, CIFAR10_STD
+from cifarkit.data.augment import AugmentParams, apply_params, augment_batch, normalize_batch, sample_params
+from cifarkit.data.loaders import DeviceBatches, rank_indices
 from cifarkit.errors import CifarkitError
 
 MEAN = CIFAR10_MEAN
@@ -95,13 +95,13 @@ def test_equals_reference_crop_and_flip_for_every_offset(pad_mode: str) -> None:
 def test_equals_albumentations_for_given_offsets(pad_mode: str) -> None:
     """With the crop and flip fixed, the output equals albumentations' own Normalize -> PadIfNeeded(40, the
     config's border) -> Crop -> HorizontalFlip (same pad constants as transforms.py) to float32 rounding."""
-    from cifarkit.transforms import PAD_MODES
+    from cifarkit.data.transforms import CV2_BORDERS
 
     image = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     for dy, dx, flip in [(0, 0, False), (8, 8, True), (0, 8, True), (3, 5, False), (8, 0, False), (4, 4, True)]:
         pipeline = A.Compose([
             A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0),
-            A.PadIfNeeded(min_height=40, min_width=40, border_mode=PAD_MODES[pad_mode], fill=0),
+            A.PadIfNeeded(min_height=40, min_width=40, border_mode=CV2_BORDERS[pad_mode], fill=0),
             A.Crop(x_min=dx, y_min=dy, x_max=dx + 32, y_max=dy + 32),
             A.HorizontalFlip(p=1.0 if flip else 0.0),
         ])
@@ -147,7 +147,7 @@ def test_albumentations_pipeline_draws_from_the_same_ranges() -> None:
     """The lead's albumentations pipeline (transforms.build_train_transform), decoded the same way, draws crop
     offsets from exactly 0..8, one 8x8 hole with top-left in 0..24, flips and cutouts near half the time: the
     ranges this module reproduces (a check that the decoding, and our reading of albumentations, are right)."""
-    from cifarkit.transforms import build_train_transform, seed_transform
+    from cifarkit.data.transforms import build_train_transform, seed_transform
 
     transform = build_train_transform(TrainConfig())
     image = coordinate_image()
@@ -178,7 +178,7 @@ def test_zero_padding_is_the_mean() -> None:
 
 def test_normalize_batch_equals_albumentations_test_transform() -> None:
     """normalize_batch (evaluation input) equals the albumentations test pipeline: Normalize -> ToTensorV2."""
-    from cifarkit.transforms import build_test_transform
+    from cifarkit.data.transforms import build_test_transform
 
     images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     expected = torch.stack([build_test_transform(MEAN, STD)(image=im)["image"] for im in images])

@@ -19,6 +19,7 @@ def small_result() -> dict:
     return run_bench(device="cpu", batch_size=8, steps=1, warmup=0, repeats=1)
 
 
+@pytest.mark.slow
 def test_run_bench_cpu_returns_positive_figures_and_sane_ratio(small_result: dict) -> None:
     """Every throughput and GFLOP/s figure is positive and finite; the project step runs within 10x of the bare
     loop either way (same model, optimizer and batch: anything further out is a bug, not noise)."""

@@ -11,6 +11,7 @@ import torch
 from cifarkit.cli import main
 
 
+@pytest.mark.slow
 def test_summary_prints_the_assignment_table(capsys: pytest.CaptureFixture[str]) -> None:
     """`cifarkit summary --batch-size 512` shows 6,573,120 parameters and 194.18 G mult-adds."""
     assert main(["summary", "--batch-size", "512"]) == 0
@@ -49,6 +50,7 @@ def test_resume_without_a_run_is_an_error(tmp_path, capsys: pytest.CaptureFixtur
     assert "nothing to resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_m_cifarkit_is_the_same_command_end_to_end(tmp_path) -> None:
     """`python -m cifarkit` runs the CLI: an error exits 2 with `error:` on stderr and no traceback."""
     proc = subprocess.run([sys.executable, "-m", "cifarkit", "train", "--epochs", "-1", "--out", str(tmp_path)],
@@ -57,6 +59,7 @@ def test_python_m_cifarkit_is_the_same_command_end_to_end(tmp_path) -> None:
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_lr_find_evaluate_and_predict_commands(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     """lr-find writes its data and plot and prints both LRs; evaluate prints test_accuracy of a run's weights;
     predict prints a class name and a probability for each image file."""

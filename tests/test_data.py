@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cifarkit.archive as archive
-import cifarkit.data as data_module
+import cifarkit.data.archive as archive
+import cifarkit.data.cifar10 as cifar10_module
+import cifarkit.data.images as images
+import cifarkit.data.sources as sources
 from cifarkit.data import CLASSES, Cifar10, load_cifar10, make_synthetic, resolve_data
 from cifarkit.errors import CifarkitError
 
@@ -90,10 +92,10 @@ def test_reexport_warns_in_one_line(tmp_path: Path, tiny_data: Cifar10, cifar_fi
 def test_official_md5_no_warning(tmp_path: Path, tiny_data: Cifar10, cifar_files: SimpleNamespace,
                                  monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Files matching the official md5s load silently."""
-    from cifarkit.download import file_md5
+    from cifarkit.data.download import file_md5
 
     folder = cifar_files.pickle_folder(tiny_data, tmp_path / "b")
-    monkeypatch.setattr(data_module, "BATCH_MD5", {name: file_md5(folder / name) for name in data_module.BATCH_MD5})
+    monkeypatch.setattr(cifar10_module, "BATCH_MD5", {name: file_md5(folder / name) for name in cifar10_module.BATCH_MD5})
     with caplog.at_level(logging.WARNING, logger="cifarkit.data"):
         load_cifar10(folder)
     assert not caplog.records
@@ -147,7 +149,7 @@ def test_image_tree_second_load_hits_array_cache(tmp_path: Path, tiny_data: Cifa
     def no_decoding(path: str) -> np.ndarray:
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(archive, "decode_image", no_decoding)
+    monkeypatch.setattr(images, "decode_image", no_decoding)
     second = load_cifar10(root)
     np.testing.assert_array_equal(second.train_images, first.train_images)
     np.testing.assert_array_equal(second.test_labels, first.test_labels)
@@ -164,7 +166,7 @@ def test_image_tree_archive(tmp_path: Path, tiny_data: Cifar10, cifar_files: Sim
     tgz = cifar_files.tar(tmp_path / "cifar10-png.tgz", root, "cifar10")
     assert_same(load_cifar10(tgz), tiny_data, cifar_files.tree_order(tiny_data.train_labels))
     monkeypatch.setattr(archive, "_extract_checked", lambda *a: pytest.fail("extracted again"))
-    monkeypatch.setattr(archive, "decode_image", lambda p: pytest.fail("decoded again"))
+    monkeypatch.setattr(images, "decode_image", lambda p: pytest.fail("decoded again"))
     assert_same(load_cifar10(tgz), tiny_data, cifar_files.tree_order(tiny_data.train_labels))
 
 
@@ -185,15 +187,16 @@ def test_jpeg_tree_loads(tmp_path: Path, cifar_files: SimpleNamespace) -> None:
     assert loaded.train_images.shape == (10, 32, 32, 3) and loaded.train_images.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_parallel_decoding_matches_serial(tmp_path: Path, cifar_files: SimpleNamespace,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoding in helper processes gives the same arrays as decoding in this one (the decoder is disabled here, in
     the parent, so a silent fall-back to serial decoding would fail)."""
     data = make_synthetic(n_train=30, n_test=10)
     root = cifar_files.image_tree(data, tmp_path / "t")
-    monkeypatch.setattr(archive, "_PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(images, "_PARALLEL_MIN_IMAGES", 1)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    monkeypatch.setattr(archive, "decode_image", lambda p: pytest.fail("decoded in the parent process"))
+    monkeypatch.setattr(images, "decode_image", lambda p: pytest.fail("decoded in the parent process"))
     assert_same(load_cifar10(root), data, cifar_files.tree_order(data.train_labels))
 
 
@@ -201,7 +204,7 @@ def test_parallel_decoding_names_bad_file(tmp_path: Path, cifar_files: SimpleNam
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad image met by a helper process still gives the one-line CifarkitError naming that file."""
     root = cifar_files.image_tree(make_synthetic(n_train=30, n_test=10), tmp_path / "t")
-    monkeypatch.setattr(archive, "_PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(images, "_PARALLEL_MIN_IMAGES", 1)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     Image.new("RGB", (16, 16)).save(root / "train" / "bird" / "small.png")
     expect_error(root, root / "train" / "bird" / "small.png", "16×16")
@@ -231,7 +234,7 @@ def test_resolve_order(tmp_path: Path, tiny_data: Cifar10, cifar_files: SimpleNa
         downloads.append(Path(dest))
         return cifar_files.tar(Path(dest) / "cifar-10-python.tar.gz", folder, "cifar-10-batches-py")
 
-    monkeypatch.setattr(data_module, "download_cifar10", fake_download)
+    monkeypatch.setattr(sources, "download_cifar10", fake_download)
     cifar_cache.mkdir(parents=True, exist_ok=True)
     assert_same(resolve_data(None), tiny_data)
     assert downloads == [cifar_cache]

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import torch
 
-import cifarkit.data
+import cifarkit.data.sources
 import cifarkit.runlog
 import cifarkit.train
 from cifarkit import cli
@@ -43,7 +43,7 @@ TIMING_COLUMNS = {"seconds", "images_per_second"}
 def _small_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--data synthetic` draws 64/32 images instead of 5,000/1,000 (the runs take 16/8 of them either way): building
     the full stand-in costs seconds per run on a busy machine."""
-    monkeypatch.setattr(cifarkit.data, "SYNTHETIC_SIZES", (64, 32))
+    monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
 
 
 def train_argv(run: Path, *extra: str, resume: bool = False) -> list[str]:
@@ -96,7 +96,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run with ARGS, in this process: the weights every interrupted run must end with."""
     run = tmp_path_factory.mktemp("faults") / "reference"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cifarkit.data, "SYNTHETIC_SIZES", (64, 32))
+        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
         assert cli.main(train_argv(run)) == 0
     return run
 
@@ -230,6 +230,7 @@ def kill_on_save(n: int) -> Callable[[], None]:
 
 # ------------------------------------------------------------------------------------------ kill -9
 
+@pytest.mark.slow
 def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, children: Callable[..., Child],
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """One run folder through five kill -9s, then a resume that must end bitwise equal to the uninterrupted run:
@@ -308,6 +309,7 @@ def expose_stop_flag(box: dict[str, Any]) -> None:
     pytest.param(signal.SIGINT, "step", True, id="SIGINT-in-step"),
     pytest.param(signal.SIGTERM, "step", True, id="SIGTERM-in-step"),
     pytest.param(signal.SIGTERM, "evaluate", False, id="SIGTERM-in-evaluation")])
+@pytest.mark.slow
 def test_signal_checkpoints_and_resumes_exactly(tmp_path: Path, reference: Path, children: Callable[..., Child],
                                                 capsys: pytest.CaptureFixture[str], signum: int, during: str,
                                                 resume: bool) -> None:
@@ -353,6 +355,7 @@ def test_signal_checkpoints_and_resumes_exactly(tmp_path: Path, reference: Path,
 
 # ------------------------------------------------------------------------------------------ storage faults
 
+@pytest.mark.slow
 def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, reference: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """ENOSPC while writing epoch 2's checkpoint (simulated: torch.save writes 4 KiB, then fails with ENOSPC): one
@@ -381,6 +384,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, reference: Path, mo
     assert_matches_reference(run, reference)
 
 
+@pytest.mark.slow
 def test_disk_full_in_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     """ENOSPC while writing epoch 2's metrics.json (simulated in runlog.write_json), before epoch 2's checkpoint: one
@@ -448,6 +452,7 @@ def read_only(folder: Path) -> Iterator[str]:
             yield "simulated"
 
 
+@pytest.mark.slow
 def test_read_only_checkpoint_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     """The checkpoints folder turns read-only after epoch 1 (see read_only: chattr +i, as root ignores modes): the
@@ -503,6 +508,7 @@ def test_lock_refuses_second_run_and_frees_on_exit(tmp_path: Path, capsys: pytes
 
 # ------------------------------------------------------------------------------------------ numerical faults
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checked", [True, False], ids=["checked-step", "between-checks"])
 def test_non_finite_loss_stops_and_keeps_last_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str], checked: bool) -> None:

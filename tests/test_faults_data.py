@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-import cifarkit.data
+import cifarkit.data.sources
 from cifarkit import cli
 from cifarkit.data import Cifar10
 
@@ -71,7 +71,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch run on synthetic data (64/32 images drawn; 8/8 used): config.json and last.pt."""
     run = tmp_path_factory.mktemp("faults-data") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cifarkit.data, "SYNTHETIC_SIZES", (64, 32))
+        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
         assert cli.main(["train", "--data", "synthetic", *ARGS, "--out", str(run)]) == 0
     return run
 
@@ -168,6 +168,7 @@ def test_resume_without_config_json_uses_the_checkpoint(run_copy: Path, capsys: 
     assert json.loads((run_copy / "config.json").read_text()) == json.loads(original) | {"out": str(run_copy)}
 
 
+@pytest.mark.slow
 def test_code_running_checkpoint_end_to_end(tmp_path: Path) -> None:
     """The real command in a fresh interpreter: `python -m cifarkit evaluate` on a checkpoint whose unpickling would
     run a shell command exits 2 with one `error:` line on stderr, no traceback, and the command never runs."""

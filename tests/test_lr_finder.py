@@ -80,6 +80,7 @@ def test_a_loss_that_never_falls_is_a_clear_error() -> None:
         suggest_lrs(np.logspace(-7, 1, 20), np.linspace(2.3, 5, 20))
 
 
+@pytest.mark.slow
 def test_find_lr_restores_model_and_optimizer(tiny_data) -> None:
     """After a real sweep on tiny data the weights, BN statistics and optimizer state are what they were, and the
     result holds one LR and one loss per completed step with LRs growing exponentially."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cifarkit.models import CustomResNet
 from cifarkit.summary import model_summary
 
 
+@pytest.mark.slow
 def test_parameter_count_and_mult_adds_match_the_assignment() -> None:
     """torchinfo at batch 512 reports 6,573,120 parameters and 194.18 G mult-adds, as the assignment's table."""
     stats = model_summary(512)

@@ -26,6 +26,7 @@ def test_notebook_is_a_thin_client() -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
 
 
+@pytest.mark.slow
 def test_notebook_runs_in_smoke_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Executed in a fresh python3 kernel (cwd: an empty folder, CIFARKIT_SMOKE=1, CIFARKIT_DATA=synthetic), no cell
     errors, and the run folder it creates holds every plot, the report and the metrics."""

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from cifarkit import galleries, plots
+from cifarkit.report import galleries, plots
 from cifarkit.data import CLASSES, make_synthetic
-from cifarkit.gradcam import grad_cam
+from cifarkit.report.gradcam import grad_cam
 from cifarkit.models.custom_resnet import CustomResNet
 
 
@@ -113,10 +113,11 @@ def test_gradcam_plot(tmp_path: Path, small: dict, assert_real_png: Callable[...
     assert_real_png(plots.save_figure(fig, tmp_path / "gradcam.png"))
 
 
+@pytest.mark.slow
 def test_import_does_not_touch_pyplot() -> None:
     """Importing the plotting modules loads no pyplot (no global state, no GUI backend on servers)."""
-    code = ("import sys, cifarkit.plots, cifarkit.galleries, cifarkit.report, cifarkit.report_render, "
-            "cifarkit.gradcam; assert 'matplotlib.pyplot' not in sys.modules")
+    code = ("import sys, cifarkit.report.plots, cifarkit.report.galleries, cifarkit.report, cifarkit.report.render, "
+            "cifarkit.report.gradcam; assert 'matplotlib.pyplot' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -135,6 +136,10 @@ class QuadrantNet(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(F.adaptive_max_pool2d(features, 1).flatten(1))
 
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features = self.forward_features(x)
+        return self.forward_head(features), {"layer3": features}
+
 
 @pytest.mark.parametrize("quadrant", [(0, 0), (0, 1), (1, 0), (1, 1)])
 def test_gradcam_peaks_where_the_evidence_is(quadrant: tuple[int, int]) -> None:
@@ -152,7 +157,7 @@ def test_gradcam_peaks_where_the_evidence_is(quadrant: tuple[int, int]) -> None:
 
 
 def test_gradcam_on_custom_resnet() -> None:
-    """On CustomResNet the heatmaps are float [B, 32, 32] in [0, 1], not constant, for both layers; the model's
+    """On CustomResNet the heatmaps are float [B, 32, 32] in [0, 1], not constant, for layer3 and layer2; the model's
     training mode is restored and no_grad around the call does not break it."""
     torch.manual_seed(0)
     model = CustomResNet().train()
@@ -169,4 +174,4 @@ def test_gradcam_on_custom_resnet() -> None:
     explicit = grad_cam(model, images, [3, 4])
     assert explicit.shape == (2, 32, 32) and np.isfinite(explicit).all() and explicit.max() <= 1
     with pytest.raises(ValueError):
-        grad_cam(model, images, layer="prep")
+        grad_cam(model, images, layer="fc")

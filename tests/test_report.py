@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit import data as data_module
+import cifarkit.commands as commands
 from cifarkit import report
+from cifarkit.data import Cifar10, normalization
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.errors import CifarkitError
@@ -51,7 +52,7 @@ def make_run_files(run: Path, *, with_finder: bool = True) -> TrainConfig:
     return config
 
 
-def tiny_data() -> data_module.Cifar10:
+def tiny_data() -> Cifar10:
     return make_synthetic(n_train=40, n_test=30)
 
 
@@ -61,18 +62,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "demo"
     make_run_files(run)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data_module, "resolve_data", lambda source: tiny_data(), raising=False)
-        path = report.build_report(run, device="cpu")
+        mp.setattr(commands, "resolve_data", lambda source: tiny_data())
+        path = commands.build_report(run, device="cpu")
     assert path == run / "report.md"
     return run
 
 
+@pytest.mark.slow
 def test_every_plot_is_a_real_picture(built: Path, assert_real_png: Callable[..., None]) -> None:
     """Every plot of the contract is written under RUN/plots/ as a PNG of sensible size that is not one colour."""
     for name in PLOTS:
         assert_real_png(built / "plots" / f"{name}.png")
 
 
+@pytest.mark.slow
 def test_per_class_json(built: Path) -> None:
     """per_class.json has one accuracy per class, consistent with counts that add up to the test set."""
     per_class = json.loads((built / "per_class.json").read_text())
@@ -83,6 +86,7 @@ def test_per_class_json(built: Path) -> None:
     assert np.asarray(per_class["confusion"]).sum() == 30
 
 
+@pytest.mark.slow
 def test_report_references_plots_tables_and_lrs(built: Path) -> None:
     """report.md embeds every plot by relative path with a caption, has the per-class table, both LRs with their
     rules, the accuracies, the hardware, and says loudly that the data was synthetic; report.html has the same."""
@@ -103,6 +107,7 @@ def test_report_references_plots_tables_and_lrs(built: Path) -> None:
     assert "<strong>SYNTHETIC DATA" in page
 
 
+@pytest.mark.slow
 def test_report_without_lr_finder(tmp_path: Path, built: Path) -> None:
     """When the LRs were given (no lr_finder.json, no lr_finder.png) the report says so, still lists both LRs, and
     its train command passes them."""
@@ -122,15 +127,15 @@ def test_build_report_missing_file_is_one_clear_error(tmp_path: Path, missing: s
     make_run_files(tmp_path / "run")
     (tmp_path / "run" / missing).unlink()
     with pytest.raises(CifarkitError, match=missing.replace(".", r"\.")):
-        report.build_report(tmp_path / "run", device="cpu")
+        commands.build_report(tmp_path / "run", device="cpu")
     with pytest.raises(CifarkitError, match="no run folder"):
-        report.build_report(tmp_path / "absent", device="cpu")
+        commands.build_report(tmp_path / "absent", device="cpu")
 
 
 def test_augmented_views_denormalise_to_uint8() -> None:
     """augmented_views undoes the pipeline's normalisation: an identity 'augmentation' gives the images back."""
     config = TrainConfig()
-    mean, std = np.asarray(config.mean), np.asarray(config.std_values)
+    mean, std = (np.asarray(v) for v in normalization(config.std))
 
     def normalise_only(image: np.ndarray) -> dict:
         return {"image": torch.from_numpy(((image / 255 - mean) / std).transpose(2, 0, 1).astype(np.float32))}

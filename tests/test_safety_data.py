@@ -17,11 +17,11 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-import cifarkit.archive as archive
-import cifarkit.download as download
-from cifarkit.archive import restricted_loads, safe_extract
+import cifarkit.data.archive as archive
+import cifarkit.data.download as download
+from cifarkit.data.archive import restricted_loads, safe_extract
 from cifarkit.data import Cifar10, load_cifar10
-from cifarkit.download import download_cifar10
+from cifarkit.data.download import download_cifar10
 from cifarkit.errors import CifarkitError
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cifarkit.device as device_module
 import cifarkit.train as train_module
 from cifarkit.config import TrainConfig
 from cifarkit.data import make_synthetic
@@ -41,6 +42,7 @@ def reference_run(tmp_path_factory, data) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path) -> None:
     """history.csv has a row per epoch with the contract's columns; metrics.json has the promised keys."""
     rows = list(csv.DictReader(open(reference_run / "history.csv")))
@@ -57,6 +59,7 @@ def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path
     assert len(json.loads((reference_run / "schedule.json").read_text())["lrs"]) == 2 * 4
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_on_cpu(tmp_path: Path, data, reference_run: Path) -> None:
     """Two runs with one seed end with bitwise-equal weights."""
     fit(tiny_config(tmp_path / "again"), data=data, progress=False)
@@ -64,6 +67,7 @@ def test_same_seed_same_weights_on_cpu(tmp_path: Path, data, reference_run: Path
     assert all(torch.equal(ref[k], again[k]) for k in ref)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, data, reference_run: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM at step 6 (epoch 2) writes a checkpoint at a step boundary; --resume ends bitwise equal to the
@@ -91,12 +95,14 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, dat
         assert (a["train_loss"], a["test_acc"], a["lr"]) == (b["train_loss"], b["test_acc"], b["lr"])
 
 
+@pytest.mark.slow
 def test_resume_with_another_recipe_is_refused(tmp_path: Path, data, reference_run: Path) -> None:
     """A changed training field on --resume is one clear error naming the field."""
     with pytest.raises(CifarkitError, match="weight_decay"):
         fit(tiny_config(reference_run, weight_decay=0.5), data=data, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_new_run_into_an_existing_run_is_refused(data, reference_run: Path) -> None:
     """Without --resume, a folder that already holds a checkpoint is not overwritten."""
     before = (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns
@@ -105,6 +111,7 @@ def test_new_run_into_an_existing_run_is_refused(data, reference_run: Path) -> N
     assert (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_range_test_fills_missing_lrs(tmp_path: Path, data) -> None:
     """Without --lr-min/--lr-max the run starts with the range test and trains with what it found."""
     run = tmp_path / "found"
@@ -115,6 +122,7 @@ def test_range_test_fills_missing_lrs(tmp_path: Path, data) -> None:
     assert config.lr_min < config.lr_max
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_scalars_and_the_lr(tmp_path: Path, data) -> None:
     """--tensorboard writes an event file holding the per-epoch scalars and the per-step LR."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -148,14 +156,15 @@ def test_precision_auto_follows_the_hardware() -> None:
     """auto means bf16 on CUDA and on a CPU whose flags show bf16 units (avx512_bf16 or amx_bf16), fp32 on other
     CPUs and on MPS; bf16 and fp32 are taken as asked."""
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
-    assert train_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512_bf16 gfni")
-    assert train_module.cpu_has_bf16_units("flags : fpu amx_bf16 amx_tile")
-    assert not train_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512bw")
-    assert train_module.use_bf16("auto", cuda) and not train_module.use_bf16("auto", mps)
-    assert train_module.use_bf16("auto", cpu) == train_module.cpu_has_bf16_units()
-    assert train_module.use_bf16("bf16", cpu) and not train_module.use_bf16("fp32", cuda)
+    assert device_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512_bf16 gfni")
+    assert device_module.cpu_has_bf16_units("flags : fpu amx_bf16 amx_tile")
+    assert not device_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512bw")
+    assert device_module.use_bf16("auto", cuda) and not device_module.use_bf16("auto", mps)
+    assert device_module.use_bf16("auto", cpu) == device_module.cpu_has_bf16_units()
+    assert device_module.use_bf16("bf16", cpu) and not device_module.use_bf16("fp32", cuda)
 
 
+@pytest.mark.slow
 def test_run_records_the_precision_it_ran_in_and_resumes_under_auto(tmp_path: Path, data) -> None:
     """config.json holds the resolved precision (bf16 or fp32, never auto); bf16 autocast trains on the CPU to
     finite weights that differ from fp32's; --resume with the default auto keeps the saved precision, and another

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from cifarkit.config import TrainConfig
-from cifarkit.transforms import build_test_transform, build_train_transform, sample_seed, seed_transform
+from cifarkit.data import normalization
+from cifarkit.data.transforms import build_test_transform, build_train_transform, sample_seed, seed_transform
 
 
 def flat_image(value: int = 200) -> np.ndarray:
@@ -59,9 +60,10 @@ def test_test_transform_is_normalise_only() -> None:
     """(x / 255 - mean) / std in CHW, nothing random."""
     cfg = TrainConfig()
     img = flat_image()
-    out = build_test_transform(cfg.mean, cfg.std_values)(image=img)["image"]
-    expected = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - torch.tensor(cfg.mean).view(3, 1, 1)) \
-        / torch.tensor(cfg.std_values).view(3, 1, 1)
+    mean, std = normalization(cfg.std)
+    out = build_test_transform(mean, std)(image=img)["image"]
+    expected = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - torch.tensor(mean).view(3, 1, 1)) \
+        / torch.tensor(std).view(3, 1, 1)
     assert torch.allclose(out, expected, atol=1e-5)
 
 

@@ -9,12 +9,10 @@ TrainConfig says), so their ratio is the cost of the project's step and nothing 
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +20,12 @@ import torch
 from torch import nn
 
 from cifarkit.config import TrainConfig
-from cifarkit.loaders import build_train_batches
-from cifarkit.models import CustomResNet
+from cifarkit.data.loaders import build_train_batches
+from cifarkit.device import pick_device, use_bf16
+from cifarkit.models import build_model, eval_mode
 from cifarkit.schedule import one_cycle
-from cifarkit.train import pick_device, train_step, use_bf16
+from cifarkit.system import cpuinfo_fields, usable_cpus
+from cifarkit.train import train_step
 
 FLOPS_CONVENTION = ("FLOPs = 2 x multiply-adds of the convolutions and the FC (BN, ReLU, pooling not counted); "
                     "training = 3 x forward (backward ~ 2 x forward)")
@@ -51,11 +51,8 @@ def count_macs(model: nn.Module, *, image_size: int = 32) -> int:
     handles = [mod.register_forward_hook(conv_hook if isinstance(mod, nn.Conv2d) else fc_hook)
                for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
     try:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
-        model.train(was_training)
     finally:
         for h in handles:
             h.remove()
@@ -73,20 +70,12 @@ def cpu_peak(*, bf16: bool = False) -> dict[str, Any] | None:
     per vector, 16 with avx512f, 8 with AVX2+FMA; FMA units: 2 per core (Zen 2+, Intel since Haswell), while Zen 1
     (family 23, model < 0x30) splits 256-bit FMAs into two 128-bit halves: 4 lanes.
     """
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    fields: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if ":" in line:
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), []).append(value.strip())
+    fields = cpuinfo_fields()
     mhz = [float(v) for v in fields.get("cpu MHz", []) if v]
     flags = set(fields.get("flags", [""])[0].split())
     if not mhz or not ({"avx2", "fma"} <= flags or "avx512f" in flags):
         return None  # no clock or no FMA vectors (e.g. an ARM host): no honest peak to quote
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allowed = usable_cpus()
     cores = min(allowed, torch.get_num_threads())
     lanes = 16 if "avx512f" in flags else 8
     family = int(fields.get("cpu family", ["0"])[0] or 0)
@@ -159,7 +148,7 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
 
     def make_model() -> nn.Module:
         torch.manual_seed(0)
-        return CustomResNet().to(dev).to(memory_format=memory_format).train()
+        return build_model(device=dev, channels_last=config.channels_last).train()
 
     ref_model, proj_model, eval_model = make_model(), make_model(), make_model().eval()
     ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-3, weight_decay=config.weight_decay)
@@ -219,7 +208,7 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
             samples[name].append(_rate(timed[name], dev))
 
     med = {name: statistics.median(v) for name, v in samples.items()}
-    macs = count_macs(CustomResNet().to(dev))
+    macs = count_macs(build_model(device=dev))
     gflops = {"train_reference": med["train_reference"] * macs * 2 * 3 / 1e9,
               "train_project": med["train_project"] * macs * 2 * 3 / 1e9,
               "eval": med["eval"] * macs * 2 / 1e9}

@@ -13,40 +13,29 @@ import pickle
 import random
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cifarkit.atomic import TEMP_GLOB, atomic_write
+from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
+from cifarkit.models import CustomResNet, build_model
 
-FORMAT = "cifarkit-checkpoint-v1"
+FORMAT = "cifarkit-checkpoint-v2"  # v2: the partial epoch as named fields
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: a reader sees the old file or the new, never a torn
-    one. On failure (disk full, read-only folder) the temp file is removed and the old file is left intact."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """torch.save through `atomic_write`; a failure (disk full, read-only folder) is one line, the old file intact."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         raise CifarkitError(f"cannot write {path}: {reason}; the previous file, if any, is intact") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -118,6 +107,79 @@ def restore_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path
         raise CifarkitError(f"{path} holds weights of another model ({detail})") from e
 
 
+@dataclass
+class PartialEpoch:
+    """The sums of an epoch stopped mid-way (by a signal), so that the resumed epoch reports the same figures as an
+    uninterrupted one. Summed over ranks; saved in the checkpoint under these names."""
+
+    loss_sum: float  # sum of per-image losses
+    correct: float  # images classified correctly
+    seen: float  # images trained on
+    seconds: float  # training time spent in the epoch so far
+
+    @classmethod
+    def from_dict(cls, values: dict[str, float] | None) -> "PartialEpoch | None":
+        return None if values is None else cls(**values)
+
+
+# What may change on --resume without changing what is trained; every other field must match the checkpoint.
+RESUMABLE_FIELDS = frozenset({"data", "out", "device", "workers", "plots", "tensorboard", "eval_batch_size", "extra",
+                              "compile"})
+
+
+def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The saved recipe, with only the fields that do not change what is trained taken from `given`. A field left at
+    its "find it" or "auto" value (lr_min/lr_max None, precision auto) keeps the saved one."""
+    merged = saved.to_dict()
+    for key, value in given.to_dict().items():
+        if key in RESUMABLE_FIELDS:
+            merged[key] = value
+        elif value != merged[key] and not (key in ("lr_min", "lr_max") and value is None) \
+                and not (key == "precision" and value == "auto"):
+            raise CifarkitError(f"cannot resume: {key} is {value!r} here but {merged[key]!r} in the checkpoint; "
+                                "a resumed run keeps its recipe (or start a new run with another --out)")
+    return TrainConfig.from_dict(merged)
+
+
+def saved_config(run: Path) -> TrainConfig:
+    """The recipe of the run in `run`: its config.json or, when that is gone or damaged, the one in its checkpoint."""
+    try:
+        return TrainConfig.load(run / "config.json")
+    except (OSError, ValueError, TypeError):  # missing, unreadable, or not JSON of a config
+        pass
+    if not (run / "checkpoints" / "last.pt").is_file():
+        raise CifarkitError(f"nothing to resume in {run}: no readable config.json and no checkpoint "
+                            "(start the run without --resume)")
+    return TrainConfig.from_dict(load_checkpoint(run / "checkpoints" / "last.pt")["config"])
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], TrainConfig]:
+    """Weights and the run's config from a run folder, its model.pt, or a training checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    state: Any = safe_torch_load(path)
+    config = None
+    if isinstance(state, dict) and "model" in state and "config" in state:  # a training checkpoint
+        config, state = TrainConfig.from_dict(state["config"]), state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CifarkitError(f"{path} holds no model weights (expected a state dict or a cifarkit checkpoint)")
+    if config is None:
+        run_config = next((p / "config.json" for p in (path.parent, path.parent.parent)
+                           if (p / "config.json").is_file()), None)
+        config = TrainConfig.load(run_config) if run_config else TrainConfig()
+    return state, config
+
+
+def load_model(path: Path, device: torch.device) -> tuple[CustomResNet, TrainConfig]:
+    """The trained network (eval mode, on `device`) and its run's config, from what `load_weights` reads."""
+    state, config = load_weights(path)
+    fc = state.get("fc.weight")
+    model = build_model(int(fc.shape[0]) if fc is not None else 10)
+    restore_weights(model, state, path)
+    return model.to(device).eval(), config
+
+
 class RunLock:
     """An exclusive flock on RUN/.lock: a second run on the same folder is refused; the kernel drops the lock when
     its holder dies, even by kill -9, so a crash never leaves the folder stuck."""
@@ -145,7 +207,7 @@ class RunLock:
         self.fd = fd
         # Temp files of a writer killed mid-write (kill -9, power loss): only a lock holder writes here, so any that
         # exist now are orphans, and each can be a checkpoint's size.
-        for orphan in (*self.path.parent.glob(".*.tmp-*"), *self.path.parent.glob("checkpoints/.*.tmp-*")):
+        for orphan in (*self.path.parent.glob(TEMP_GLOB), *self.path.parent.glob(f"checkpoints/{TEMP_GLOB}")):
             orphan.unlink(missing_ok=True)
         return self
 

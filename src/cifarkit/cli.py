@@ -96,21 +96,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def saved_config(out: Path) -> TrainConfig:
-    """The recipe of the run in `out`: its config.json or, when that is gone or damaged, the one in its checkpoint."""
-    from cifarkit.checkpoint import load_checkpoint
-
-    try:
-        return TrainConfig.load(out / "config.json")
-    except (OSError, ValueError, TypeError):  # missing, unreadable, or not JSON of a config
-        pass
-    if not (out / "checkpoints" / "last.pt").is_file():
-        raise CifarkitError(f"nothing to resume in {out}: no readable config.json and no checkpoint "
-                            "(start the run without --resume)")
-    return TrainConfig.from_dict(load_checkpoint(out / "checkpoints" / "last.pt")["config"])
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from cifarkit.checkpoint import saved_config
     from cifarkit.train import fit
 
     given = given_config(args)
@@ -152,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cifarkit.report import build_report
+    from cifarkit.commands import build_report
 
     print(build_report(args.run, data_source=args.data, device=args.device))
     return 0
@@ -172,7 +159,7 @@ COMMANDS = {"summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cifarkit.train import TrainingInterrupted
+    from cifarkit.stops import TrainingInterrupted
 
     try:
         return COMMANDS[args.command](args)

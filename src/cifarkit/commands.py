@@ -1,22 +1,25 @@
-"""The CLI's commands beyond `train`: the LR range test on its own, evaluation and prediction from saved weights."""
+"""The CLI's commands beyond `train`: the LR range test on its own, evaluation, prediction and the report of a run."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from cifarkit.checkpoint import restore_weights, safe_torch_load
+from cifarkit.checkpoint import load_model
 from cifarkit.config import TrainConfig
-from cifarkit.data import CLASSES, resolve_data, subset
+from cifarkit.data import CLASSES, normalization, resolve_data, subset
+from cifarkit.data.augment import normalize_batch
+from cifarkit.data.images import read_image
+from cifarkit.data.loaders import build_train_batches
+from cifarkit.device import pick_device
 from cifarkit.errors import CifarkitError
-from cifarkit.augment import normalize_batch
-from cifarkit.loaders import build_train_batches
-from cifarkit.lr_finder import LRFinderResult
-from cifarkit.models import CustomResNet
-from cifarkit.train import evaluate, pick_device, range_test
+from cifarkit.lr_finder import LRFinderResult, range_test
+from cifarkit.models import build_model
+from cifarkit.report import write_plots, write_report
+from cifarkit.report.plots import plot_lr_finder, save_figure
+from cifarkit.train import evaluate
 
 
 def lr_find_command(config: TrainConfig) -> LRFinderResult:
@@ -25,45 +28,15 @@ def lr_find_command(config: TrainConfig) -> LRFinderResult:
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     data = subset(resolve_data(config.data), config.subset, None, seed=config.seed)
-    model = CustomResNet(len(data.classes)).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
     result = range_test(model, batches, config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "lr_finder.json")
-    from cifarkit.plots import plot_lr_finder, save_figure
-
     save_figure(plot_lr_finder(result.lrs, result.losses, result.smoothed, lr_min=result.lr_min,
                                lr_max=result.lr_max), out / "lr_finder.png")
     return result
-
-
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], TrainConfig]:
-    """Weights and the run's config from a run folder, its model.pt, or a training checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    state: Any = safe_torch_load(path)
-    config = None
-    if isinstance(state, dict) and "model" in state and "config" in state:  # a training checkpoint
-        config, state = TrainConfig.from_dict(state["config"]), state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CifarkitError(f"{path} holds no model weights (expected a state dict or a cifarkit checkpoint)")
-    if config is None:
-        run_config = next((p / "config.json" for p in (path.parent, path.parent.parent)
-                           if (p / "config.json").is_file()), None)
-        config = TrainConfig.load(run_config) if run_config else TrainConfig()
-    return state, config
-
-
-def load_model(path: Path, device: torch.device) -> tuple[CustomResNet, TrainConfig]:
-    state, config = load_weights(path)
-    fc = state.get("fc.weight")
-    model = CustomResNet(int(fc.shape[0]) if fc is not None else 10)
-    restore_weights(model, state, path)
-    return model.to(device).eval(), config
 
 
 def evaluate_command(path: Path, *, data: str | None, device: str, tta: bool) -> dict[str, float]:
@@ -80,28 +53,38 @@ def evaluate_command(path: Path, *, data: str | None, device: str, tta: bool) ->
     return out
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB image as uint8 [32, 32, 3]; other sizes are resized (bilinear), as a user's photo would need."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (32, 32):
-                img = img.resize((32, 32), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise CifarkitError(f"no image at {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CifarkitError(f"cannot decode {path} as an image ({type(e).__name__})") from e
-
-
 def predict_command(path: Path, images: list[Path], device: str) -> list[tuple[Path, str, float]]:
     """(image, predicted class, its probability) for each image file."""
     dev = pick_device(device)
     model, config = load_model(path, dev)
     batch = torch.from_numpy(np.stack([read_image(p) for p in images])).to(dev)
-    probs = model.predict_proba(normalize_batch(batch, config.mean, config.std_values))
+    probs = model.predict_proba(normalize_batch(batch, *normalization(config.std)))
     classes = CLASSES if model.num_classes == len(CLASSES) else tuple(f"class{i}" for i in range(model.num_classes))
     conf, idx = probs.max(1)
     return [(p, classes[int(i)], float(c)) for p, i, c in zip(images, idx, conf)]
+
+
+def build_report(run_dir: Path, *, data_source: str | None = None, device: str = "auto") -> Path:
+    """`cifarkit report RUN`: reload the run's config, weights and test data, redraw every plot, rewrite the report.
+
+    A finished run is drawn from RUN/model.pt; a run still in progress (or stopped) from its last checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CifarkitError(f"no run folder at {run_dir}: give the --out folder of a `cifarkit train` run")
+    for name in ("config.json", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a `cifarkit train` run that "
+                                "completed at least one epoch")
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        weights = run_dir / "checkpoints" / "last.pt"
+    if not weights.is_file():
+        raise CifarkitError(f"{run_dir} has neither model.pt nor checkpoints/last.pt: nothing to draw")
+    dev = pick_device(device)
+    model, _ = load_model(weights, dev)
+    config = TrainConfig.load(run_dir / "config.json")
+    data = resolve_data(data_source or config.data)
+    data = subset(data, None, config.test_subset, seed=config.seed)
+    write_plots(run_dir, model=model, data=data, config=config, device=dev)
+    return write_report(run_dir)

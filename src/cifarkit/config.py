@@ -11,16 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cifarkit.atomic import write_json
+from cifarkit.data.stats import check_pad_mode, cifar10_std
 from cifarkit.errors import CifarkitError
-
-# Per-channel statistics of the CIFAR-10 training set (RGB, on a 0..1 scale), measured on the shared set and equal
-# to the official set's. The "reference" std is the widely copied (0.2023, 0.1994, 0.2010), which is the mean of
-# per-image stds, not the dataset std; we default to the true one so normalised pixels have unit variance.
-CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: dict[str, tuple[float, float, float]] = {
-    "true": (0.2470, 0.2435, 0.2616),
-    "reference": (0.2023, 0.1994, 0.2010),
-}
 
 def opt(default: Any, help: str) -> Any:
     """A field whose help text is also the CLI flag's help."""
@@ -77,14 +70,6 @@ class TrainConfig:
         if self.peak_epoch is None:
             self.peak_epoch = ASSIGNMENT_PEAK_EPOCH * self.epochs / ASSIGNMENT_EPOCHS
 
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return CIFAR10_MEAN
-
-    @property
-    def std_values(self) -> tuple[float, float, float]:
-        return CIFAR10_STD[self.std]
-
     def validate(self) -> None:
         """Raise CifarkitError naming the first invalid field."""
         if self.epochs <= 0:
@@ -119,12 +104,10 @@ class TrainConfig:
                 raise CifarkitError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.augment not in ("auto", "albumentations", "batched"):
             raise CifarkitError(f"--augment must be auto, albumentations or batched, got {self.augment!r}")
-        if self.pad_mode not in ("reflect", "zero"):
-            raise CifarkitError(f"--pad-mode must be reflect or zero, got {self.pad_mode!r}")
+        check_pad_mode(self.pad_mode)
         if self.precision not in ("auto", "bf16", "fp32"):
             raise CifarkitError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.std not in CIFAR10_STD:
-            raise CifarkitError(f"--std must be one of {sorted(CIFAR10_STD)}, got {self.std!r}")
+        cifar10_std(self.std)
         if not 0 <= self.cutout_p <= 1:
             raise CifarkitError(f"--cutout-p must be in [0, 1], got {self.cutout_p}")
         if not 0 <= self.cutout_size <= 32:
@@ -142,12 +125,8 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-# Fields that may change on --resume without changing what is trained (everything else must match the checkpoint).
-RESUMABLE_FIELDS = frozenset({"data", "out", "device", "workers", "plots", "tensorboard", "eval_batch_size", "extra", "compile"})

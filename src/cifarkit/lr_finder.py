@@ -1,25 +1,14 @@
 """The LR range test (Smith 2015; fastai, torch-lr-finder): train briefly while the LR grows exponentially and
-watch the loss. `find_lr` returns data; plotting lives in plots.py.
+watch the loss. `find_lr` returns data; plotting lives in report/plots.py.
 
-Suggestion rules (pinned by tests on synthetic curves with known answers) follow Smith's range test
-("Cyclical Learning Rates for Training Neural Networks", 2017, section 3.3: the bounds are where the loss starts
-to fall and where it stops falling):
-- The curve used is the raw loss smoothed by a centred moving average. A centred window is zero-phase: an online
-  EMA (what torch-lr-finder plots) lags by about 1/(1-beta) = 20 steps at beta 0.95, which on a 200-step sweep over
-  8 decades shifts every suggestion 0.8 decade towards larger LRs.
-- LRMAX = half the LR at the valley's right edge: where the smoothed loss, past its minimum, has risen back by 10%
-  of its total fall. The minimum itself is a poor pick: past about 3e-4 the curve is a valley a decade and a half
-  wide and nearly flat, and where the noise puts its lowest point moved LRMAX from 1.4e-3 to 8.8e-3 over 27 sweeps
-  on CIFAR-10 (H100, 200 steps; docs/results/h100-sweep-2026-11-25); the three 24-epoch runs that got 1.4e-3 or
-  1.8e-3 reached 92.7-92.9%, those whose found LRMAX was above 4e-3 93.3-93.9%. The edge, where the loss clearly turns up,
-  is steady (1.1e-2 to 1.5e-2 in 22 of the 27), and half of it lands where 24-epoch runs did best (peaks of 5e-3
-  to 1e-2; 2e-2 was worse). The factor 2 is the margin Smith's test asks for: peak a little below the LR at which
-  the loss stops falling. tests/test_lr_finder.py replays the 27 sweeps.
-  The often-used alternative, the steepest descent, marks where an *untrained* network learns fastest (for Adam,
-  1e-4..1e-3), a decade below what this network tolerates once warmed up.
-- LRMIN = the first LR at which the smoothed loss has fallen by 10% of its total fall (start -> minimum): where the
-  loss begins to fall clearly. Below it Adam's steps barely move the weights, so a cycle that starts and ends there
-  needs no annihilation.
+    result = find_lr(model, batches, iters=200)     # or range_test(model, batch_source, config)
+    result.lr_min, result.lr_max                      # the suggestions; result.lrs / .losses / .smoothed: the curve
+
+Rules, on the raw loss smoothed by a centred (zero-lag) moving average over 5% of the sweep:
+- LRMIN: the first LR at which the smoothed loss has fallen by 10% of its total fall (where it begins to fall).
+- LRMAX: half the LR at the valley's right edge, where the smoothed loss, past its minimum, has risen back by 10% of
+  its fall. The minimum itself wanders a decade across sweeps; the edge is steady, and half of it lands where
+  24-epoch runs did best (docs/design.md#lrmax-rule; tests/test_lr_finder.py replays 27 measured sweeps).
 """
 
 from __future__ import annotations
@@ -37,7 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from cifarkit.atomic import write_text
+from cifarkit.config import TrainConfig
+from cifarkit.data.loaders import BatchSource, repeat_epochs
+from cifarkit.device import use_bf16
 from cifarkit.errors import CifarkitError
+from cifarkit.models import train_mode
 
 LR_MIN_RULE = "first LR where the smoothed loss has fallen 10% of its total fall"
 LR_MAX_RULE = "half the LR where the smoothed loss has risen 10% of its fall above its minimum"
@@ -58,7 +52,7 @@ class LRFinderResult:
     lr_max_rule: str = LR_MAX_RULE
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)) + "\n")
+        write_text(path, json.dumps(asdict(self)) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "LRFinderResult":
@@ -114,35 +108,42 @@ def find_lr(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor
     lrs: list[float] = []
     losses: list[float] = []
     ema, best, beta = 0.0, math.inf, 0.95
-    was_training = model.training
-    model.train()
-    try:
-        bar = tqdm(range(iters), desc="lr-find", disable=not progress, leave=False)
-        for i in bar:
-            lr = start_lr * gamma**i
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = next(batches)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                break
-            lrs.append(lr)
-            losses.append(value)
-            ema = beta * ema + (1 - beta) * value
-            ema_debiased = ema / (1 - beta ** (i + 1))
-            best = min(best, ema_debiased)
-            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{value:.3f}")
-            if i >= 10 and ema_debiased > DIVERGENCE_FACTOR * best:
-                break
-    finally:
-        model.load_state_dict(model_state)
-        opt.load_state_dict(opt_state)
-        model.train(was_training)
+    with train_mode(model):  # BN on batch statistics, as in training; the previous mode comes back after
+        try:
+            bar = tqdm(range(iters), desc="lr-find", disable=not progress, leave=False)
+            for i in bar:
+                lr = start_lr * gamma**i
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                x, y = next(batches)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    break
+                lrs.append(lr)
+                losses.append(value)
+                ema = beta * ema + (1 - beta) * value
+                ema_debiased = ema / (1 - beta ** (i + 1))
+                best = min(best, ema_debiased)
+                bar.set_postfix(lr=f"{lr:.2e}", loss=f"{value:.3f}")
+                if i >= 10 and ema_debiased > DIVERGENCE_FACTOR * best:
+                    break
+        finally:
+            model.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
     smoothed = smooth_losses(np.asarray(losses))
     lr_min, lr_max = suggest_lrs(np.asarray(lrs), smoothed)
     return LRFinderResult(lrs=lrs, losses=losses, smoothed=smoothed.tolist(), lr_min=lr_min, lr_max=lr_max)
+
+
+def range_test(model: nn.Module, batches: BatchSource, config: TrainConfig, *, progress: bool = True) -> LRFinderResult:
+    """The LR range test with config's sweep, weight decay, loss and precision, on endless repeats of `batches`."""
+    device = next(model.parameters()).device
+    return find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
+                   iters=config.lr_find_iters, weight_decay=config.weight_decay,
+                   label_smoothing=config.label_smoothing, autocast=use_bf16(config.precision, device),
+                   progress=progress)

@@ -4,9 +4,7 @@ one fixed-column line per epoch, and optional TensorBoard scalars. Only rank 0 w
 from __future__ import annotations
 
 import csv
-import json
 import math
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -15,27 +13,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cifarkit.atomic import atomic_write, write_json
 from cifarkit.checkpoint import atomic_torch_save
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10
 from cifarkit.lr_finder import LRFinderResult
+from cifarkit.system import cpu_model, usable_cpus
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr", "seconds",
                    "images_per_second")
 
 
 def hardware_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": cpu, "cpu_cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    info = {"cpu": cpu_model(), "cpu_cores": usable_cpus(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -48,12 +39,6 @@ def weights_checksum(model: nn.Module) -> float:
         if t.is_floating_point():
             total += float(t.double().sum()) * (i + 1)
     return total
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class RunLog:
@@ -95,7 +80,7 @@ class RunLog:
         if not self.enabled:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        write_json(self.run / "config.json", self.config.to_dict())  # as config.save, but never torn: resume reads it
+        write_json(self.run / "config.json", self.config.to_dict())
         write_json(self.run / "schedule.json", {"lrs": lrs, "steps_per_epoch": steps_per_epoch,
                                                 "peak_epoch": self.config.peak_epoch, "epochs": self.config.epochs})
         if data.synthetic:
@@ -140,13 +125,11 @@ class RunLog:
         tqdm.write(f"epoch {epoch + 1:3d}/{self.config.epochs} | train loss {train_loss:.4f} acc "
                    f"{100 * train_acc:6.2f}% | test loss {test['loss']:.4f} acc {100 * test['acc']:6.2f}%{tta} | "
                    f"lr {lr:.3e} | {seconds:7.1f} s | {images_per_second:7.1f} img/s")
-        tmp = self.run / ".history.csv.tmp"  # renamed into place: a crash or a full disk never leaves it torn
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.run / "history.csv", text=True) as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             w.writeheader()
             w.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                         for r in self.rows)
-        os.replace(tmp, self.run / "history.csv")
         write_json(self.run / "metrics.json", self.summary())
         if self.writer is not None:
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):

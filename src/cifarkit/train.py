@@ -6,10 +6,10 @@ The loop is forward -> loss -> backward -> step -> schedule; logging, checkpoint
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,28 +20,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit import distributed as D
-from cifarkit.checkpoint import RunLock, load_checkpoint, restore_weights, save_checkpoint, set_rng_state
-from cifarkit.config import RESUMABLE_FIELDS, TrainConfig
-from cifarkit.data import Cifar10, resolve_data, subset
+from cifarkit.checkpoint import (PartialEpoch, RunLock, load_checkpoint, restore_weights, resume_config,
+                                 save_checkpoint, set_rng_state)
+from cifarkit.config import TrainConfig
+from cifarkit.data import Cifar10, normalization, resolve_data, subset
+from cifarkit.data.augment import normalize_batch
+from cifarkit.data.loaders import BatchSource, build_train_batches
+from cifarkit.device import pick_device, use_bf16
 from cifarkit.errors import CifarkitError
-from cifarkit.augment import normalize_batch
-from cifarkit.loaders import build_train_batches, repeat_epochs
-from cifarkit.lr_finder import LRFinderResult, find_lr
-from cifarkit.models import CustomResNet
+from cifarkit.lr_finder import range_test
+from cifarkit.models import build_model, eval_mode
+from cifarkit.report import write_plots, write_report
 from cifarkit.runlog import RunLog, weights_checksum
 from cifarkit.schedule import one_cycle, schedule_lrs
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM: a checkpoint was written at a step boundary; `train --resume` continues from it."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-class NonFiniteLoss(CifarkitError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+from cifarkit.stops import TrainingInterrupted, check_step, non_finite, stop_on_signals
 
 
 @dataclass
@@ -49,40 +41,6 @@ class History:
     run_dir: Path
     epochs: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto": cuda, then mps, then cpu. Asking for a device that is not there is a user error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CifarkitError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise CifarkitError("--device mps was asked for, but MPS is not available here; use --device cpu")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise CifarkitError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
-    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
-
-
-def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX flags in /proc/cpuinfo; False if unreadable).
-
-    Where it does, bf16 autocast pays: on this project's 2-core AMD EPYC (avx512_bf16) a batch-512 training step took
-    1.6 s against 3.0 s in fp32. Without those units we have measured nothing, so we stay with fp32 there.
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()))
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to run under bf16 autocast: --precision bf16/fp32 as asked; auto: CUDA, or a CPU with bf16 units."""
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -104,56 +62,32 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
              autocast: bool = False, tta: bool = False, ctx: D.DistContext = D.DistContext()) -> dict[str, float]:
     """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode. Under torchrun each rank
     takes a contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy."""
-    was_training = model.training
-    model.eval()
     lo, hi = D.shard_range(len(labels), ctx)
     sums = torch.zeros(4, dtype=torch.float64, device=images.device)  # loss sum, correct, correct with TTA, count
-    for start in range(lo, hi, config.eval_batch_size):
-        stop = min(start + config.eval_batch_size, hi)
-        x = normalize_batch(images[start:stop], config.mean, config.std_values, channels_last=config.channels_last)
-        y = labels[start:stop]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(x).float()
-        sums[0] += F.cross_entropy(logits, y, reduction="sum")
-        sums[1] += (logits.argmax(1) == y).sum()
-        if tta:
+    with eval_mode(model):
+        for start in range(lo, hi, config.eval_batch_size):
+            stop = min(start + config.eval_batch_size, hi)
+            x = normalize_batch(images[start:stop], *normalization(config.std), channels_last=config.channels_last)
+            y = labels[start:stop]
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-                flipped = model(torch.flip(x, dims=[3])).float()
-            sums[2] += ((logits.softmax(1) + flipped.softmax(1)).argmax(1) == y).sum()
-        sums[3] += stop - start
-    model.train(was_training)
+                logits = model(x).float()
+            sums[0] += F.cross_entropy(logits, y, reduction="sum")
+            sums[1] += (logits.argmax(1) == y).sum()
+            if tta:
+                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    flipped = model(torch.flip(x, dims=[3])).float()
+                sums[2] += ((logits.softmax(1) + flipped.softmax(1)).argmax(1) == y).sum()
+            sums[3] += stop - start
     loss, correct, correct_tta, count = D.all_reduce_sum(sums, ctx).tolist()
     return {"loss": loss / count, "acc": correct / count, "acc_tta": correct_tta / count if tta else float("nan")}
 
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[dict[str, int]]:
-    """SIGINT/SIGTERM set a flag that the loop reads after each step, so it stops at a consistent point."""
-    flag: dict[str, int] = {}
-    handler = lambda signum, frame: flag.setdefault("signum", signum)  # noqa: E731
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-    """The saved recipe, with only the fields that do not change what is trained taken from `given`."""
-    merged = saved.to_dict()
-    for key, value in given.to_dict().items():
-        if key in RESUMABLE_FIELDS:
-            merged[key] = value
-        elif value != merged[key] and not (key in ("lr_min", "lr_max") and value is None) \
-                and not (key == "precision" and value == "auto"):
-            raise CifarkitError(f"cannot resume: {key} is {value!r} here but {merged[key]!r} in the checkpoint; "
-                                "a resumed run keeps its recipe (or start a new run with another --out)")
-    return TrainConfig.from_dict(merged)
-
-
 def fit(config: TrainConfig, *, data: Cifar10 | None = None, resume: bool = False, progress: bool = True) -> History:
-    """Train `config` into config.out; with resume, continue exactly from RUN/checkpoints/last.pt."""
+    """Train `config` into config.out; with resume, continue exactly from RUN/checkpoints/last.pt.
+
+        history = fit(TrainConfig(epochs=24, out="runs/a"))   # the assignment, LRs from the range test
+        history.metrics["final_test_accuracy"]
+    """
     config.validate()
     device = pick_device(config.device)
     ctx = D.init_distributed(device.type)
@@ -161,13 +95,42 @@ def fit(config: TrainConfig, *, data: Cifar10 | None = None, resume: bool = Fals
     run = Path(config.out)
     try:
         with RunLock(run) if ctx.is_main else contextlib.nullcontext():
-            return _fit(config, data, resume, progress, run, device, ctx)
+            state = _setup(config, data, resume, progress, run, device, ctx)
+            _train(state)
+            return _finish(state)
     finally:
         D.shutdown(ctx)
 
 
-def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool, run: Path, device: torch.device,
-         ctx: D.DistContext) -> History:
+@dataclass
+class _Run:
+    """Everything the loop reads and updates, built once by `_setup`."""
+
+    config: TrainConfig
+    data: Cifar10
+    model: nn.Module  # the weights that are saved
+    net: nn.Module  # what the loop calls: the model, possibly wrapped in DDP and compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: BatchSource
+    lrs: list[float]
+    log: RunLog
+    device: torch.device
+    ctx: D.DistContext
+    run: Path
+    autocast: bool
+    start_epoch: int = 0
+    start_step: int = 0
+    partial: PartialEpoch | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run / "checkpoints" / "last.pt"
+
+
+def _setup(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool, run: Path, device: torch.device,
+           ctx: D.DistContext) -> _Run:
+    """Data, model, LRs (from the range test unless given), optimizer and schedule; on resume, the saved state."""
     ckpt_path = run / "checkpoints" / "last.pt"
     if resume and not ckpt_path.exists():  # stopped before its first epoch ended: there is nothing to lose
         raise CifarkitError(f"nothing to resume in {run}: no checkpoint yet (it is written at the end of the first "
@@ -185,9 +148,7 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then uses the fastest
     data = subset(data or resolve_data(config.data), config.subset, config.test_subset, seed=config.seed)
-    model = CustomResNet(len(data.classes)).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
     autocast = use_bf16(config.precision, device)
     config = replace(config, precision="bf16" if autocast else "fp32")  # config.json records what ran, not "auto"
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device, rank=ctx.rank,
@@ -200,119 +161,110 @@ def _fit(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool
             if ctx.enabled and ctx.is_main else batches
         config = find_lrs(model, lr_batches, config, log, ctx)
         del lr_batches
+    assert config.lr_min is not None and config.lr_max is not None and config.peak_epoch is not None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr_max, weight_decay=config.weight_decay)
-    lrs = schedule_lrs(lr_min=config.lr_min, lr_max=config.lr_max, epochs=config.epochs,  # type: ignore[arg-type]
-                       steps_per_epoch=len(batches), peak_epoch=config.peak_epoch, final_div=config.final_div)
-    scheduler = one_cycle(optimizer, lr_min=config.lr_min, lr_max=config.lr_max, epochs=config.epochs,  # type: ignore[arg-type]
-                          steps_per_epoch=len(batches), peak_epoch=config.peak_epoch,  # type: ignore[arg-type]
-                          final_div=config.final_div, momentum=(config.beta1_peak, config.beta1_ends))
-    start_epoch, start_step, partial = 0, 0, None
+    cycle = dict(lr_min=config.lr_min, lr_max=config.lr_max, epochs=config.epochs, steps_per_epoch=len(batches),
+                 peak_epoch=config.peak_epoch, final_div=config.final_div)
+    lrs = schedule_lrs(**cycle)
+    scheduler = one_cycle(optimizer, **cycle, momentum=(config.beta1_peak, config.beta1_ends))
+    r = _Run(config, data, model, model, optimizer, scheduler, batches, lrs, log, device, ctx, run, autocast)
     if state is not None:
         restore_weights(model, state["model"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        start_epoch, start_step, partial = state["epoch"], state["step_in_epoch"], state.get("partial")
+        r.start_epoch, r.start_step = state["epoch"], state["step_in_epoch"]
+        r.partial = PartialEpoch.from_dict(state["partial"])
         log.restore(state["history"])
     log.start(config, data, lrs, len(batches), device, ctx.world_size)
     if config.sync_bn and ctx.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net: nn.Module = model
+        r.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    r.net = model
     if ctx.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        r.net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    test_x = torch.from_numpy(data.test_images).to(device)
-    test_y = torch.from_numpy(data.test_labels).to(device)
+        r.net = torch.compile(r.net)  # type: ignore[assignment]
+    return r
 
-    def checkpoint(epoch: int, step_in_epoch: int, partial: torch.Tensor | None = None) -> None:
-        if partial is not None and not math.isfinite(float(partial[0])):  # a NaN since the last check (GPU)
-            raise non_finite(float(partial[0]), epoch, epoch * len(batches) + step_in_epoch, ckpt_path, "by")
-        if ctx.is_main:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "scaler": None, "epoch": epoch,
-                                        "step_in_epoch": step_in_epoch, "partial": partial,
-                                        "config": config.to_dict(), "history": log.state(),
-                                        "world_size": ctx.world_size})
 
-    check_every = 1 if device.type == "cpu" else 25  # reading the loss on the host waits for the GPU
+def _train(r: _Run) -> None:
+    """The loop: forward -> loss -> backward -> step -> schedule, then evaluate and checkpoint each epoch."""
+    c, steps = r.config, len(r.batches)
+    test_x, test_y = torch.from_numpy(r.data.test_images).to(r.device), torch.from_numpy(r.data.test_labels).to(r.device)
+    check_every = 1 if r.device.type == "cpu" else 25  # reading the loss on the host waits for the GPU
     # open_bars: an error or a signal mid-epoch closes the bar first, so its message starts a line of its own
     with stop_on_signals() as stop, contextlib.ExitStack() as open_bars:
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.perf_counter() - (float(partial[3]) if partial is not None else 0.0)
-            # An interrupted epoch's sums were reduced over ranks into the checkpoint: rank 0 carries them on.
-            sums = partial[:3].to(device) if partial is not None and ctx.is_main else \
-                torch.zeros(3, dtype=torch.float64, device=device)
-            bar = open_bars.enter_context(log.bar(epoch, len(batches), start_step))
-            for step, (x, y) in enumerate(batches.epoch(epoch, start_step), start=start_step):
-                loss, correct = train_step(net, optimizer, scheduler, x, y, autocast=autocast,
-                                           label_smoothing=config.label_smoothing)
+        for epoch in range(r.start_epoch, c.epochs):
+            t0 = time.perf_counter() - (r.partial.seconds if r.partial else 0.0)
+            sums = _epoch_sums(r.partial, r.ctx, r.device)  # loss sum, correct, seen: on the device
+            bar = open_bars.enter_context(r.log.bar(epoch, steps, r.start_step))
+            for step, (x, y) in enumerate(r.batches.epoch(epoch, r.start_step), start=r.start_step):
+                loss, correct = train_step(r.net, r.optimizer, r.scheduler, x, y, autocast=r.autocast,
+                                           label_smoothing=c.label_smoothing)
                 sums[0] += loss.double() * len(y)  # in-place adds on the device: no step waits on the host
                 sums[1] += correct
                 sums[2] += len(y)
-                log.step(bar, epoch * len(batches) + step, loss, sums)
-                nonfinite, stopping = check_step(step, loss, "signum" in stop, check_every, ctx, device)
+                r.log.step(bar, epoch * steps + step, loss, sums)
+                nonfinite, stopping = check_step(step, loss, "signum" in stop, check_every, r.ctx, r.device)
                 if nonfinite:
-                    raise non_finite(float(loss), epoch, epoch * len(batches) + step + 1, ckpt_path, "at")
+                    raise non_finite(float(loss), epoch, epoch * steps + step + 1, r.ckpt_path, "at")
                 if stopping:
-                    elapsed = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-                    checkpoint(epoch, step + 1, torch.cat([D.all_reduce_sum(sums, ctx).cpu(), elapsed]))
-                    signum = stop.get("signum", signal.SIGTERM)
-                    raise TrainingInterrupted(signum, f"stopped by {signal.Signals(signum).name} at epoch "
-                                              f"{epoch + 1}, step {step + 1}; checkpoint saved to {ckpt_path}; "
-                                              f"continue with: cifarkit train --resume --out {run}")
+                    _stop(r, epoch, step + 1, sums, time.perf_counter() - t0, stop.get("signum", signal.SIGTERM))
             bar.close()
             train_seconds = time.perf_counter() - t0
-            train_loss, train_correct, count = D.all_reduce_sum(sums, ctx).tolist()
+            train_loss, train_correct, count = D.all_reduce_sum(sums, r.ctx).tolist()
             if not math.isfinite(train_loss):  # a GPU reads the loss every 25 steps: never evaluate or save NaN weights
-                raise non_finite(train_loss, epoch, (epoch + 1) * len(batches), ckpt_path, "by")
-            D.sync_buffers(model, ctx)
-            test = evaluate(model, test_x, test_y, config, autocast=autocast, tta=config.tta, ctx=ctx)
-            log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,
-                      lr=lrs[(epoch + 1) * len(batches) - 1], seconds=time.perf_counter() - t0,
-                      train_seconds=train_seconds, images=count)
-            start_step, partial = 0, None
-            checkpoint(epoch + 1, 0)
-    checksums = D.gather_floats(weights_checksum(model), ctx, device)
-    history = log.finish(model, checksums)
-    if ctx.is_main and config.plots:
-        from cifarkit.report import write_plots, write_report  # matplotlib is loaded only when plots are drawn
-
-        write_plots(run, model=model, data=data, config=config, device=device)
-        write_report(run)
-    D.barrier(ctx)
-    return History(run_dir=run, epochs=history, metrics=log.metrics)
+                raise non_finite(train_loss, epoch, (epoch + 1) * steps, r.ckpt_path, "by")
+            D.sync_buffers(r.model, r.ctx)
+            test = evaluate(r.model, test_x, test_y, c, autocast=r.autocast, tta=c.tta, ctx=r.ctx)
+            r.log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,
+                        lr=r.lrs[(epoch + 1) * steps - 1], seconds=time.perf_counter() - t0,
+                        train_seconds=train_seconds, images=count)
+            r.start_step, r.partial = 0, None
+            _save(r, epoch + 1, 0, None)
 
 
-def check_step(step: int, loss: torch.Tensor, signalled: bool, check_every: int, ctx: D.DistContext,
-               device: torch.device) -> tuple[bool, bool]:
-    """(non-finite loss, stop requested) after a step. Under torchrun every rank must stop at the same step, so the
-    ranks agree in one collective, at check steps only (reading the loss waits for the GPU)."""
-    if step % check_every:
-        return False, signalled and not ctx.enabled
-    nonfinite = not torch.isfinite(loss).item()
-    if ctx.enabled:
-        nonfinite, signalled = D.any_ranks([nonfinite, signalled], ctx, device)
-    return nonfinite, signalled
+def _epoch_sums(partial: PartialEpoch | None, ctx: D.DistContext, device: torch.device) -> torch.Tensor:
+    """(loss sum, correct, seen) to start an epoch from. An interrupted epoch's sums were reduced over ranks into the
+    checkpoint, so rank 0 carries them on and the other ranks start from zero."""
+    values = [partial.loss_sum, partial.correct, partial.seen] if partial and ctx.is_main else [0.0, 0.0, 0.0]
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
-def non_finite(value: float, epoch: int, step: int, ckpt_path: Path, when: str) -> NonFiniteLoss:
-    """The error for a NaN or infinite loss: the step, and that the last good checkpoint is kept."""
-    shown = value if not math.isfinite(value) else "nan or inf on another rank"
-    return NonFiniteLoss(f"the loss became {shown} {when} step {step} (epoch {epoch + 1}); stopped, and "
-                         f"{ckpt_path} keeps the last good state: lower --lr-max")
+def _stop(r: _Run, epoch: int, step_in_epoch: int, sums: torch.Tensor, seconds: float, signum: int) -> None:
+    """A signal: save the epoch so far at this step boundary, then stop."""
+    loss_sum, correct, seen = D.all_reduce_sum(sums, r.ctx).tolist()
+    _save(r, epoch, step_in_epoch, PartialEpoch(loss_sum, correct, seen, seconds))
+    raise TrainingInterrupted(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
+                              f"{step_in_epoch}; checkpoint saved to {r.ckpt_path}; continue with: cifarkit train "
+                              f"--resume --out {r.run}")
 
 
-def range_test(model: nn.Module, batches: Any, config: TrainConfig, *, progress: bool = True) -> LRFinderResult:
-    """The LR range test with config's sweep, weight decay, loss and precision, on endless repeats of `batches`."""
-    device = next(model.parameters()).device
-    return find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
-                   iters=config.lr_find_iters, weight_decay=config.weight_decay,
-                   label_smoothing=config.label_smoothing, autocast=use_bf16(config.precision, device),
-                   progress=progress)
+def _save(r: _Run, epoch: int, step_in_epoch: int, partial: PartialEpoch | None) -> None:
+    """The checkpoint: a dict of named fields (docs/design.md#resume)."""
+    if partial is not None and not math.isfinite(partial.loss_sum):  # a NaN since the last check (GPU)
+        raise non_finite(partial.loss_sum, epoch, epoch * len(r.batches) + step_in_epoch, r.ckpt_path, "by")
+    if r.ctx.is_main:
+        save_checkpoint(r.ckpt_path, {"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
+                                      "scheduler": r.scheduler.state_dict(), "epoch": epoch,
+                                      "step_in_epoch": step_in_epoch,
+                                      "partial": dataclasses.asdict(partial) if partial else None,
+                                      "config": r.config.to_dict(), "history": r.log.state(),
+                                      "world_size": r.ctx.world_size})
 
 
-def find_lrs(model: nn.Module, batches: Any, config: TrainConfig, log: RunLog, ctx: D.DistContext) -> TrainConfig:
+def _finish(r: _Run) -> History:
+    """Final metrics and weights, then the run's plots and report."""
+    checksums = D.gather_floats(weights_checksum(r.model), r.ctx, r.device)
+    history = r.log.finish(r.model, checksums)
+    if r.ctx.is_main and r.config.plots:
+        write_plots(r.run, model=r.model, data=r.data, config=r.config, device=r.device)
+        write_report(r.run)
+    D.barrier(r.ctx)
+    return History(run_dir=r.run, epochs=history, metrics=r.log.metrics)
+
+
+def find_lrs(model: nn.Module, batches: BatchSource, config: TrainConfig, log: RunLog, ctx: D.DistContext) -> TrainConfig:
     """Fill the missing LRMIN/LRMAX with the range test's suggestions (run on rank 0, shared with all ranks)."""
     found = None
     if ctx.is_main:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarkit.models.modes import eval_mode
+
 
 def conv_bn_relu(c_in: int, c_out: int, *, pool: bool = False) -> nn.Sequential:
     """conv3x3 -> [MaxPool2] -> BN -> ReLU. Pooling before BN is the assignment's order (and halves BN's cost)."""
@@ -53,6 +55,9 @@ class DownResStage(nn.Module):
         return x + self.res(x)
 
 
+STAGES = ("prep", "layer1", "layer2", "layer3")  # the named stages, input to output
+
+
 class CustomResNet(nn.Module):
     """The assignment's network. `forward` returns logits; `predict_proba` returns softmax probabilities."""
 
@@ -67,7 +72,7 @@ class CustomResNet(nn.Module):
         self.fc = nn.Linear(512, num_classes, bias=False)  # [B, num_classes]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, 32, 32] -> the last feature map [B, 512, 4, 4] (Grad-CAM's target layer)."""
+        """Images [B, 3, 32, 32] -> the last feature map [B, 512, 4, 4] (Grad-CAM's default layer)."""
         return self.layer3(self.layer2(self.layer1(self.prep(x))))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -77,12 +82,16 @@ class CustomResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits, {stage name: its output}) in one pass, for Grad-CAM at any stage (timm's name for this)."""
+        stages: dict[str, torch.Tensor] = {}
+        for name in STAGES:
+            x = getattr(self, name)(x)
+            stages[name] = x
+        return self.forward_head(x), stages
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities [B, num_classes] (softmax of the logits), in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return F.softmax(self(x).float(), dim=1)
-        finally:
-            self.train(was_training)

@@ -1,8 +1,6 @@
-"""Turn a run folder into pictures (RUN/plots/*.png, RUN/per_class.json) and a report (RUN/report.md, report.html).
+"""What a run's report says (RUN/report.md and report.html), built as blocks from the run folder's files alone.
 
-`write_plots` needs the trained model and the data (for predictions, misclassified images and Grad-CAM);
-`write_report` needs only the files; `build_report` does both for `cifarkit report RUN`. What the report says is
-built here as blocks; `cifarkit.report_render` writes them out as Markdown and HTML.
+`cifarkit.report.render` writes the blocks out as Markdown and HTML; the figures it embeds come from `figures`.
 """
 
 from __future__ import annotations
@@ -12,21 +10,14 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from cifarkit import galleries, plots
+from cifarkit.atomic import write_text
 from cifarkit.config import TrainConfig
-from cifarkit.data import Cifar10
 from cifarkit.errors import CifarkitError
-from cifarkit.gradcam import grad_cam
-from cifarkit.report_render import Block, fmt_duration, fmt_lr, fmt_pct, to_html, to_markdown
-from cifarkit.augment import normalize_batch
-
-N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 8, 3
+from cifarkit.report.render import Block, fmt_duration, fmt_lr, fmt_pct, to_html, to_markdown
 
 # What each plot shows and what to look for (the report's captions), in the report's order.
 CAPTIONS: dict[str, str] = {
@@ -49,115 +40,12 @@ CAPTIONS: dict[str, str] = {
 }
 
 
-def augmented_views(images: np.ndarray, transform: Callable[..., dict[str, Any]], config: TrainConfig) -> np.ndarray:
-    """One augmented view per uint8 HWC image, de-normalised back to uint8 HWC for display.
-
-    `transform(image=hwc_uint8)["image"]` must be a normalised CHW float tensor (the training pipeline's output).
-    """
-    mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(config.std_values, dtype=np.float32)[:, None, None]
-    views = []
-    for image in images:
-        chw = np.asarray(transform(image=image)["image"], dtype=np.float32)
-        views.append(np.clip((chw * std + mean) * 255, 0, 255).round().astype(np.uint8).transpose(1, 2, 0))
-    return np.stack(views) if views else np.zeros((0, 32, 32, 3), np.uint8)
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, config: TrainConfig, device: torch.device) -> np.ndarray:
-    """Softmax probabilities [M, classes] of `model` (eval mode) on uint8 HWC images, normalised as at test time."""
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for start in range(0, len(images), config.eval_batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start: start + config.eval_batch_size])).to(device)
-            logits = model(normalize_batch(batch, config.mean, config.std_values))
-            out.append(torch.softmax(logits.float(), dim=1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
 def read_history(path: Path) -> dict[str, np.ndarray]:
     """history.csv as columns of floats (empty cells, e.g. test_acc_tta without --tta, become NaN)."""
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
     keys = rows[0].keys() if rows else ()
     return {k: np.array([float(r[k]) if r[k] not in ("", None) else math.nan for r in rows]) for k in keys}
-
-
-def _train_transform(config: TrainConfig) -> Callable[..., dict[str, Any]]:
-    from cifarkit.transforms import build_train_transform, seed_transform
-
-    transform = build_train_transform(config)
-    seed_transform(transform, config.seed)  # the same views every time the report is rebuilt
-    return transform
-
-
-def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: TrainConfig,
-                device: torch.device) -> list[Path]:
-    """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json."""
-    run_dir = Path(run_dir)
-    out, written = run_dir / "plots", []
-
-    def save(fig: Any, name: str) -> None:
-        written.append(plots.save_figure(fig, out / f"{name}.png"))
-
-    labels = np.asarray(data.train_labels)
-    picks = np.concatenate([np.flatnonzero(labels == c)[:SAMPLES_PER_CLASS] for c in range(len(data.classes))])
-    picks = picks.astype(np.int64)
-    views = augmented_views(data.train_images[picks], _train_transform(config), config)
-    save(galleries.plot_samples(data.train_images[picks], labels[picks], data.classes, views,
-                                per_class=SAMPLES_PER_CLASS), "samples")
-
-    if (run_dir / "lr_finder.json").is_file():
-        f = json.loads((run_dir / "lr_finder.json").read_text())
-        save(plots.plot_lr_finder(f["lrs"], f["losses"], f["smoothed"], f.get("lr_min"), f.get("lr_max")),
-             "lr_finder")
-    if (run_dir / "schedule.json").is_file():
-        s = json.loads((run_dir / "schedule.json").read_text())
-        save(plots.plot_lr_schedule(s["lrs"], s["steps_per_epoch"], s.get("peak_epoch")), "lr_schedule")
-    if (run_dir / "history.csv").is_file():
-        h = read_history(run_dir / "history.csv")
-        if len(h.get("epoch", ())):
-            save(plots.plot_loss(h["epoch"], h["train_loss"], h["test_loss"]), "loss")
-            save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
-
-    model = model.to(device)
-    probs = predict_proba(model, data.test_images, config, device)
-    true, pred = np.asarray(data.test_labels), probs.argmax(axis=1)
-    conf = probs[np.arange(len(pred)), pred]
-    matrix = plots.confusion_counts(true, pred, len(data.classes))
-    save(plots.plot_confusion_matrix(matrix, data.classes), "confusion_matrix")
-    _write_per_class(run_dir / "per_class.json", matrix, data.classes)
-
-    wrong = np.flatnonzero(pred != true)
-    wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:N_MISCLASSIFIED]  # most confident mistakes first
-    save(galleries.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
-                                      title=f"The {len(wrong)} most confident mistakes on the test set" if len(wrong)
-                                      else "Misclassified test images"),
-         "misclassified")
-    shown = wrong[:N_GRADCAM]
-    title = "Grad-CAM on the most confident mistakes (red: evidence for the predicted class)"
-    if len(shown) == 0:  # a perfect model: explain correct predictions instead of drawing nothing
-        shown = np.argsort(-conf, kind="stable")[:N_GRADCAM]
-        title = "Grad-CAM on correctly classified test images (no mistakes to explain)"
-    heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device), config.mean,
-                                     config.std_values), pred[shown]) if len(shown) else np.zeros((0, 32, 32))
-    save(galleries.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
-                                title=title), "gradcam")
-    return written
-
-
-def _write_per_class(path: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:
-    correct, total = np.diag(matrix), matrix.sum(axis=1)
-    path.write_text(json.dumps({
-        "classes": list(classes), "correct": correct.tolist(), "total": total.tolist(),
-        "accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
-        "overall": float(correct.sum() / max(total.sum(), 1)), "n_test": int(total.sum()),
-        "confusion": matrix.tolist(),  # rows: true class, columns: predicted class
-    }, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -269,37 +157,7 @@ def write_report(run_dir: Path) -> Path:
     """Write RUN/report.md (and the same as RUN/report.html) from the run folder's files; returns report.md."""
     run_dir = Path(run_dir)
     blocks = _blocks(run_dir)
-    (run_dir / "report.html").write_text(to_html(blocks, f"cifarkit run {run_dir.name}"))
+    write_text(run_dir / "report.html", to_html(blocks, f"cifarkit run {run_dir.name}"))
     path = run_dir / "report.md"
-    path.write_text(to_markdown(blocks))
+    write_text(path, to_markdown(blocks))
     return path
-
-
-def build_report(run_dir: Path, *, data_source: str | None = None, device: str = "auto") -> Path:
-    """`cifarkit report RUN`: reload the run's config, weights and test data, redraw every plot, rewrite the report.
-
-    A finished run is drawn from RUN/model.pt; a run still in progress (or stopped) from its last checkpoint.
-    """
-    from cifarkit import data as data_module
-    from cifarkit.commands import load_model
-    from cifarkit.train import pick_device
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CifarkitError(f"no run folder at {run_dir}: give the --out folder of a `cifarkit train` run")
-    for name in ("config.json", "metrics.json"):
-        if not (run_dir / name).is_file():
-            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a `cifarkit train` run that "
-                                "completed at least one epoch")
-    weights = run_dir / "model.pt"
-    if not weights.is_file():
-        weights = run_dir / "checkpoints" / "last.pt"
-    if not weights.is_file():
-        raise CifarkitError(f"{run_dir} has neither model.pt nor checkpoints/last.pt: nothing to draw")
-    dev = pick_device(device)
-    model, _ = load_model(weights, dev)
-    config = TrainConfig.load(run_dir / "config.json")
-    data = data_module.resolve_data(data_source or config.data)
-    data = data_module.subset(data, None, config.test_subset, seed=config.seed)
-    write_plots(run_dir, model=model, data=data, config=config, device=dev)
-    return write_report(run_dir)

@@ -19,17 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LAYERS = ("layer3", "layer2")
+from cifarkit.models import eval_mode
+from cifarkit.models.custom_resnet import STAGES
 
-
-def _features_and_logits(model: nn.Module, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if layer == "layer3":
-        features = model.forward_features(x)
-        return features, model.forward_head(features)
-    if layer == "layer2":  # CustomResNet's stages, run one by one to keep layer2's output
-        features = model.layer2(model.layer1(model.prep(x)))
-        return features, model.forward_head(model.layer3(features))
-    raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+LAYERS = STAGES  # prep [64, 32, 32], layer1 [128, 16, 16], layer2 [256, 8, 8], layer3 [512, 4, 4]
 
 
 def grad_cam(
@@ -46,19 +39,17 @@ def grad_cam(
     """
     device = next(model.parameters()).device
     x = images.to(device=device, dtype=torch.float32).detach().requires_grad_(True)  # a graph even without params
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():  # callers often hold torch.no_grad(); Grad-CAM needs the graph
-            features, logits = _features_and_logits(model, x, layer)
-            if target is None:
-                classes = logits.argmax(dim=1)
-            else:
-                classes = torch.as_tensor(target, dtype=torch.long, device=device).reshape(-1)
-            score = logits.gather(1, classes[:, None]).sum()  # images are independent in eval mode
-            (grads,) = torch.autograd.grad(score, features)
-    finally:
-        model.train(was_training)
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    with eval_mode(model), torch.enable_grad():  # callers often hold torch.no_grad(); Grad-CAM needs the graph
+        logits, stages = model.forward_intermediates(x)
+        features = stages[layer]
+        if target is None:
+            classes = logits.argmax(dim=1)
+        else:
+            classes = torch.as_tensor(target, dtype=torch.long, device=device).reshape(-1)
+        score = logits.gather(1, classes[:, None]).sum()  # images are independent in eval mode
+        (grads,) = torch.autograd.grad(score, features)
     weights = grads.float().mean(dim=(2, 3), keepdim=True)  # alpha_k: one weight per channel and image
     cam = F.relu((weights * features.detach().float()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

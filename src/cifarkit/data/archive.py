@@ -1,4 +1,4 @@
-"""Files we must not trust or half-write: tar archives, pickle batches, image files, and the cache entries made of them.
+"""Files we must not trust or half-write: tar archives, pickle batches, and the cache entries made of them.
 
 CIFAR-10 ships as numpy arrays pickled inside a tar.gz: opened naively, a pickle can run any code and a tar member
 can be written anywhere. Everything here refuses what a CIFAR-10 file never holds, before anything is executed or
@@ -11,18 +11,16 @@ import io
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from cifarkit.errors import CifarkitError
+from cifarkit.atomic import atomic_write
+from cifarkit.errors import CifarkitError, one_line
 
 # Extraction caps. CIFAR-10 unpacks to ~180 MB in 8 files (python batches) or 60,000 PNGs (image tree); the caps leave
 # room for re-exports and refuse a decompression bomb from its headers, before a byte is written. Read at call time,
@@ -50,12 +48,6 @@ def archive_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception as one short line, so every CifarkitError stays one line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 # ---------------------------------------------------------------------------------------------------------- tar files
@@ -119,7 +111,7 @@ def _open_checked(archive: Path, max_bytes: int | None, max_members: int | None
     try:
         tf = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise CifarkitError(f"{archive}: cannot open it as a tar archive ({_first_line(exc)}); "
+        raise CifarkitError(f"{archive}: cannot open it as a tar archive ({one_line(exc)}); "
                             "it is truncated or corrupt, download it again") from exc
     try:
         return tf, _checked_members(tf, archive, MAX_EXTRACT_BYTES if max_bytes is None else max_bytes,
@@ -127,7 +119,7 @@ def _open_checked(archive: Path, max_bytes: int | None, max_members: int | None
     except BaseException as exc:
         tf.close()
         if isinstance(exc, (tarfile.TarError, OSError, EOFError, zlib.error)):
-            raise CifarkitError(f"{archive}: cannot read the archive ({_first_line(exc)}); "
+            raise CifarkitError(f"{archive}: cannot read the archive ({one_line(exc)}); "
                                 "it is truncated or corrupt, download it again") from exc
         raise
 
@@ -140,7 +132,7 @@ def safe_extract(archive: Path, target: Path, *, max_bytes: int | None = None, m
             target.mkdir(parents=True, exist_ok=True)
             _extract_checked(tf, members, target)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise CifarkitError(f"{archive}: extraction into {target} failed ({_first_line(exc)}); "
+            raise CifarkitError(f"{archive}: extraction into {target} failed ({one_line(exc)}); "
                                 "check free disk space, or download the archive again") from exc
 
 
@@ -153,7 +145,7 @@ def extract_cached(archive: Path, *, max_bytes: int | None = None, max_members: 
     try:
         stat = archive.stat()
     except OSError as exc:
-        raise CifarkitError(f"{archive}: cannot read it ({_first_line(exc)})") from exc
+        raise CifarkitError(f"{archive}: cannot read it ({one_line(exc)})") from exc
     final = cache_root() / "extracted" / f"{archive_stem(archive)}-{stat.st_size}-{stat.st_mtime_ns}"
     if final.is_dir():
         return final
@@ -163,7 +155,7 @@ def extract_cached(archive: Path, *, max_bytes: int | None = None, max_members: 
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
         except OSError as exc:
-            raise CifarkitError(f"{final.parent}: cannot create the cache folder ({_first_line(exc)}); "
+            raise CifarkitError(f"{final.parent}: cannot create the cache folder ({one_line(exc)}); "
                                 "set CIFARKIT_CACHE to a writable folder") from exc
         try:
             _extract_checked(tf, members, tmp)
@@ -176,7 +168,7 @@ def extract_cached(archive: Path, *, max_bytes: int | None = None, max_members: 
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, (tarfile.TarError, OSError, EOFError, zlib.error)):
-                raise CifarkitError(f"{archive}: extraction into {final.parent} failed ({_first_line(exc)}); check "
+                raise CifarkitError(f"{archive}: extraction into {final.parent} failed ({one_line(exc)}); check "
                                     "free disk space, or download the archive again") from exc
             raise
     return final
@@ -233,84 +225,13 @@ def restricted_loads(raw: bytes, name: object) -> Any:
     except CifarkitError:
         raise
     except Exception as exc:  # truncated or corrupt: EOFError, UnpicklingError, ValueError, TypeError, ...
-        raise CifarkitError(f"{name}: cannot parse it as a CIFAR-10 batch ({_first_line(exc)}); the file is truncated "
+        raise CifarkitError(f"{name}: cannot parse it as a CIFAR-10 batch ({one_line(exc)}); the file is truncated "
                             "or corrupt, download CIFAR-10 again") from exc
-
-
-# --------------------------------------------------------------------------------------------------------- images
-
-_PARALLEL_MIN_IMAGES = 4000  # below this, starting helper processes costs more than it saves
-
-
-def decode_image(path: str) -> np.ndarray:
-    """One 32×32 image file as uint8 HWC RGB; anything else is a CifarkitError naming the file."""
-    from PIL import Image  # imported here: PIL is only needed for image trees
-
-    try:
-        with Image.open(path) as image:
-            if image.size != (32, 32):
-                raise CifarkitError(f"{path}: image is {image.size[0]}×{image.size[1]}, expected 32×32; resize or "
-                                    "remove it")
-            return np.asarray(image.convert("RGB"))
-    except CifarkitError:
-        raise
-    except Exception as exc:  # UnidentifiedImageError, OSError on truncated data, SyntaxError, ValueError, ...
-        raise CifarkitError(f"{path}: cannot decode it as an image ({_first_line(exc)}); remove or replace it") from exc
-
-
-def _decode_many(paths: list[str]) -> np.ndarray:
-    out = np.empty((len(paths), 32, 32, 3), np.uint8)
-    for i, path in enumerate(paths):
-        out[i] = decode_image(path)
-    return out
-
-
-# Decoding a big tree runs in helper interpreters that import only numpy and PIL. PIL decoding of 32×32 images is
-# Python-bound, so threads do not help; unlike multiprocessing, helpers neither fork a process that may be running torch
-# threads nor re-import the caller's main script. Same calls as decode_image; any failure falls back to it.
-_DECODE_WORKER = """
-import os, sys
-import numpy as np
-from PIL import Image
-for path in sys.stdin.buffer.read().split(b"\\0"):
-    with Image.open(os.fsdecode(path)) as image:
-        if image.size != (32, 32):
-            sys.exit(3)
-        sys.stdout.buffer.write(np.asarray(image.convert("RGB")).tobytes())
-"""
-
-
-def _decode_in_helper(paths: list[str]) -> np.ndarray:
-    try:  # -I: no PYTHONPATH, user site or current folder on the helper's path, so it imports the real numpy and PIL
-        done = subprocess.run([sys.executable, "-I", "-c", _DECODE_WORKER], capture_output=True, check=False,
-                              input=b"\0".join(os.fsencode(p) for p in paths))
-    except OSError:  # no processes allowed here: decode in this one
-        return _decode_many(paths)
-    if done.returncode != 0 or len(done.stdout) != len(paths) * 32 * 32 * 3:
-        return _decode_many(paths)  # a bad file (decoding here names it in a CifarkitError) or a broken helper
-    return np.frombuffer(done.stdout, np.uint8).reshape(len(paths), 32, 32, 3)
-
-
-def decode_images(paths: list[str]) -> np.ndarray:
-    """Decode every image, in one helper process per core for big trees (60k PNGs on 2 cores: ~8 s serial, ~5 s)."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if workers < 2 or len(paths) < _PARALLEL_MIN_IMAGES:
-        return _decode_many(paths)
-    bounds = np.linspace(0, len(paths), workers + 1).astype(int)
-    with ThreadPoolExecutor(workers) as pool:  # threads only wait for the helpers
-        return np.concatenate(list(pool.map(_decode_in_helper, [paths[a:b] for a, b in zip(bounds, bounds[1:])])))
 
 
 # --------------------------------------------------------------------------------------------------------- arrays
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """np.savez (uncompressed: loading is then a plain read) through a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]

@@ -22,16 +22,18 @@ import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from cifarkit.config import TrainConfig
+from cifarkit.data.stats import check_pad_mode, normalization
 
-PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "zero": cv2.BORDER_CONSTANT}
+CV2_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "zero": cv2.BORDER_CONSTANT}  # by the names of stats.PAD_MODES
 
 
 def build_train_transform(config: TrainConfig) -> A.Compose:
     """The training pipeline; its randomness comes from `seed_transform` before each call."""
     size = config.cutout_size
+    mean, std = normalization(config.std)
     return A.Compose([
-        A.Normalize(mean=config.mean, std=config.std_values, max_pixel_value=255.0),
-        A.PadIfNeeded(min_height=40, min_width=40, border_mode=PAD_MODES[config.pad_mode], fill=0),
+        A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
+        A.PadIfNeeded(min_height=40, min_width=40, border_mode=CV2_BORDERS[check_pad_mode(config.pad_mode)], fill=0),
         A.RandomCrop(height=32, width=32),
         A.HorizontalFlip(p=0.5),
         A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(size, size), hole_width_range=(size, size),

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.archive import cache_root, decode_images, extract_cached, is_archive, restricted_loads, save_npz_atomic
-from cifarkit.download import OFFICIAL_ARCHIVE_NAME, OFFICIAL_MD5, OFFICIAL_URL, download_cifar10
+from cifarkit.data.archive import cache_root, extract_cached, is_archive, restricted_loads, save_npz_atomic
+from cifarkit.data.images import decode_images
 from cifarkit.errors import CifarkitError
 
-__all__ = ["CLASSES", "Cifar10", "class_balanced_subset", "download_cifar10", "load_cifar10", "make_synthetic",
-           "resolve_data", "subset", "OFFICIAL_MD5", "OFFICIAL_URL"]
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +38,6 @@ class Cifar10:
     classes: tuple[str, ...] = CLASSES
     source: str = ""
     synthetic: bool = False
-
-
-def make_synthetic(n_train: int = 1000, n_test: int = 200, *, seed: int = 0, num_classes: int = 10) -> Cifar10:
-    """A learnable 10-class stand-in for CIFAR-10: each class is a coloured, oriented pattern plus noise.
-
-    Classes differ in colour and in stripe orientation, so a flip or a crop keeps the class; a small model learns
-    it in an epoch or two. It is NOT CIFAR-10 and every caller that shows results must say so.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
-    prototypes = []
-    for c in range(num_classes):
-        angle = np.pi * c / num_classes
-        stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * (0.5 + 0.1 * c))
-        colour = rng.uniform(0.2, 0.8, size=3).astype(np.float32)
-        prototypes.append(0.5 + 0.25 * stripes[..., None] * colour[None, None, :] * 2 - 0.1 + 0.2 * colour)
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(n, dtype=np.int64) % num_classes
-        rng.shuffle(labels)
-        base = np.stack([prototypes[c] for c in labels])
-        noisy = base + rng.normal(0.0, 0.12, size=base.shape).astype(np.float32)
-        return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8), labels
-
-    train_images, train_labels = split(n_train)
-    test_images, test_labels = split(n_test)
-    classes = CLASSES if num_classes == 10 else tuple(f"class{c}" for c in range(num_classes))
-    return Cifar10(train_images, train_labels, test_images, test_labels, classes,
-                   source=f"synthetic (seed {seed}) - NOT CIFAR-10", synthetic=True)
 
 
 def class_balanced_subset(
@@ -107,7 +76,6 @@ BATCH_MD5: dict[str, str] = {
     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
 }
-SYNTHETIC_SIZES = (5000, 1000)  # train, test images of `--data synthetic`
 _TREE_CACHE_VERSION = 1  # part of the array-cache key: bump when decoding changes so old entries are not reused
 
 
@@ -287,20 +255,3 @@ def load_cifar10(source: str | os.PathLike[str]) -> Cifar10:
         raise CifarkitError(f"{path}: cannot read it ({exc}); check the permissions of the data") from exc
     layout = "python batches" if kind == "pickle" else "image folders"
     return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {path}")  # the path the user gave, not the cache
-
-
-def resolve_data(arg: str | None) -> Cifar10:
-    """The data set for the CLI's --data: "synthetic", a path, or (None) $CIFARKIT_DATA, the cache, a download."""
-    if arg is not None and arg.strip().lower() == "synthetic":
-        return make_synthetic(n_train=SYNTHETIC_SIZES[0], n_test=SYNTHETIC_SIZES[1])
-    if arg:
-        return load_cifar10(arg)
-    if os.environ.get("CIFARKIT_DATA"):
-        return load_cifar10(os.environ["CIFARKIT_DATA"])
-    root = cache_root()
-    if (root / OFFICIAL_ARCHIVE_NAME).is_file():
-        return load_cifar10(root / OFFICIAL_ARCHIVE_NAME)
-    extracted = sorted((root / "extracted").glob("cifar-10-python-*/cifar-10-batches-py"))
-    if extracted:  # extracted earlier, archive since deleted
-        return load_cifar10(extracted[-1])
-    return load_cifar10(download_cifar10(root))

@@ -2,7 +2,7 @@
 
 Drawn without pyplot, so importing or calling this module changes no global state (safe on headless servers). Every
 plot takes an optional `ax` to draw into and returns the Figure; `save_figure` writes any Figure as PNG, including
-the image grids (samples, misclassified, Grad-CAM) of `cifarkit.galleries`.
+the image grids (samples, misclassified, Grad-CAM) of `cifarkit.report.galleries`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Drawn without pyplot, so importing or calling this module changes no global state (safe on headless servers). A grid
 needs a figure of its own: every function takes an optional `fig` to draw into (cleared first) and returns the Figure;
-`cifarkit.plots.save_figure` writes it as PNG. The curves and the confusion matrix live in `cifarkit.plots`.
+`cifarkit.report.plots.save_figure` writes it as PNG. The curves and the confusion matrix live in `cifarkit.report.plots`.
 """
 
 from __future__ import annotations

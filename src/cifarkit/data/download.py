@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from tqdm import tqdm
 
+from cifarkit.atomic import atomic_write
 from cifarkit.errors import CifarkitError
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -31,10 +32,10 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch(url: str, fd: int, desc: str) -> str:
-    """Stream `url` into the open file `fd` with a progress bar; return the md5 of what was received."""
+def _fetch(url: str, out: BinaryIO, desc: str) -> str:
+    """Stream `url` into the open file `out` with a progress bar; return the md5 of what was received."""
     digest = hashlib.md5(usedforsecurity=False)
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+    with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         received = 0
@@ -65,13 +66,12 @@ def download_cifar10(dest: str | os.PathLike[str], *, url: str = OFFICIAL_URL, m
         return target
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
     except OSError as exc:
         raise CifarkitError(f"{folder}: cannot write the download there ({exc}); pass a writable folder") from exc
-    tmp = Path(tmp_name)
-    try:
+    # atomic_write removes the partial file on any failure (network, md5 mismatch, Ctrl-C) and lets the error through
+    with atomic_write(target) as out:
         try:
-            got = _fetch(url, fd, name)
+            got = _fetch(url, out, name)
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             if isinstance(exc, urllib.error.HTTPError):
                 reason: object = f"HTTP {exc.code} {exc.reason}"
@@ -82,8 +82,4 @@ def download_cifar10(dest: str | os.PathLike[str], *, url: str = OFFICIAL_URL, m
         if got != expected:
             raise CifarkitError(f"download of {url} has md5 {got}, expected {expected}: the file is corrupt or not the "
                                 "CIFAR-10 archive; try again")
-        os.replace(tmp, target)
-    except BaseException:  # including KeyboardInterrupt: remove the partial file, then let the error through
-        tmp.unlink(missing_ok=True)
-        raise
     return target

@@ -19,13 +19,12 @@ replayed alone (exact mid-epoch resume), and CPU and CUDA runs draw the same bat
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from cifarkit.data.stats import check_pad_mode
 from cifarkit.errors import CifarkitError
 
 PAD = 4  # pixels of padding on every side before the crop (32 -> 40 -> crop 32)
@@ -91,8 +90,7 @@ def apply_params(images_uint8_nhwc: torch.Tensor, params: AugmentParams, *, mean
     `index` (int64 [B], on the images' device) picks the batch's rows of `images_uint8_nhwc` inside the same gather,
     so a DeviceBatches step reads the dataset once; without it the whole input is the batch.
     """
-    if pad_mode not in ("reflect", "zero"):
-        raise CifarkitError(f"pad_mode must be reflect or zero, got {pad_mode!r}")
+    check_pad_mode(pad_mode)
     n, h, w, c = images_uint8_nhwc.shape
     dev = images_uint8_nhwc.device
     rows_idx = torch.arange(n, device=dev) if index is None else index
@@ -159,75 +157,3 @@ def normalize_batch(images_uint8_nhwc: torch.Tensor, mean: Sequence[float], std:
 def _check_images(images: torch.Tensor) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
         raise CifarkitError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
-
-
-def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
-    """A 63-bit generator seed for one (run seed, epoch, step, rank): independent streams, replayable alone."""
-    words = [v & 0xFFFFFFFF for v in (seed, seed >> 32, epoch, step, rank)]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) & (2**63 - 1)
-
-
-def rank_indices(n: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """This rank's sample order for an epoch, exactly as torch's DistributedSampler(shuffle=True, seed=seed,
-    drop_last=False) after set_epoch(epoch): a permutation seeded by seed + epoch, padded by wrapping so every
-    rank gets ceil(n / world_size) samples, then dealt out round-robin (rank, rank + world_size, ...)."""
-    g = torch.Generator()
-    g.manual_seed(seed + epoch)
-    order = torch.randperm(n, generator=g)
-    per_rank = math.ceil(n / world_size)
-    padding = per_rank * world_size - n
-    if padding:
-        order = torch.cat([order, order.repeat(math.ceil(padding / n))[:padding]])
-    return order[rank::world_size]
-
-
-class DeviceBatches:
-    """Training batches augmented on the device; the same interface as the DataLoader path in loaders.py.
-
-    `len()` is steps per epoch per rank (the last partial batch is kept); `epoch(e, start_step)` yields
-    (x float32 [B, 3, 32, 32] normalised, y int64 [B]) on `device`, identical for the same (seed, e, step, rank).
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean: Sequence[float],
-                 std: Sequence[float], pad_mode: str = "reflect", cutout_size: int = 8, cutout_p: float = 0.5,
-                 seed: int = 0, device: torch.device | str, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise CifarkitError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
-        if len(images) != len(labels) or len(images) == 0:
-            raise CifarkitError(f"need as many labels as images (> 0), got {len(images)} images, {len(labels)} labels")
-        if batch_size < world_size:
-            raise CifarkitError(f"--batch-size {batch_size} is smaller than the {world_size} ranks: raise it")
-        if not 0 <= rank < world_size:
-            raise CifarkitError(f"rank {rank} is outside 0..{world_size - 1}")
-        if pad_mode not in ("reflect", "zero"):
-            raise CifarkitError(f"--pad-mode must be reflect or zero, got {pad_mode!r}")
-        self.device = torch.device(device)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)  # uint8 NHWC, 3 KiB/image
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
-        self.batch_size = batch_size // world_size  # per-rank batch, as the DataLoader path
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.pad_mode, self.cutout_size, self.cutout_p = pad_mode, cutout_size, cutout_p
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.channels_last = channels_last
-        self.samples_per_rank = math.ceil(len(images) / world_size)
-
-    def __len__(self) -> int:
-        return math.ceil(self.samples_per_rank / self.batch_size)
-
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches start_step.. of epoch `epoch`; starting mid-epoch gives the same batches as the full epoch."""
-        order = rank_indices(len(self.labels), seed=self.seed, epoch=epoch, rank=self.rank,
-                             world_size=self.world_size).to(self.device)
-        _, h, w, _ = self.images.shape
-        gen = torch.Generator()  # CPU: B x 6 draws per step are tiny, and CPU and CUDA runs then agree
-        for step in range(start_step, len(self)):
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            gen.manual_seed(step_seed(self.seed, epoch, step, self.rank))
-            params = sample_params(len(idx), gen, height=h, width=w, cutout_size=self.cutout_size,
-                                   cutout_p=self.cutout_p)
-            params = params_to(params, self.device)
-            x = apply_params(self.images, params, mean=self.mean, std=self.std, pad_mode=self.pad_mode,
-                             cutout_size=self.cutout_size if self.cutout_p > 0 else 0,  # p = 0: skip the mask
-                             channels_last=self.channels_last, index=idx)
-            yield x, self.labels.index_select(0, idx)

@@ -1,0 +1,84 @@
+"""Where a model runs and in which precision: the one device and precision policy of every command."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from cifarkit.errors import CifarkitError
+from cifarkit.system import cpu_flags as read_cpu_flags
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto": cuda, then mps, then cpu. Asking for a device that is not there is a user error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CifarkitError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CifarkitError("--device mps was asked for, but MPS is not available here; use --device cpu")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise CifarkitError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision; auto: choose_precision
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+BF16_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bf16 tensor cores and cuDNN bf16 convolutions
+
+
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX flags; False where they cannot be read).
+
+    Only there does bf16 autocast pay on a CPU (docs/design.md#precision).
+    """
+    return bool({"avx512_bf16", "amx_bf16"} & read_cpu_flags(cpuinfo))
+
+
+def choose_precision(device_type: str, *, cuda_capability: tuple[int, int] | None = None,
+                     cpu_flags: frozenset[str] | set[str] | None = None) -> str:
+    """The precision that trains fastest without loss on this hardware: "bf16", "fp16" or "fp32".
+
+        choose_precision("cuda", cuda_capability=(7, 5))   # "fp16": a T4 has no bf16 tensor cores
+        choose_precision("cpu", cpu_flags={"avx2"})        # "fp32"
+
+    CUDA >= 8.0: bf16. CUDA below (T4, V100): fp16 with a gradient scaler, since PyTorch runs bf16 convolutions there
+    without cuDNN, slowly or not at all. CPU with AVX512-BF16 or AMX: bf16; other CPUs: fp32 (autocast is 20x
+    slower there). MPS: fp32, the one precision measured there. None reads the machine (docs/design.md#precision).
+    """
+    if device_type == "cuda":
+        if cuda_capability is None:
+            cuda_capability = torch.cuda.get_device_capability()
+        return "bf16" if tuple(cuda_capability) >= BF16_CAPABILITY else "fp16"
+    if device_type == "cpu":
+        flags = read_cpu_flags() if cpu_flags is None else cpu_flags
+        return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "fp32"
+    return "fp32"
+
+
+def resolve_precision(asked: str, device: torch.device) -> str:
+    """What runs for --precision `asked` on `device`: auto follows `choose_precision`; an explicit choice is kept, and
+    bf16 where the hardware has no bf16 units gets a one-line warning on stderr, then runs."""
+    if asked not in PRECISIONS:
+        raise CifarkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
+    best = choose_precision(device.type)
+    if asked == "auto":
+        return best
+    if asked == "bf16" and best != "bf16":
+        print(f"warning: --precision bf16 on {device.type} without bf16 units runs emulated and slow; "
+              f"--precision auto picks {best} here", file=sys.stderr)
+    return asked
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """`with autocast(precision, device):` runs the forward pass in bf16 or fp16 ("fp32": autocast off)."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),
+                          enabled=precision in AUTOCAST_DTYPES)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to run under bf16 autocast: --precision bf16/fp32 as asked; auto: CUDA, or a CPU with bf16 units."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())

@@ -1,0 +1,120 @@
+"""Every figure of a run folder: RUN/plots/*.png and RUN/per_class.json, from the trained model, the data and the
+run's files. Each figure comes from a plot function of `plots` or `galleries`, which take data and return it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifarkit.atomic import write_json
+from cifarkit.config import TrainConfig
+from cifarkit.data import Cifar10, normalization
+from cifarkit.data.augment import normalize_batch
+from cifarkit.data.transforms import build_train_transform, seed_transform
+from cifarkit.models import eval_mode
+from cifarkit.report import galleries, plots
+from cifarkit.report.content import read_history
+from cifarkit.report.gradcam import grad_cam
+
+N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 8, 3
+
+
+def augmented_views(images: np.ndarray, transform: Callable[..., dict[str, Any]], config: TrainConfig) -> np.ndarray:
+    """One augmented view per uint8 HWC image, de-normalised back to uint8 HWC for display.
+
+    `transform(image=hwc_uint8)["image"]` must be a normalised CHW float tensor (the training pipeline's output).
+    """
+    mean, std = (np.asarray(v, dtype=np.float32)[:, None, None] for v in normalization(config.std))
+    views = []
+    for image in images:
+        chw = np.asarray(transform(image=image)["image"], dtype=np.float32)
+        views.append(np.clip((chw * std + mean) * 255, 0, 255).round().astype(np.uint8).transpose(1, 2, 0))
+    return np.stack(views) if views else np.zeros((0, 32, 32, 3), np.uint8)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: np.ndarray, config: TrainConfig, device: torch.device) -> np.ndarray:
+    """Softmax probabilities [M, classes] of `model` (eval mode) on uint8 HWC images, normalised as at test time."""
+    out = []
+    with eval_mode(model):
+        for start in range(0, len(images), config.eval_batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start: start + config.eval_batch_size])).to(device)
+            logits = model(normalize_batch(batch, *normalization(config.std)))
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _train_transform(config: TrainConfig) -> Callable[..., dict[str, Any]]:
+    transform = build_train_transform(config)
+    seed_transform(transform, config.seed)  # the same views every time the report is rebuilt
+    return transform
+
+
+def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: TrainConfig,
+                device: torch.device) -> list[Path]:
+    """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json."""
+    run_dir = Path(run_dir)
+    out, written = run_dir / "plots", []
+
+    def save(fig: Any, name: str) -> None:
+        written.append(plots.save_figure(fig, out / f"{name}.png"))
+
+    labels = np.asarray(data.train_labels)
+    picks = np.concatenate([np.flatnonzero(labels == c)[:SAMPLES_PER_CLASS] for c in range(len(data.classes))])
+    picks = picks.astype(np.int64)
+    views = augmented_views(data.train_images[picks], _train_transform(config), config)
+    save(galleries.plot_samples(data.train_images[picks], labels[picks], data.classes, views,
+                                per_class=SAMPLES_PER_CLASS), "samples")
+
+    if (run_dir / "lr_finder.json").is_file():
+        f = json.loads((run_dir / "lr_finder.json").read_text())
+        save(plots.plot_lr_finder(f["lrs"], f["losses"], f["smoothed"], f.get("lr_min"), f.get("lr_max")),
+             "lr_finder")
+    if (run_dir / "schedule.json").is_file():
+        s = json.loads((run_dir / "schedule.json").read_text())
+        save(plots.plot_lr_schedule(s["lrs"], s["steps_per_epoch"], s.get("peak_epoch")), "lr_schedule")
+    if (run_dir / "history.csv").is_file():
+        h = read_history(run_dir / "history.csv")
+        if len(h.get("epoch", ())):
+            save(plots.plot_loss(h["epoch"], h["train_loss"], h["test_loss"]), "loss")
+            save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
+
+    model = model.to(device)
+    probs = predict_proba(model, data.test_images, config, device)
+    true, pred = np.asarray(data.test_labels), probs.argmax(axis=1)
+    conf = probs[np.arange(len(pred)), pred]
+    matrix = plots.confusion_counts(true, pred, len(data.classes))
+    save(plots.plot_confusion_matrix(matrix, data.classes), "confusion_matrix")
+    _write_per_class(run_dir / "per_class.json", matrix, data.classes)
+
+    wrong = np.flatnonzero(pred != true)
+    wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:N_MISCLASSIFIED]  # most confident mistakes first
+    save(galleries.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
+                                      title=f"The {len(wrong)} most confident mistakes on the test set" if len(wrong)
+                                      else "Misclassified test images"),
+         "misclassified")
+    shown = wrong[:N_GRADCAM]
+    title = "Grad-CAM on the most confident mistakes (red: evidence for the predicted class)"
+    if len(shown) == 0:  # a perfect model: explain correct predictions instead of drawing nothing
+        shown = np.argsort(-conf, kind="stable")[:N_GRADCAM]
+        title = "Grad-CAM on correctly classified test images (no mistakes to explain)"
+    heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device),
+                                           *normalization(config.std)), pred[shown]) if len(shown) else np.zeros((0, 32, 32))
+    save(galleries.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
+                                title=title), "gradcam")
+    return written
+
+
+def _write_per_class(path: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:
+    correct, total = np.diag(matrix), matrix.sum(axis=1)
+    write_json(path, {
+        "classes": list(classes), "correct": correct.tolist(), "total": total.tolist(),
+        "accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
+        "overall": float(correct.sum() / max(total.sum(), 1)), "n_test": int(total.sum()),
+        "confusion": matrix.tolist(),  # rows: true class, columns: predicted class
+    })

@@ -1,0 +1,112 @@
+"""Imports go one way: cli -> commands -> train -> data / models / report, read from the source with `ast` (imports
+inside functions included), so a circle cannot hide behind a lazy import."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarkit"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module -> {imported cifarkit module: line}. `from pkg import name` points at pkg.name when that is a module.
+    Importing a.b.c also runs the packages a.b and a, unless the importer lives inside them already."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in modules.items():
+        edges: dict[str, int] = {}
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            for target in targets:
+                if not target.startswith("cifarkit"):
+                    continue
+                parts = target.split(".")
+                for i in range(1, len(parts) + 1):
+                    ancestor = ".".join(parts[:i])
+                    inside = name == ancestor or name.startswith(ancestor + ".")
+                    if ancestor in modules and ancestor != name and (i == len(parts) or not inside):
+                        edges.setdefault(ancestor, node.lineno)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, {}):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def in_layer(module: str, layer: str) -> bool:
+    return module == layer or module.startswith(layer + ".")
+
+
+GRAPH = import_graph()
+
+
+def test_the_graph_sees_the_package() -> None:
+    """The reader finds every layer and the edges between them (so the rules below are not vacuous)."""
+    for layer in ("cifarkit.cli", "cifarkit.commands", "cifarkit.train", "cifarkit.data", "cifarkit.models",
+                  "cifarkit.report"):
+        assert any(in_layer(m, layer) for m in GRAPH), layer
+    assert "cifarkit.train" in GRAPH["cifarkit.commands"]
+    assert "cifarkit.data.loaders" in GRAPH["cifarkit.train"]
+
+
+def test_no_import_cycle() -> None:
+    """No module reaches itself through imports, at module level or inside functions."""
+    cycle = find_cycle(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(
+        f"{a} (line {GRAPH[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+
+
+@pytest.mark.parametrize("lower", ["cifarkit.models", "cifarkit.data", "cifarkit.report"])
+def test_lower_layers_never_import_upper_ones(lower: str) -> None:
+    """models, data and report never import train, commands or cli."""
+    bad = [f"{m} imports {t} (line {line})" for m, edges in GRAPH.items() if in_layer(m, lower)
+           for t, line in edges.items() if any(in_layer(t, up) for up in
+                                                 ("cifarkit.train", "cifarkit.commands", "cifarkit.cli"))]
+    assert not bad, bad
+
+
+def test_only_the_entry_points_import_cli() -> None:
+    """Nothing below cli imports cli; train never imports commands."""
+    bad = [f"{m} imports cifarkit.cli (line {line})" for m, edges in GRAPH.items()
+           if m not in ("cifarkit.cli", "cifarkit.__main__") for t, line in edges.items() if t == "cifarkit.cli"]
+    bad += [f"cifarkit.train imports {t}" for t in GRAPH["cifarkit.train"] if t == "cifarkit.commands"]
+    assert not bad, bad
+
+
+def test_a_planted_cycle_is_named() -> None:
+    """The cycle finder reports the modules of a circle in order (the check above can fail)."""
+    graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b": 1}, "b": {}}) is None
