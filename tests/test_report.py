@@ -24,7 +24,7 @@ LR_MIN, LR_MAX = 2.5e-4, 3.2e-2
 
 
 def make_run_files(run: Path, *, with_finder: bool = True) -> TrainConfig:
-    """The files `train.fit` leaves in a run folder (CONTRACTS.md), with plausible values and an untrained model."""
+    """The files `train.fit` leaves in a run folder (docs/design.md), with plausible values and an untrained model."""
     run.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(data="synthetic", out=str(run), epochs=3, batch_size=16, test_subset=30, eval_batch_size=16,
                          lr_min=None if with_finder else LR_MIN, lr_max=None if with_finder else LR_MAX)

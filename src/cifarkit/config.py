@@ -50,7 +50,8 @@ class TrainConfig:
     subset: int | None = opt(None, 'class-balanced number of training images (None: all 50,000)')
     test_subset: int | None = opt(None, 'class-balanced number of test images (None: all 10,000)')
     augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: batched on CUDA')
-    pad_mode: str = opt("reflect", 'padding for the 4-pixel pad before the random crop: "reflect" or "zero"')
+    pad_mode: str = opt("reflect", 'padding for the 4-pixel pad before the random crop: "reflect" (as the reference: '
+                        'the default of albumentations 1.x) or "zero" (the mean colour)')
     std: str = opt("true", 'normalisation std: "true" (dataset std) or "reference" (0.2023, 0.1994, 0.2010)')
     cutout_p: float = opt(0.5, 'probability of the one 8x8 CutOut hole, filled with the dataset mean')
     cutout_size: int = opt(8, 'hole side, pixels')

@@ -4,11 +4,12 @@ Train: Normalize -> PadIfNeeded 40x40 -> RandomCrop 32 -> HorizontalFlip -> Coar
 Test:  Normalize -> tensor.
 
 Choices (both configurable, see TrainConfig):
-- Padding mode "reflect" (cv2.BORDER_REFLECT_101): a crop then never shows an artificial black/mean border, which is
-  what the fast CIFAR-10 ResNets (DAWNBench, airbench) use; "zero" pads with 0 after Normalize, i.e. the mean colour.
+- Padding mode "reflect" (cv2.BORDER_REFLECT_101): a crop then never shows an artificial black/mean border. It is
+  the reference's padding (PadIfNeeded's default in albumentations 1.x) and what the fast CIFAR-10 ResNets
+  (DAWNBench, airbench) use; "zero" pads with 0 after Normalize, i.e. the mean colour.
 - CutOut fills with the dataset mean. Normalize runs first, so the mean is 0 here. The reference passed the mean's
-  raw values (0.49, 0.48, 0.45) as the fill *after* normalising, which is a light grey of about +2 std, not the mean:
-  a bug we do not copy.
+  raw values (0.49, 0.48, 0.45) as the fill *after* normalising, which is a light grey of about +0.5 std, not the
+  mean: a bug we do not copy.
 """
 
 from __future__ import annotations
