@@ -1,5 +1,5 @@
-"""What a run leaves behind: config, schedule, LR-finder data, history.csv, metrics.json, model.pt, the progress bar,
-one fixed-column line per epoch, and optional TensorBoard scalars. Only rank 0 writes."""
+"""What a run leaves behind: config, schedule, LR-finder data, history.csv, steps.csv, metrics.json, model.pt, the
+progress bar, one fixed-column line per epoch, and optional TensorBoard scalars. Only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from cifarkit.system import cpu_model, usable_cpus
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr", "seconds",
                    "images_per_second")
+STEP_COLUMNS = ("step", "epoch", "loss", "lr")  # steps.csv: 1-based optimiser step and epoch, rank 0's batch loss
 
 
 def hardware_info(device: torch.device) -> dict[str, Any]:
@@ -53,13 +54,20 @@ class RunLog:
         self.metrics: dict[str, Any] = {}
         self.writer: Any = None
         self.postfix_every = 1
+        self.steps: list[list[float]] = []  # one STEP_COLUMNS row per optimiser step, on the host
+        self.steps_per_epoch = 1
+        self._losses: torch.Tensor | None = None  # step losses not yet on the host, kept on the device
+        self._first = self._pending = 0  # the global step of _losses[0]; how many of _losses are filled
 
     def restore(self, state: dict[str, Any]) -> None:
         self.rows = list(state["rows"])
         self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
+        self.steps = [list(row) for row in state.get("steps", [])]  # absent in checkpoints without per-step rows
 
     def state(self) -> dict[str, Any]:
-        return {"rows": self.rows, "train_seconds": self.train_seconds, "train_images": self.train_images}
+        self._flush_steps()  # a mid-epoch checkpoint keeps the epoch's steps so far
+        return {"rows": self.rows, "train_seconds": self.train_seconds, "train_images": self.train_images,
+                "steps": self.steps}
 
     def lr_finder(self, result: LRFinderResult) -> None:
         if self.enabled:
@@ -72,6 +80,8 @@ class RunLog:
               device: torch.device, world: int) -> None:
         self.config = config  # now with the LRs the range test found
         self.lrs = lrs
+        self.steps_per_epoch = steps_per_epoch
+        self._losses = torch.zeros(steps_per_epoch, device=device) if self.enabled else None
         self.postfix_every = 1 if device.type == "cpu" else 20  # reading the loss syncs with the GPU
         self.base = {"lr_min": self.config.lr_min, "lr_max": self.config.lr_max, "device": str(device),
                      "world_size": world, "hardware": hardware_info(device), "dataset": data.source,
@@ -105,6 +115,8 @@ class RunLog:
 
     def step(self, bar: tqdm, global_step: int, loss: torch.Tensor, sums: torch.Tensor) -> None:
         bar.update(1)
+        if self._losses is not None:
+            self._record_loss(global_step, loss)
         if self.progress and (global_step % self.postfix_every == 0):
             s = sums.tolist()
             bar.set_postfix_str(f"loss {float(loss):.4f} acc {100 * s[1] / max(s[2], 1):.2f}% "
@@ -131,9 +143,37 @@ class RunLog:
             w.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                         for r in self.rows)
         write_json(self.run / "metrics.json", self.summary())
+        self._write_steps()
         if self.writer is not None:
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 self.writer.add_scalar(key, row[key], epoch + 1)
+
+    def _record_loss(self, global_step: int, loss: torch.Tensor) -> None:
+        """Keep a step's loss on the device: reading it on the host would make every step wait for the GPU."""
+        assert self._losses is not None
+        if self._pending == len(self._losses):  # not reached when epochs end on time; a safety valve
+            self._flush_steps()
+        if self._pending == 0:
+            self._first = global_step
+        self._losses[self._pending] = loss.detach()
+        self._pending += 1
+
+    def _flush_steps(self) -> None:
+        """Move the pending step losses to the host: one sync per epoch (and per mid-epoch checkpoint)."""
+        if self._losses is None or not self._pending:
+            return
+        for i, loss in enumerate(self._losses[: self._pending].tolist()):
+            step = self._first + i
+            self.steps.append([step + 1, step // self.steps_per_epoch + 1, loss, self.lrs[step]])
+        self._pending = 0
+
+    def _write_steps(self) -> None:
+        """RUN/steps.csv: every step so far, rewritten whole (atomically) once per epoch."""
+        self._flush_steps()
+        with atomic_write(self.run / "steps.csv", text=True) as f:
+            w = csv.writer(f)
+            w.writerow(STEP_COLUMNS)
+            w.writerows(self.steps)
 
     def summary(self) -> dict[str, Any]:
         accs = [r["test_acc"] for r in self.rows]
