@@ -73,6 +73,43 @@ def test_loss_accuracy_schedule(tmp_path: Path, assert_real_png: Callable[..., N
     assert_real_png(plots.save_figure(fig, tmp_path / "lr_schedule.png"))
 
 
+def test_lr_plots_end_at_the_data() -> None:
+    """The LR-finder axis ends at the last LR swept (no empty decade after it); the schedule's at its last step."""
+    lrs = np.geomspace(1e-7, 0.3, 80)
+    fig = plots.plot_lr_finder(lrs, np.linspace(2.3, 1, 80), np.linspace(2.3, 1, 80), 1e-5, 0.2)
+    assert fig.axes[0].get_xlim() == pytest.approx((1e-7, 0.3))
+    fig = plots.plot_lr_schedule(np.r_[np.linspace(1e-4, 1e-2, 7), np.linspace(1e-2, 1e-4, 20)], steps_per_epoch=9)
+    assert fig.axes[0].get_xlim()[1] == pytest.approx(27 / 9)
+
+
+def test_loss_per_step_and_per_epoch(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
+    """With per-step losses (24 epochs x 98 steps) the loss plot draws every step, its moving mean, the epoch means
+    mid-epoch and the test loss at each epoch's end, on an epoch axis from 0 to the last step; without them it
+    falls back to the two per-epoch curves."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 24 * 98 + 1)
+    loss = (0.2 + 2 * np.exp(-steps / 400)) * (1 + 0.1 * rng.standard_normal(steps.size))
+    epochs = np.arange(1, 25)
+    train, test = loss.reshape(24, 98).mean(axis=1), 0.3 + 2 * np.exp(-epochs / 4)
+    fig = plots.plot_loss(epochs, train, test, step_epoch=steps / 98, step_loss=loss)
+    ax = fig.axes[0]
+    per_step, mean, epoch_means, tests = ax.lines
+    assert len(per_step.get_xdata()) == len(mean.get_xdata()) == steps.size
+    assert np.asarray(epoch_means.get_xdata()) == pytest.approx(epochs - 0.5)
+    assert np.asarray(tests.get_xdata()) == pytest.approx(epochs)
+    assert ax.get_xlim() == pytest.approx((0, 24)) and ax.get_xlabel() == "epoch"
+    assert_real_png(plots.save_figure(fig, tmp_path / "loss_steps.png"))
+    fallback = plots.plot_loss(epochs, train, test).axes[0]
+    assert len(fallback.lines) == 2 and fallback.get_title() == "Loss per epoch"
+
+
+def test_moving_mean_is_centred_and_skips_non_finite() -> None:
+    """moving_mean of a line is the line (no lag) away from the ends; NaN and inf are left out of the means."""
+    line = np.arange(20, dtype=float)
+    assert plots.moving_mean(line, 5)[2:-2] == pytest.approx(line[2:-2])
+    assert plots.moving_mean([1.0, np.nan, 3.0, np.inf, 5.0], 3).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
 def test_plot_into_given_ax(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
     """Single-panel plots draw into a caller's ax and return that ax's figure."""
     fig = Figure(figsize=(10, 4))
@@ -111,6 +148,60 @@ def test_gradcam_plot(tmp_path: Path, small: dict, assert_real_png: Callable[...
     fig = galleries.plot_gradcam(data.test_images[:3], heat, data.test_labels[:3], data.test_labels[:3] ^ 1,
                                  data.classes, [0.5, 0.6, 0.7])
     assert_real_png(plots.save_figure(fig, tmp_path / "gradcam.png"))
+
+
+def test_gradcam_gallery_shows_every_mistake_with_a_colour_bar(small: dict) -> None:
+    """With 20 mistakes the gallery has 20 originals and 20 overlays, each original titled with the true and the
+    predicted class and their probabilities, a colour bar, and a title that states the number, the colormap and
+    the opacity."""
+    data = small["data"]
+    n = 20
+    heat = np.random.default_rng(0).random((n, 32, 32))
+    true, pred = data.test_labels[:n], (data.test_labels[:n] + 1) % 10
+    fig = galleries.plot_gradcam(data.test_images[:n], heat, true, pred, data.classes, np.full(n, 0.62),
+                                 true_prob=np.full(n, 0.031), alpha=0.4, title=f"Grad-CAM on the {n} mistakes")
+    originals = [ax for ax in fig.axes if ax.get_label() == "image" and ax.images]
+    overlays = [ax for ax in fig.axes if ax.get_label() == "overlay" and ax.images]
+    assert len(originals) == len(overlays) == n
+    assert originals[0].get_title() == f"true: {CLASSES[true[0]]} (3.1%)\npred: {CLASSES[pred[0]]} (62%)"
+    assert [ax.get_label() for ax in fig.axes].count("colorbar") == 1
+    title = fig.get_suptitle()
+    assert f"the {n} mistakes" in title and "inferno" in title and "40% opacity" in title
+
+
+def test_overlay_heatmap_blends_a_perceptual_colormap() -> None:
+    """overlay_heatmap mixes image and colormap at opacity alpha: alpha 0 gives the image back, alpha 1 the colours
+    of `cmap` (inferno unless told: black at 0, pale yellow at 1, not jet's blue and red)."""
+    from matplotlib import colormaps
+
+    image = np.full((4, 4, 3), 200, np.uint8)
+    heat = np.linspace(0, 1, 16).reshape(4, 4)
+    assert np.allclose(galleries.overlay_heatmap(image, heat, alpha=0.0), 200 / 255)
+    assert np.allclose(galleries.overlay_heatmap(image, heat, alpha=1.0), colormaps["inferno"](heat)[..., :3])
+    assert np.allclose(galleries.overlay_heatmap(image, heat, alpha=1.0, cmap="magma"), colormaps["magma"](heat)[..., :3])
+    half = galleries.overlay_heatmap(image, heat, alpha=0.5)
+    assert np.allclose(half, 0.5 * 200 / 255 + 0.5 * colormaps["inferno"](heat)[..., :3])
+
+
+def test_top_loss_indices_orders_by_the_true_class_probability() -> None:
+    """top_loss_indices gives the k images whose true class is least probable (highest loss) first; ties keep the
+    input order and k beyond the count gives them all."""
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    true = np.array([0, 0, 1, 1, 1])  # true-class probabilities 0.7, 0.2, 0.1, 0.4, 0.7
+    assert galleries.top_loss_indices(probs, true, 3).tolist() == [2, 1, 3]
+    assert galleries.top_loss_indices(probs, true, 10).tolist() == [2, 1, 3, 0, 4]
+    assert galleries.top_loss_indices(probs, true, 0).tolist() == []
+
+
+def test_top_losses_tiles_give_both_probabilities(small: dict) -> None:
+    """With true_prob each tile reads "true: X (p%) / pred: Y (q%)", small and large probabilities kept readable."""
+    data = small["data"]
+    true, pred = data.test_labels[:4], (data.test_labels[:4] + 1) % 10
+    fig = galleries.plot_misclassified(data.test_images[:4], true, pred, [0.995, 0.5, 0.3, 0.2], data.classes,
+                                       true_prob=[0.0004, 0.012, 0.25, 0.1])
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert titles[0] == f"true: {CLASSES[true[0]]} (<0.1%)\npred: {CLASSES[pred[0]]} (>99%)"
+    assert [t.split("(")[1].split(")")[0] for t in titles] == ["<0.1%", "1.2%", "25%", "10%"]
 
 
 @pytest.mark.slow

@@ -18,12 +18,14 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.errors import CifarkitError
 from cifarkit.models.custom_resnet import CustomResNet
+from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP
+from cifarkit.report.figures import step_losses
 
 PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
 LR_MIN, LR_MAX = 2.5e-4, 3.2e-2
 
 
-def make_run_files(run: Path, *, with_finder: bool = True) -> TrainConfig:
+def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = True) -> TrainConfig:
     """The files `train.fit` leaves in a run folder (docs/design.md), with plausible values and an untrained model."""
     run.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(data="synthetic", out=str(run), epochs=3, batch_size=16, test_subset=30, eval_batch_size=16,
@@ -35,6 +37,9 @@ def make_run_files(run: Path, *, with_finder: bool = True) -> TrainConfig:
     rows += [f"{e},{2 / e:.4f},{0.2 * e:.4f},{2.1 / e:.4f},{0.19 * e:.4f},,{LR_MAX / e:.4g},{10 + e},{50.0}"
              for e in (1, 2, 3)]
     (run / "history.csv").write_text("\n".join(rows) + "\n")
+    if with_steps:  # 3 epochs x 4 steps
+        (run / "steps.csv").write_text("step,epoch,loss,lr\n" + "".join(
+            f"{k},{(k - 1) // 4 + 1},{2.3 / k ** 0.5:.4f},{LR_MAX / k:.4g}\n" for k in range(1, 13)))
     if with_finder:
         lrs = np.geomspace(1e-7, 1, 50)
         losses = 2.3 - 1.0 / (1 + np.exp(-(np.log10(lrs) + 3))) + np.where(lrs > 0.1, 5 * lrs, 0)
@@ -99,6 +104,7 @@ def test_report_references_plots_tables_and_lrs(built: Path) -> None:
     assert f"{LR_MIN:.3e}" in text and f"{LR_MAX:.3e}" in text and "rule-for-min" in text and "rule-for-max" in text
     assert "57.00%" in text and "Test CPU" in text
     assert "SYNTHETIC DATA" in text and "NOT on CIFAR-10" in text
+    assert LOSS_PER_STEP in text  # steps.csv present: the loss plot shows every step
     # the command that trains it again: non-default flags only, LRs left to the range test that found them
     assert "`cifarkit train --out NEW_RUN --data synthetic --epochs 3 --batch-size 16 --test-subset 30" in text
     assert "--lr-min" not in text
@@ -112,13 +118,14 @@ def test_report_without_lr_finder(tmp_path: Path, built: Path) -> None:
     """When the LRs were given (no lr_finder.json, no lr_finder.png) the report says so, still lists both LRs, and
     its train command passes them."""
     run = tmp_path / "given"
-    make_run_files(run, with_finder=False)
+    make_run_files(run, with_finder=False, with_steps=False)
     shutil.copytree(built / "plots", run / "plots")
     (run / "plots" / "lr_finder.png").unlink()
     text = report.write_report(run).read_text()
     assert "lr_finder.png" not in text and "given by the user" in text and f"--lr-min {LR_MIN}" in text
     assert f"{LR_MIN:.3e}" in text and f"{LR_MAX:.3e}" in text
     assert "run `cifarkit report RUN`" in text  # no per_class.json here: the report says how to get the table
+    assert CAPTIONS["loss"] in text and LOSS_PER_STEP not in text  # no steps.csv: the per-epoch caption
 
 
 @pytest.mark.parametrize("missing", ["config.json", "model.pt", "metrics.json"])
@@ -151,3 +158,14 @@ def test_read_history_blank_cells_are_nan(tmp_path: Path) -> None:
     (tmp_path / "h.csv").write_text("epoch,test_acc,test_acc_tta\n1,0.5,\n2,0.6,0.61\n")
     h = report.read_history(tmp_path / "h.csv")
     assert h["epoch"].tolist() == [1, 2] and np.isnan(h["test_acc_tta"][0]) and h["test_acc_tta"][1] == 0.61
+
+
+def test_step_losses_from_steps_csv(tmp_path: Path) -> None:
+    """step_losses puts each step at step / steps_per_epoch (from the fullest epoch, also when the last epoch is
+    partial) with its loss; without steps.csv it gives nothing, so plot_loss falls back to per-epoch curves."""
+    assert step_losses(tmp_path) == {}
+    (tmp_path / "steps.csv").write_text("step,epoch,loss,lr\n" + "".join(
+        f"{k},{(k - 1) // 4 + 1},{1 / k},0.01\n" for k in range(1, 11)))  # 2 epochs x 4 steps, then 2 steps
+    curves = step_losses(tmp_path)
+    assert curves["step_epoch"].tolist() == pytest.approx([k / 4 for k in range(1, 11)])
+    assert curves["step_loss"].tolist() == pytest.approx([1 / k for k in range(1, 11)])

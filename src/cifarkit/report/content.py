@@ -33,15 +33,21 @@ CAPTIONS: dict[str, str] = {
                 "generalisation gap; the best epoch is marked.",
     "confusion_matrix": "Confusion matrix of the final model on the test set: off-diagonal cells show which classes "
                         "are confused (typically cat/dog, automobile/truck).",
-    "misclassified": "The most confident mistakes on the test set, with the predicted class's probability: are they "
-                     "ambiguous images, label noise or true errors?",
-    "gradcam": "Grad-CAM on the same mistakes (layer3, 4x4 upsampled): the regions that pushed the model towards "
-               "the wrong class. Evidence on the background hints at a shortcut.",
+    "misclassified": "Top losses: the misclassified test images with the highest loss first (the lowest probability "
+                     "of the true class), each with the true class's probability and the predicted class's: are "
+                     "they ambiguous images, label noise or true errors?",
+    "gradcam": "Grad-CAM on the same mistakes (layer3, 4x4 upsampled), each beside its original: the heatmap over "
+               "the image, at the opacity its title states, is bright where the evidence pushed the model towards "
+               "the wrong class and dark where there was none. Evidence on the background hints at a shortcut.",
 }
+# The loss caption when RUN/steps.csv holds the loss of every step.
+LOSS_PER_STEP = ("Training loss of every step (faint) with its moving mean, the epoch means of the training loss "
+                 "(drawn mid-epoch) and the test loss (end of each epoch): both should fall; a test loss rising "
+                 "while the training loss falls means overfitting.")
 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:
-    """history.csv as columns of floats (empty cells, e.g. test_acc_tta without --tta, become NaN)."""
+    """history.csv (or steps.csv) as columns of floats (empty cells, e.g. test_acc_tta without --tta, become NaN)."""
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
     keys = rows[0].keys() if rows else ()
@@ -108,6 +114,8 @@ def _blocks(run_dir: Path) -> list[Block]:
           ("p", "Found by the LR range test (`lr_finder.json`)." if finder else
            "The LRs were given in the configuration, so no LR range test was run.")]
     captions = dict(CAPTIONS, lr_finder=CAPTIONS["lr_finder"] + f" Rules: LRMIN = {rules[0]}; LRMAX = {rules[1]}.")
+    if (run_dir / "steps.csv").is_file():
+        captions["loss"] = LOSS_PER_STEP
     sections = [("", ["lr_finder", "lr_schedule"]), ("Training curves", ["loss", "accuracy"]),
                 ("Data and augmentation", ["samples"]), ("Errors", ["confusion_matrix", "misclassified", "gradcam"])]
     for title, names in sections:  # "": continues the section above

@@ -21,7 +21,7 @@ from cifarkit.report import galleries, plots
 from cifarkit.report.content import read_history
 from cifarkit.report.gradcam import grad_cam
 
-N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 8, 3
+N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 20, 3
 
 
 def augmented_views(images: np.ndarray, transform: Callable[..., dict[str, Any]], config: TrainConfig) -> np.ndarray:
@@ -81,7 +81,7 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     if (run_dir / "history.csv").is_file():
         h = read_history(run_dir / "history.csv")
         if len(h.get("epoch", ())):
-            save(plots.plot_loss(h["epoch"], h["train_loss"], h["test_loss"]), "loss")
+            save(plots.plot_loss(h["epoch"], h["train_loss"], h["test_loss"], **step_losses(run_dir)), "loss")
             save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
 
     model = model.to(device)
@@ -93,21 +93,35 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     _write_per_class(run_dir / "per_class.json", matrix, data.classes)
 
     wrong = np.flatnonzero(pred != true)
-    wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:N_MISCLASSIFIED]  # most confident mistakes first
+    wrong = wrong[galleries.top_loss_indices(probs[wrong], true[wrong], N_MISCLASSIFIED)]  # highest loss first
+    true_prob = probs[np.arange(len(true)), true]
     save(galleries.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
-                                      title=f"The {len(wrong)} most confident mistakes on the test set" if len(wrong)
+                                      true_prob=true_prob[wrong],
+                                      title=f"Top losses: the {len(wrong)} misclassified test images with the "
+                                            "highest loss (true class least probable first)" if len(wrong)
                                       else "Misclassified test images"),
          "misclassified")
     shown = wrong[:N_GRADCAM]
-    title = "Grad-CAM on the most confident mistakes (red: evidence for the predicted class)"
+    title = f"Grad-CAM on the {len(shown)} highest-loss mistakes"
     if len(shown) == 0:  # a perfect model: explain correct predictions instead of drawing nothing
         shown = np.argsort(-conf, kind="stable")[:N_GRADCAM]
-        title = "Grad-CAM on correctly classified test images (no mistakes to explain)"
+        title = f"Grad-CAM on {len(shown)} correctly classified test images (no mistakes to explain)"
     heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device),
                                            *normalization(config.std)), pred[shown]) if len(shown) else np.zeros((0, 32, 32))
     save(galleries.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
-                                title=title), "gradcam")
+                                true_prob=true_prob[shown], title=title), "gradcam")
     return written
+
+
+def step_losses(run_dir: Path) -> dict[str, np.ndarray]:
+    """`plot_loss`'s per-step keywords from RUN/steps.csv ({} without it): each step's loss at the epoch count at
+    its end, step / steps_per_epoch (the rows of the fullest epoch: every complete epoch has them all)."""
+    path = Path(run_dir) / "steps.csv"
+    steps = read_history(path) if path.is_file() else {}
+    if not len(steps.get("step", ())):
+        return {}
+    per_epoch = int(np.bincount(steps["epoch"].astype(np.int64)).max())
+    return {"step_epoch": steps["step"] / per_epoch, "step_loss": steps["loss"]}
 
 
 def _write_per_class(path: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:

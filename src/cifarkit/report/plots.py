@@ -66,12 +66,19 @@ def plot_lr_finder(
         bottom = float(min(finite.min(), raw.min() if raw.size else finite.min()))
         span = max(top - bottom, 1e-3)
         ax.set_ylim(bottom - 0.05 * span, top + 0.25 * span)
+    swept = lrs[np.isfinite(lrs) & (lrs > 0)]
+    if swept.size:  # the axis ends where the sweep did, no empty decade after the last LR (autoscale is now off)
+        ax.set_xlim(float(swept.min()), float(swept.max()))
     for value, name, colour, offset in ((lr_min, "LRMIN", "tab:green", 0.97), (lr_max, "LRMAX", "tab:red", 0.87)):
         if value is None:
             continue
         ax.axvline(value, color=colour, linestyle="--", linewidth=1.5, label=f"{name} = {value:.2e}")
-        ax.text(value, offset, f" {name}\n {value:.2e}", color=colour, fontsize=10, fontweight="bold",
-                va="top", ha="left", transform=ax.get_xaxis_transform())
+        # The label goes right of its line, or left of it in the last fifth of the axis, where it would spill over.
+        lo, hi = np.log10(ax.get_xlim())
+        left = (np.log10(value) - lo) / max(hi - lo, 1e-9) > 0.8
+        ax.text(value, offset, f"{name} \n{value:.2e} " if left else f" {name}\n {value:.2e}", color=colour,
+                fontsize=10, fontweight="bold", va="top", ha="right" if left else "left",
+                transform=ax.get_xaxis_transform())
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
     ax.set_title("LR range test")
@@ -91,18 +98,63 @@ def _epoch_axis(ax: Axes, epochs: Sequence[float] = ()) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def moving_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """Centred mean over `window` values (odd; shorter at the ends), skipping NaN/inf: it does not lag the data
+    as an exponential average does, so it lines up with the epoch means."""
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    kernel = np.ones(max(1, window | 1))
+    sums = np.convolve(np.where(finite, values, 0.0), kernel, mode="same")
+    counts = np.convolve(finite.astype(float), kernel, mode="same")
+    return np.divide(sums, counts, out=np.full(values.shape, np.nan), where=counts > 0)
+
+
 def plot_loss(
-    epochs: Sequence[int], train_loss: Sequence[float], test_loss: Sequence[float], *, ax: Axes | None = None
+    epochs: Sequence[int],
+    train_loss: Sequence[float],
+    test_loss: Sequence[float],
+    *,
+    step_epoch: Sequence[float] | None = None,
+    step_loss: Sequence[float] | None = None,
+    ax: Axes | None = None,
 ) -> Figure:
-    """Train and test loss per epoch."""
+    """Train and test loss per epoch; with the loss of every step (`step_loss`, at `step_epoch`: the epoch count at
+    each step's end, step / steps_per_epoch), also that, faint, with its moving mean, on the same epoch axis.
+
+        plot_loss(h["epoch"], h["train_loss"], h["test_loss"], step_epoch=s["step"] / 98, step_loss=s["loss"])
+    """
     fig, ax = _axes(ax, (8, 5))
-    ax.plot(epochs, train_loss, "o-", color=TRAIN_COLOUR, label="train")
-    ax.plot(epochs, test_loss, "s-", color=TEST_COLOUR, label="test")
-    _epoch_axis(ax, epochs)
+    if step_epoch is not None and step_loss is not None and len(step_loss):
+        _loss_per_step(ax, epochs, train_loss, test_loss, np.asarray(step_epoch, float), np.asarray(step_loss, float))
+    else:
+        ax.plot(epochs, train_loss, "o-", color=TRAIN_COLOUR, label="train")
+        ax.plot(epochs, test_loss, "s-", color=TEST_COLOUR, label="test")
+        _epoch_axis(ax, epochs)
+        ax.set_title("Loss per epoch")
+        ax.legend()
     ax.set_ylabel("cross-entropy loss")
-    ax.set_title("Loss per epoch")
-    ax.legend()
     return fig
+
+
+def _loss_per_step(ax: Axes, epochs: Sequence[int], train_loss: Sequence[float], test_loss: Sequence[float],
+                   x: np.ndarray, y: np.ndarray) -> None:
+    window = len(y) // 40 | 1  # ~1/40 of the run: smooths batch noise, keeps the one-cycle's bends
+    ax.plot(x, y, color=TRAIN_COLOUR, alpha=0.25 if window > 1 else 0.6, linewidth=0.8, label="train, per step")
+    if window > 1:
+        ax.plot(x, moving_mean(y, window), color=TRAIN_COLOUR, linewidth=2, label=f"train, mean of {window} steps")
+    # An epoch's train loss is the mean over its steps: it belongs mid-epoch; the test loss is measured at its end.
+    # clip_on=False: the last test point sits on the right edge of the axis, a whole square, not half of one.
+    ax.plot(np.asarray(epochs, dtype=float) - 0.5, train_loss, "o", color=TRAIN_COLOUR, markeredgecolor="white",
+            markersize=7, zorder=3, label="train, epoch mean (mid-epoch)")
+    ax.plot(epochs, test_loss, "s-", color=TEST_COLOUR, markeredgecolor="white", markersize=7, zorder=3,
+            clip_on=False, label="test, end of epoch")
+    _epoch_axis(ax)
+    end = max(float(np.max(epochs)), float(x.max()))
+    ax.set_xlim(0, end)
+    if end <= 2:  # a run of an epoch or two: fractions of an epoch on the axis, not just 0, 1, 2
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
+    ax.set_title(f"Loss per step and per epoch ({len(y)} steps)")
+    ax.legend(loc="upper right")  # where a falling loss leaves room ("best" would test thousands of points)
 
 
 def plot_accuracy(
