@@ -41,7 +41,7 @@ STEPS_PER_EPOCH = SUBSET // BATCH  # per rank: 32 images each, in batches of 16 
 TIMEOUT = 240
 # Everything a --no-plots run leaves, once: a per-rank copy or a leftover temp file would show up here.
 EXPECTED_FILES = [".lock", "checkpoints/last.pt", "config.json", "history.csv", "metrics.json", "model.pt",
-                  "schedule.json"]
+                  "schedule.json", "steps.csv"]
 
 
 def torchrun(*args: str) -> list[str]:
@@ -144,6 +144,7 @@ def test_two_process_gloo_training(ddp_run: Callable, augment: str) -> None:
     checksums = metrics["weights_checksum_per_rank"]
     assert len(checksums) == WORLD and checksums[0] == checksums[1]
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == EXPECTED_FILES
+    assert len((run / "steps.csv").read_text().splitlines()) == 1 + EPOCHS * STEPS_PER_EPOCH  # rank 0's steps
 
     rows = history(run)
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))

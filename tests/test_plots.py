@@ -178,7 +178,8 @@ def test_overlay_heatmap_blends_a_perceptual_colormap() -> None:
     heat = np.linspace(0, 1, 16).reshape(4, 4)
     assert np.allclose(galleries.overlay_heatmap(image, heat, alpha=0.0), 200 / 255)
     assert np.allclose(galleries.overlay_heatmap(image, heat, alpha=1.0), colormaps["inferno"](heat)[..., :3])
-    assert np.allclose(galleries.overlay_heatmap(image, heat, alpha=1.0, cmap="magma"), colormaps["magma"](heat)[..., :3])
+    magma = galleries.overlay_heatmap(image, heat, alpha=1.0, cmap="magma")
+    assert np.allclose(magma, colormaps["magma"](heat)[..., :3])
     half = galleries.overlay_heatmap(image, heat, alpha=0.5)
     assert np.allclose(half, 0.5 * 200 / 255 + 0.5 * colormaps["inferno"](heat)[..., :3])
 

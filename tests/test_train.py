@@ -57,6 +57,8 @@ def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path
     assert TrainConfig.load(reference_run / "config.json").lr_max == 1e-3
     assert (reference_run / "checkpoints" / "last.pt").is_file()
     assert len(json.loads((reference_run / "schedule.json").read_text())["lrs"]) == 2 * 4
+    steps = list(csv.DictReader((reference_run / "steps.csv").read_text().splitlines()))  # 2 epochs x 4 steps
+    assert list(steps[0]) == ["step", "epoch", "loss", "lr"] and len(steps) == 2 * 4
 
 
 @pytest.mark.slow
@@ -71,7 +73,7 @@ def test_same_seed_same_weights_on_cpu(tmp_path: Path, data, reference_run: Path
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, data, reference_run: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM at step 6 (epoch 2) writes a checkpoint at a step boundary; --resume ends bitwise equal to the
-    uninterrupted run, with the same history."""
+    uninterrupted run, with the same history and the same per-step losses."""
     real_step, calls = train_module.train_step, {"n": 0}
 
     def step_then_signal(*args, **kwargs):
@@ -93,6 +95,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, dat
     rows = list(csv.DictReader(open(run / "history.csv")))
     for a, b in zip(ref_rows, rows):
         assert (a["train_loss"], a["test_acc"], a["lr"]) == (b["train_loss"], b["test_acc"], b["lr"])
+    assert (run / "steps.csv").read_text() == (reference_run / "steps.csv").read_text()
 
 
 @pytest.mark.slow

@@ -75,7 +75,8 @@ def _item_tiles(fig: Figure | None, n: int, per_row: int, title: str, *, per_ite
     if n == 0:
         return _empty_grid(fig, title, empty, title_size=empty_title_size), np.empty((0, per_item), dtype=object)
     per_row = max(1, min(per_row, n))
-    fig, axes = _tile_grid(fig, -(-n // per_row), per_row * per_item, title, tile=1.9, title_h=0.42, right=right, group=per_item, group_gap=0.35 if per_item > 1 else 0.0)
+    fig, axes = _tile_grid(fig, -(-n // per_row), per_row * per_item, title, tile=1.9, title_h=0.42, right=right,
+                           group=per_item, group_gap=0.35 if per_item > 1 else 0.0)
     tiles = axes.reshape(-1, per_item)
     for ax in tiles.ravel():
         _image_axes(ax)
@@ -212,8 +213,8 @@ def plot_gradcam(
     it explains; a second title line states the colormap and the opacity.
     """
     n = len(images)
-    note = f"{title}\nheatmap ({cmap}) over the image at {100 * alpha:.0f}% opacity; bright: evidence for the " \
-           "predicted class"
+    note = (f"{title}\nheatmap ({cmap}) over the image at {100 * alpha:.0f}% opacity; bright: evidence for the "
+            "predicted class")
     fig, tiles = _item_tiles(fig, n, pairs_per_row, note if n else title, per_item=2, empty="No images to explain.",
                              empty_title_size=12, right=1.0)
     for i, (left, right) in enumerate(tiles):

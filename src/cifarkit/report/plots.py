@@ -138,6 +138,7 @@ def plot_loss(
 
 def _loss_per_step(ax: Axes, epochs: Sequence[int], train_loss: Sequence[float], test_loss: Sequence[float],
                    x: np.ndarray, y: np.ndarray) -> None:
+    """plot_loss with the loss of every step `y` at epochs `x`: an axis from 0 to the last epoch."""
     window = len(y) // 40 | 1  # ~1/40 of the run: smooths batch noise, keeps the one-cycle's bends
     ax.plot(x, y, color=TRAIN_COLOUR, alpha=0.25 if window > 1 else 0.6, linewidth=0.8, label="train, per step")
     if window > 1:
