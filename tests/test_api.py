@@ -57,7 +57,9 @@ def test_predict_takes_arrays_pil_images_and_paths(run: Path, tmp_path: Path) ->
     assert cifarkit.predict(loaded, [Image.fromarray(i) for i in images], top_k=3) == expected
     assert cifarkit.predict(loaded, paths, top_k=3) == expected
     assert cifarkit.predict(run, [str(p) for p in paths], top_k=3, device="cpu") == expected
-    assert cifarkit.predict(loaded, images[0], top_k=3) == expected[:1]
+    single = cifarkit.predict(loaded, images[0], top_k=3)  # a batch of one: a GEMM that may round differently
+    assert [c for c, _ in single[0]] == [c for c, _ in expected[0]]
+    assert [p for _, p in single[0]] == pytest.approx([p for _, p in expected[0]], rel=1e-5)
     assert len(cifarkit.predict(loaded.model, np.zeros((48, 64, 3), np.uint8))[0]) == 1
 
 
@@ -115,4 +117,5 @@ def test_readme_python_api_snippet_runs(tmp_path: Path, monkeypatch: pytest.Monk
     exec(compile(readme_snippet(), str(README), "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out
     assert (tmp_path / "runs" / "api" / "model.pt").is_file()
-    assert re.search(r"\[\('(\w+)', 0\.\d+\), \('(\w+)', 0\.\d+\), \('(\w+)', 0\.\d+\)\]", out), out
+    number = r"[\d.e+-]+"
+    assert re.search(rf"\[\('\w+', {number}\), \('\w+', {number}\), \('\w+', {number}\)\]", out), out

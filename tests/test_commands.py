@@ -153,7 +153,8 @@ def test_every_command_accepts_precision_fp16(tmp_path: Path, capsys: pytest.Cap
     commands = [
         ["train", *small, "--subset", "2", "--test-subset", "2", "--batch-size", "2", "--epochs", "1", "--lr-min",
          "1e-4", "--lr-max", "1e-3", "--no-plots", "--out", str(run)],
-        ["lr-find", *small, "--subset", "4", "--batch-size", "2", "--lr-find-iters", "10", "--out", str(tmp_path / "lr")],
+        ["lr-find", *small, "--subset", "2", "--batch-size", "2", "--lr-find-iters", "10", "--lr-find-start", "1e-4",
+         "--lr-find-end", "1", "--out", str(tmp_path / "lr")],  # 2 images: the loss falls within 10 steps
         ["evaluate", *small, "--checkpoint", str(run), "--test-subset", "2"],
         ["predict", *small, "--checkpoint", str(run), str(image)],
         ["report", *small, str(run / "model.pt")],

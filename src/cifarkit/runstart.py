@@ -18,8 +18,8 @@ from cifarkit.errors import CifarkitError
 
 def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None, resume: bool,
              run: Path) -> tuple[TrainConfig, Cifar10]:
-    """The data a run trains on, and `config` recording it: `data` its absolute path ("synthetic", or None for data
-    made in memory), `data_fingerprint` its arrays' sha256.
+    """The data a run trains on, and `config` recording it: `data` its absolute path ("synthetic"; None for data made
+    or cut down in memory, which its path would not give back), `data_fingerprint` its arrays' sha256.
 
     A new run: `data` (a Cifar10, a path or "synthetic"), else config.data, else $CIFARKIT_DATA, the cache, a
     download. A resumed run: exactly the data it recorded, never what $CIFARKIT_DATA or the cache hold now; data given
@@ -27,7 +27,8 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
     """
     if not resume:
         source = data if isinstance(data, Cifar10) else resolve_data(data if data is not None else config.data)
-        return replace(config, data=source.path, data_fingerprint=data_fingerprint(source)), source
+        path = source.path if source.fingerprint else None  # a loader's whole set: its path gives these arrays back
+        return replace(config, data=path, data_fingerprint=data_fingerprint(source)), source
     checkpoint = run / "checkpoints" / "last.pt"
     if not checkpoint.is_file():  # stopped before its first epoch ended: nothing to lose
         hint = "it is written at the end of the first epoch"
@@ -42,7 +43,7 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
     else:
         source = given if isinstance(given, Cifar10) else resolve_data(given)
         check_same_data(source, saved.data_fingerprint, owner=owner)
-    path = source.path if source.path is not None else saved.data  # the same data, perhaps moved: where it is now
+    path = source.path if source.fingerprint else saved.data  # the same data, perhaps moved: where it is now
     return replace(config, data=path, data_fingerprint=saved.data_fingerprint), source
 
 

@@ -274,5 +274,5 @@ def load_cifar10(source: str | os.PathLike[str]) -> Cifar10:
     except OSError as exc:  # unreadable folders or files met on the way (permissions, I/O errors)
         raise CifarkitError(f"{path}: cannot read it ({exc}); check the permissions of the data") from exc
     layout = "python batches" if kind == "pickle" else "image folders"
-    # the path the user gave, not the cache's copy
-    return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {path}", path=str(path.resolve()))
+    where = str(path.resolve())  # the data the user gave, not the cache's copy of it
+    return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {where}", path=where)
