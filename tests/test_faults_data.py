@@ -66,6 +66,12 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(autouse=True)
+def _small_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--data synthetic` draws 64/32 images, as in the run below: a resumed run checks that its data is the same."""
+    monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch run on synthetic data (64/32 images drawn; 8/8 used): config.json and last.pt."""
@@ -239,7 +245,7 @@ def test_hostile_data_is_refused_by_train(tmp_path: Path, cifar_cache: Path, tin
                                           cifar_files: SimpleNamespace, capsys: pytest.CaptureFixture[str],
                                           case: str) -> None:
     """`cifarkit train --data X` on a hostile or malformed data set: exit 2, one `error:` line naming the problem, no
-    code run (marker absent), and the only file written anywhere is the run folder's lock: nothing outside the
+    code run (marker absent), and no file written anywhere: no run folder (not even its lock), nothing outside the
     extraction folder, no partial cache entry. The bomb is refused at the real caps, from its headers."""
     marker = tmp_path / "MARKER"
     source, fragment = hostile_data(case, tmp_path, tiny_data, cifar_files, marker)
@@ -248,4 +254,5 @@ def test_hostile_data_is_refused_by_train(tmp_path: Path, cifar_cache: Path, tin
     code, err = main(["train", "--data", str(source), *ARGS, "--out", str(run)], capsys)
     assert_one_error_line(code, err, fragment)
     assert not marker.exists()
-    assert {p for p in set(tmp_path.rglob("*")) - before if not p.is_dir()} == {run / ".lock"}
+    assert {p for p in set(tmp_path.rglob("*")) - before if not p.is_dir()} == set()
+    assert not run.exists()

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import cifarkit.commands as commands
+import cifarkit.data.sources
 from cifarkit import report
-from cifarkit.data import Cifar10, normalization
+from cifarkit.data import normalization
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.errors import CifarkitError
@@ -57,17 +58,13 @@ def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = Tr
     return config
 
 
-def tiny_data() -> Cifar10:
-    return make_synthetic(n_train=40, n_test=30)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder processed by build_report (which runs write_plots and write_report), data patched to be tiny."""
     run = tmp_path_factory.mktemp("runs") / "demo"
     make_run_files(run)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(commands, "resolve_data", lambda source: tiny_data())
+        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (40, 30))
         path = commands.build_report(run, device="cpu")
     assert path == run / "report.md"
     return run

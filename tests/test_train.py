@@ -107,9 +107,10 @@ def test_resume_with_another_recipe_is_refused(tmp_path: Path, data, reference_r
 
 @pytest.mark.slow
 def test_new_run_into_an_existing_run_is_refused(data, reference_run: Path) -> None:
-    """Without --resume, a folder that already holds a checkpoint is not overwritten."""
+    """Without resume=True, a folder that already holds a checkpoint is not overwritten, and the error names the
+    argument (resume=True), not the CLI flag."""
     before = (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns
-    with pytest.raises(CifarkitError, match="--resume"):
+    with pytest.raises(CifarkitError, match=r"resume=True"):
         fit(tiny_config(reference_run), data=data, progress=False)
     assert (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
 

@@ -12,16 +12,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Cifar10": "cifarkit.data", "load_cifar10": "cifarkit.data", "TrainConfig": "cifarkit.config",
-    "CifarkitError": "cifarkit.errors", "LRFinderResult": "cifarkit.lr_finder", "find_lr": "cifarkit.lr_finder",
-    "CustomResNet": "cifarkit.models", "one_cycle": "cifarkit.schedule", "History": "cifarkit.train",
-    "evaluate": "cifarkit.train", "fit": "cifarkit.train",
+    "Cifar10": "cifarkit.data", "load_cifar10": "cifarkit.data", "resolve_data": "cifarkit.data",
+    "TrainConfig": "cifarkit.config", "CifarkitError": "cifarkit.errors", "LRFinderResult": "cifarkit.lr_finder",
+    "find_lr": "cifarkit.lr_finder", "CustomResNet": "cifarkit.models", "one_cycle": "cifarkit.schedule",
+    "History": "cifarkit.train", "evaluate": "cifarkit.train", "fit": "cifarkit.train",
+    "LoadedModel": "cifarkit.api", "load_model": "cifarkit.api", "predict": "cifarkit.api",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from cifarkit.api import LoadedModel, load_model, predict
     from cifarkit.config import TrainConfig
-    from cifarkit.data import Cifar10, load_cifar10
+    from cifarkit.data import Cifar10, load_cifar10, resolve_data
     from cifarkit.errors import CifarkitError
     from cifarkit.lr_finder import LRFinderResult, find_lr
     from cifarkit.models import CustomResNet

@@ -1,22 +1,41 @@
 """`cifarkit` command line: summary, lr-find, train, evaluate, predict, report, bench.
 
-`train` flags map one to one onto TrainConfig fields (--lr-max is TrainConfig.lr_max). Errors a user can cause
-print one `error: ...` line on stderr and exit 2, with no traceback.
+`train` and `lr-find` flags map one to one onto TrainConfig fields (--lr-max is TrainConfig.lr_max). Every number is
+checked before any work starts. Errors a user can cause print one `error: ...` line on stderr and exit 2, with no
+traceback; what a command uses (weights, data) is said on stderr, results go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from cifarkit import __version__
 from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
+
+NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
+LR_FIND_FIELDS = ("data", "out", "batch_size", "weight_decay", "label_smoothing", "seed", "device", "subset",
+                  "augment", "pad_mode", "std", "cutout_p", "cutout_size", "workers", "precision", "channels_last",
+                  "lr_find_iters", "lr_find_start", "lr_find_end")
+MAX_TOP_K = 10  # CIFAR-10's classes
+PRECISION_HELP = "auto, bf16, fp16 or fp32 (autocast); auto: what the hardware runs best, as train's --precision"
+SUMMARY_PRECISION = ("summary: --precision does not apply: the table counts parameters and multiply-adds, which are "
+                     "the same in every precision")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one `error:` line every cifarkit mistake gets (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CifarkitError(f"{message} (see {self.prog} --help)")
 
 
 def _field_type(tp: Any) -> Any:
@@ -29,11 +48,14 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | Non
     """One flag per TrainConfig field; defaults are SUPPRESSed so we know which flags the user gave."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra" or (names is not None and f.name not in names):
+        if f.name in NOT_FLAGS or (names is not None and f.name not in names):
             continue
         tp = _field_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f.metadata["help"].replace("%", "%%")
+        if "default:" not in help_text:  # a None default is explained in the help itself ("default: all")
+            shown = ("on" if f.default else "off") if tp is bool else f.default
+            help_text += f" (default: {shown})"
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
@@ -45,53 +67,88 @@ def given_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in low..high, refused while parsing, before any work."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {f'in {low}..{high}' if high else f'at least {low}'}, got "
+                                             f"{value}")
+        return value
+    return parse
+
+
+def add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--device and --precision, for every command that runs the model."""
+    p.add_argument("--device", default="auto", help=f"where {what} runs: auto (cuda, then mps, then cpu), cpu, cuda "
+                   "or mps (default: auto)")
+    p.add_argument("--precision", default="auto", help=f"{PRECISION_HELP} (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cifarkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="cifarkit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cifarkit {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_help = "a run folder (its model.pt, else checkpoints/last.pt), or a weights file"
 
     p = sub.add_parser("summary", help="print the model's torchinfo table")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=count(1), default=512, help="input batch of the table (default: 512)")
+    p.add_argument("--precision", default=None, help="accepted for symmetry with the other commands; does not "
+                   "apply here (the counts are the same in every precision)")
 
     p = sub.add_parser("lr-find", help="run the LR range test and suggest LRMIN and LRMAX")
-    add_config_flags(p, ["data", "out", "batch_size", "weight_decay", "seed", "device", "subset", "augment",
-                         "pad_mode", "std", "cutout_p", "cutout_size", "workers", "lr_find_start", "lr_find_end"])
-    p.add_argument("--iters", dest="lr_find_iters", type=int, default=argparse.SUPPRESS,
-                   help="steps of the sweep (default: 200)")
+    add_config_flags(p, LR_FIND_FIELDS)
 
     p = sub.add_parser("train", help="train the assignment's recipe (runs the LR range test unless LRs are given)")
     add_config_flags(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, on "
+                   "the data it recorded")
 
     p = sub.add_parser("evaluate", help="test accuracy of a run's weights")
-    p.add_argument("--checkpoint", required=True, help="RUN/model.pt, RUN/checkpoints/last.pt, or a run folder")
-    p.add_argument("--data", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help=run_help)
+    p.add_argument("--data", default=None, help="data to test on (default: the data the run recorded, checked by "
+                   "its fingerprint)")
+    p.add_argument("--test-subset", type=count(1), default=None, help="class-balanced number of test images "
+                   "(default: the whole test set)")
     p.add_argument("--tta", action="store_true", help="also report flip test-time-augmented accuracy")
+    add_run_flags(p, "evaluation")
 
     p = sub.add_parser("predict", help="classify image files")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help=run_help)
+    p.add_argument("images", nargs="+", help="image files, any size (resized to 32x32; at most 4096x4096)")
+    p.add_argument("--top-k", type=count(1, MAX_TOP_K), default=1, help="classes to print per image, most likely "
+                   "first (1-10, default: 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON list of {image, top: [{class, probability}]}")
+    p.add_argument("--data", default=None, help="data set whose class names to print (default: CIFAR-10's)")
+    add_run_flags(p, "prediction")
 
     p = sub.add_parser("report", help="(re)draw a run's plots and write RUN/report.md")
-    p.add_argument("run", type=Path)
-    p.add_argument("--data", default=None, help="data source (default: the run's own)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("run", type=Path, metavar="RUN", help=run_help + " inside a run folder")
+    p.add_argument("--data", default=None, help="data to draw from (default: the data the run recorded, checked by "
+                   "its fingerprint)")
+    add_run_flags(p, "the model")
 
     p = sub.add_parser("bench", help="training and data-pipeline throughput against a bare loop")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", default="auto", help="auto, bf16 or fp32, as train's --precision")
+    p.add_argument("--batch-size", type=count(1), default=512, help="images per step (default: 512)")
+    p.add_argument("--steps", type=count(1), default=5, help="steps per timing (default: 5)")
+    p.add_argument("--repeats", type=count(1), default=3, help="interleaved timings; the median is shown (default: 3)")
+    add_run_flags(p, "the benchmark")
     return parser
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from cifarkit.summary import model_summary
 
-    if args.batch_size <= 0:
-        raise CifarkitError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.precision is not None:
+        from cifarkit.device import PRECISIONS
+
+        if args.precision not in PRECISIONS:
+            raise CifarkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
+        print(SUMMARY_PRECISION, file=sys.stderr)
     print(model_summary(args.batch_size))
     return 0
 
@@ -125,31 +182,40 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cifarkit.commands import evaluate_command
 
-    result = evaluate_command(Path(args.checkpoint), data=args.data, device=args.device, tta=args.tta)
-    print(" ".join(f"{k}={v:.4f}" for k, v in result.items()))
+    result = evaluate_command(Path(args.checkpoint), data=args.data, device=args.device, precision=args.precision,
+                              tta=args.tta, test_subset=args.test_subset)
+    print(" ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}" for k, v in result.items()))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from cifarkit.commands import predict_command
 
-    for path, label, prob in predict_command(Path(args.checkpoint), [Path(p) for p in args.images], args.device):
-        print(f"{path}\t{label}\t{prob:.4f}")
+    results = predict_command(Path(args.checkpoint), args.images, device=args.device, precision=args.precision,
+                              top_k=args.top_k, data=args.data)
+    if args.json:
+        print(json.dumps([{"image": image, "top": [{"class": c, "probability": p} for c, p in top]}
+                          for image, top in results], indent=2))
+    else:  # a line per image: the image, then each class and its probability, tab-separated
+        for image, top in results:
+            print("\t".join([image, *(f"{c}\t{p:.4f}" for c, p in top)]))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from cifarkit.commands import build_report
 
-    print(build_report(args.run, data_source=args.data, device=args.device))
+    print(build_report(args.run, data_source=args.data, device=args.device, precision=args.precision))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from cifarkit.bench import format_bench, run_bench
+    from cifarkit.device import pick_device, resolve_precision
 
+    precision = resolve_precision(args.precision, pick_device(args.device))
     print(format_bench(run_bench(device=args.device, batch_size=args.batch_size, steps=args.steps,
-                                 repeats=args.repeats, precision=args.precision)))
+                                 repeats=args.repeats, precision=precision)))
     return 0
 
 
@@ -158,12 +224,21 @@ COMMANDS = {"summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from cifarkit.stops import TrainingInterrupted
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help and --version print, then exit 0
+        return e.code if isinstance(e.code, int) else 0
+    except CifarkitError as e:
+        print(f"error: {e.cli_line()}", file=sys.stderr)
+        return 2
+    from cifarkit.stops import TrainingInterrupted  # imports torch: not for --help
 
     try:
         return COMMANDS[args.command](args)
-    except (CifarkitError, OSError) as e:  # OSError: a full disk, a read-only or vanished folder, not a bug
+    except CifarkitError as e:
+        print(f"error: {e.cli_line()}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only or vanished folder: not a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:

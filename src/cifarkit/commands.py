@@ -1,19 +1,22 @@
-"""The CLI's commands beyond `train`: the LR range test on its own, evaluation, prediction and the report of a run."""
+"""The CLI's commands beyond `train`: the LR range test on its own, evaluation, prediction and the report of a run.
+
+Each checks all its inputs first (weights, data, fingerprints), then says on stderr what it uses, then works.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cifarkit.checkpoint import load_model
+from cifarkit.api import check_weights_file, find_weights, load_model, predict, weights_note
 from cifarkit.config import TrainConfig
-from cifarkit.data import CLASSES, normalization, resolve_data, subset
-from cifarkit.data.augment import normalize_batch
-from cifarkit.data.images import read_image
+from cifarkit.data import Cifar10, data_fingerprint, recorded_data, resolve_data, subset
 from cifarkit.data.loaders import build_train_batches
-from cifarkit.device import pick_device
+from cifarkit.data.sources import describe_data
+from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.lr_finder import LRFinderResult, range_test
 from cifarkit.models import build_model
@@ -22,12 +25,30 @@ from cifarkit.report.plots import plot_lr_finder, save_figure
 from cifarkit.train import evaluate
 
 
+def note(line: str) -> None:
+    """What a command uses, said before it works: on stderr, so stdout keeps only results."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def data_of_run(config: TrainConfig, given: str | None, owner: str) -> Cifar10:
+    """`--data` when given (said to be or not to be the run's own data); else exactly the data the run recorded."""
+    if given is None:
+        return recorded_data(config.data, config.data_fingerprint, owner=owner)
+    data = resolve_data(given)
+    own = config.data_fingerprint is not None and data_fingerprint(data) == config.data_fingerprint
+    which = "the data the run was trained on" if own else "not the data the run was trained on"
+    return dataclasses.replace(data, source=f"{data.source}, given by --data ({which})")
+
+
 def lr_find_command(config: TrainConfig) -> LRFinderResult:
     """The range test on config's data; writes OUT/lr_finder.json and OUT/lr_finder.png."""
     config.validate()
     device = pick_device(config.device)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
     torch.manual_seed(config.seed)
-    data = subset(resolve_data(config.data), config.subset, None, seed=config.seed)
+    full = resolve_data(config.data)
+    data = subset(full, config.subset, None, seed=config.seed)
+    note(f"{describe_data(data, data_fingerprint(full))}; {device}, {config.precision}")
     model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
     result = range_test(model, batches, config)
@@ -39,52 +60,78 @@ def lr_find_command(config: TrainConfig) -> LRFinderResult:
     return result
 
 
-def evaluate_command(path: Path, *, data: str | None, device: str, tta: bool) -> dict[str, float]:
+def evaluate_command(path: Path, *, data: str | None, device: str, precision: str = "auto", tta: bool = False,
+                     test_subset: int | None = None) -> dict[str, float]:
+    """Test loss and accuracy (and flip-TTA accuracy) of a run's weights on the whole test set, or a class-balanced
+    `test_subset` of it; `images` says how many were used."""
     dev = pick_device(device)
-    model, config = load_model(path, dev)
-    config.tta = tta
-    dataset = subset(resolve_data(data or config.data), None, config.test_subset, seed=config.seed)
-    images, labels = torch.from_numpy(dataset.test_images).to(dev), torch.from_numpy(dataset.test_labels).to(dev)
-    config.channels_last = False
-    result = evaluate(model, images, labels, config)
+    precision = resolve_precision(precision, dev)
+    weights = find_weights(path)
+    model, config = load_model(weights, dev)
+    full = data_of_run(config, data, f"the run of {weights}")
+    dataset = subset(full, None, test_subset, seed=config.seed)
+    note(weights_note(weights))
+    note(f"{describe_data(dataset, data_fingerprint(full))}; {dev}, {precision}")
+    images = torch.from_numpy(dataset.test_images).to(dev)
+    labels = torch.from_numpy(dataset.test_labels).to(dev)
+    config = dataclasses.replace(config, channels_last=False)  # the loaded model is in the default memory format
+    result = evaluate(model, images, labels, config, precision=precision, tta=tta)
     out = {"test_accuracy": result["acc"], "test_loss": result["loss"]}
     if tta:
         out["test_accuracy_tta"] = result["acc_tta"]
-    return out
+    return out | {"images": len(labels)}
 
 
-def predict_command(path: Path, images: list[Path], device: str) -> list[tuple[Path, str, float]]:
-    """(image, predicted class, its probability) for each image file."""
+def predict_command(path: Path, images: list[str], *, device: str, precision: str = "auto", top_k: int = 1,
+                    data: str | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """(image, its top_k (class, probability) pairs) for each image file; class names from `data` when given."""
     dev = pick_device(device)
-    model, config = load_model(path, dev)
-    batch = torch.from_numpy(np.stack([read_image(p) for p in images])).to(dev)
-    probs = model.predict_proba(normalize_batch(batch, *normalization(config.std)))
-    classes = CLASSES if model.num_classes == len(CLASSES) else tuple(f"class{i}" for i in range(model.num_classes))
-    conf, idx = probs.max(1)
-    return [(p, classes[int(i)], float(c)) for p, i, c in zip(images, idx, conf)]
+    precision = resolve_precision(precision, dev)
+    weights = find_weights(path)
+    loaded = load_model(weights, dev)
+    classes = None
+    if data is not None:
+        names = resolve_data(data)
+        if len(names.classes) != loaded.model.num_classes:
+            raise CifarkitError(f"{names.source} has {len(names.classes)} classes, the model "
+                                f"{loaded.model.num_classes}: give the data it was trained on")
+        classes = names.classes
+    results = predict(loaded, images, top_k=top_k, classes=classes, precision=precision)
+    note(weights_note(weights))
+    if data is not None:
+        note(f"class names: from {names.source}, given by --data")
+    return list(zip(images, results))
 
 
-def build_report(run_dir: Path, *, data_source: str | None = None, device: str = "auto") -> Path:
+def build_report(run_or_weights: Path, *, data_source: str | None = None, device: str = "auto",
+                 precision: str = "auto") -> Path:
     """`cifarkit report RUN`: reload the run's config, weights and test data, redraw every plot, rewrite the report.
 
-    A finished run is drawn from RUN/model.pt; a run still in progress (or stopped) from its last checkpoint.
+    RUN is a run folder (drawn from RUN/model.pt, or from its last checkpoint while it is going or stopped) or a
+    weights file inside one. The data is the run's own, checked by fingerprint, unless `data_source` is given.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CifarkitError(f"no run folder at {run_dir}: give the --out folder of a `cifarkit train` run")
+    path = Path(run_or_weights)
+    if path.is_file():
+        check_weights_file(path)
+        run_dir = next((p for p in (path.parent, path.parent.parent) if (p / "config.json").is_file()), None)
+        if run_dir is None:
+            raise CifarkitError(f"{path} is not inside a run folder (no config.json beside it); give the run folder")
+    elif path.is_dir():
+        run_dir = path
+    else:
+        raise CifarkitError(f"no run folder at {path}: give the --out folder of a `cifarkit train` run")
     for name in ("config.json", "metrics.json"):
         if not (run_dir / name).is_file():
             raise CifarkitError(f"{run_dir} has no {name}: give the folder of a `cifarkit train` run that "
                                 "completed at least one epoch")
-    weights = run_dir / "model.pt"
-    if not weights.is_file():
-        weights = run_dir / "checkpoints" / "last.pt"
-    if not weights.is_file():
-        raise CifarkitError(f"{run_dir} has neither model.pt nor checkpoints/last.pt: nothing to draw")
+    weights = path if path.is_file() else find_weights(run_dir)
     dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     model, _ = load_model(weights, dev)
     config = TrainConfig.load(run_dir / "config.json")
-    data = resolve_data(data_source or config.data)
-    data = subset(data, None, config.test_subset, seed=config.seed)
-    write_plots(run_dir, model=model, data=data, config=config, device=dev)
+    full = data_of_run(config, data_source, f"run {run_dir}")
+    data = subset(full, None, config.test_subset, seed=config.seed)
+    note(weights_note(weights))
+    note(f"{describe_data(data, data_fingerprint(full))}; {dev}, {precision}")
+    write_plots(run_dir, model=model, data=data, config=config, device=dev, precision=precision)
     return write_report(run_dir)

@@ -1,6 +1,8 @@
-"""One dataclass for a training run. Its defaults are the assignment; CLI flags map onto its fields one to one.
+"""One dataclass for a training run. Its defaults are the assignment; CLI flags map onto its fields one to one
+(all but `data_fingerprint` and `extra`, which a run records).
 
-It is saved as `config.json` in every run folder and inside every checkpoint.
+It is saved as `config.json` in every run folder and inside every checkpoint, with the data the run used: `data`, its
+absolute path (or "synthetic"), and `data_fingerprint`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 from cifarkit.atomic import write_json
 from cifarkit.data.stats import check_pad_mode, cifar10_std
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, named_error
+
 
 def opt(default: Any, help: str) -> Any:
     """A field whose help text is also the CLI flag's help."""
@@ -29,35 +32,37 @@ ASSIGNMENT_PEAK_EPOCH = 5.0
 class TrainConfig:
     """Everything that defines a run. Defaults reproduce the assignment."""
 
-    data: str | None = opt(None, 'dataset source (see load_cifar10), "synthetic", or None: $CIFARKIT_DATA, cache, download')
+    data: str | None = opt(None, 'CIFAR-10 folder or archive (see load_cifar10), or "synthetic"; default: '
+                           '$CIFARKIT_DATA, else the cache, else a download. A run records the absolute path it used')
+    data_fingerprint: str | None = opt(None, "sha256 of the data's decoded arrays, recorded by the run (not a flag)")
     out: str = opt("runs/default", 'run folder: config, history, metrics, checkpoints, plots, report')
     epochs: int = opt(ASSIGNMENT_EPOCHS, 'training epochs (the assignment: 24)')
-    peak_epoch: float | None = opt(None, 'epoch at whose end the LR peaks; None: 5/24 of the run (5 at 24 epochs)')
+    peak_epoch: float | None = opt(None, 'epoch at whose end the LR peaks; default: 5/24 of the run (5 at 24 epochs)')
     batch_size: int = opt(512, 'global batch, split across ranks under torchrun')
-    lr_min: float | None = opt(None, 'one-cycle start and end LR; None: found by the LR range test')
-    lr_max: float | None = opt(None, 'one-cycle peak LR; None: found by the LR range test')
+    lr_min: float | None = opt(None, 'one-cycle start and end LR; default: found by the LR range test')
+    lr_max: float | None = opt(None, 'one-cycle peak LR; default: found by the LR range test')
     final_div: float = opt(1.0, 'final LR = lr_min / final_div; 1 = no annihilation (assignment), 100 = reference variant')
     label_smoothing: float = opt(0.0, "CrossEntropyLoss's label_smoothing: 0 = the assignment's plain cross-entropy")
     beta1_peak: float = opt(0.9, "Adam's beta1 at the LR peak (cycled linearly against the LR; 0.85 in OneCycleLR)")
     beta1_ends: float = opt(0.9, "Adam's beta1 at LRMIN, the cycle's start and end (0.95 in OneCycleLR); "
-                                 "equal to --beta1-peak: constant, Adam's default 0.9")
+                                 "equal to beta1_peak: constant, Adam's default 0.9")
     weight_decay: float = opt(1e-4, "Adam's (coupled, L2) weight decay, as the reference")
-    lr_find_iters: int = opt(200, 'steps of the LR range test')
+    lr_find_iters: int = opt(200, 'steps of the LR range test; at least 10')
     lr_find_start: float = opt(1e-7, 'first LR of the exponential sweep')
     lr_find_end: float = opt(10.0, 'last LR of the sweep (it stops earlier once the loss diverges)')
     seed: int = opt(0, 'seed of weights, data order and augmentation')
-    device: str = opt("auto", 'auto: cuda, then mps, then cpu')
-    subset: int | None = opt(None, 'class-balanced number of training images (None: all 50,000)')
-    test_subset: int | None = opt(None, 'class-balanced number of test images (None: all 10,000)')
+    device: str = opt("auto", 'auto (cuda, then mps, then cpu), cpu, cuda or mps')
+    subset: int | None = opt(None, 'class-balanced number of training images; default: all (50,000)')
+    test_subset: int | None = opt(None, 'class-balanced number of test images; default: all (10,000)')
     augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: batched on CUDA')
     pad_mode: str = opt("reflect", 'padding for the 4-pixel pad before the random crop: "reflect" (as the reference: '
                         'the default of albumentations 1.x) or "zero" (the mean colour)')
     std: str = opt("true", 'normalisation std: "true" (dataset std) or "reference" (0.2023, 0.1994, 0.2010)')
     cutout_p: float = opt(0.5, 'probability of the one 8x8 CutOut hole, filled with the dataset mean')
     cutout_size: int = opt(8, 'hole side, pixels')
-    workers: int | None = opt(None, 'DataLoader workers; None: fitted to the machine')
+    workers: int | None = opt(None, 'DataLoader workers; default: fitted to the machine')
     eval_batch_size: int = opt(1024, 'batch size for evaluation (no gradients, so it can be larger)')
-    precision: str = opt("auto", '"bf16" (autocast), "fp32", or auto: bf16 on CUDA and on CPUs with bf16 units '
+    precision: str = opt("auto", 'auto, bf16, fp16 or fp32 (autocast); auto: bf16 on CUDA and on CPUs with bf16 units '
                          '(AVX512-BF16 or AMX), fp32 elsewhere')
     channels_last: bool = opt(True, 'NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs')
     compile: bool = opt(False, 'torch.compile the model (CUDA)')
@@ -72,47 +77,48 @@ class TrainConfig:
             self.peak_epoch = ASSIGNMENT_PEAK_EPOCH * self.epochs / ASSIGNMENT_EPOCHS
 
     def validate(self) -> None:
-        """Raise CifarkitError naming the first invalid field."""
-        if self.epochs <= 0:
-            raise CifarkitError(f"--epochs must be positive, got {self.epochs}")
-        if self.batch_size <= 0:
-            raise CifarkitError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.eval_batch_size <= 0:
-            raise CifarkitError(f"--eval-batch-size must be positive, got {self.eval_batch_size}")
+        """Raise CifarkitError naming the first invalid field (`epochs`; the CLI prints its flag, `--epochs`)."""
+        from cifarkit.device import PRECISIONS  # here, not at import: device imports torch, `cifarkit --help` need not
+
+        def check(ok: bool, message: str, *names: str) -> None:
+            if not ok:
+                raise named_error(message, *names)
+
+        check(self.epochs > 0, f"epochs must be positive, got {self.epochs}", "epochs")
+        check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}", "batch_size")
+        check(self.eval_batch_size > 0, f"eval_batch_size must be positive, got {self.eval_batch_size}",
+              "eval_batch_size")
         assert self.peak_epoch is not None
-        if not 0 < self.peak_epoch <= self.epochs:
-            raise CifarkitError(f"--peak-epoch must be in (0, epochs={self.epochs}], got {self.peak_epoch}")
+        check(0 < self.peak_epoch <= self.epochs, f"peak_epoch must be in (0, epochs={self.epochs}], got "
+              f"{self.peak_epoch}", "peak_epoch")
         for name in ("lr_min", "lr_max"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise CifarkitError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.lr_min is not None and self.lr_max is not None and self.lr_min >= self.lr_max:
-            raise CifarkitError(f"--lr-min ({self.lr_min:g}) must be below --lr-max ({self.lr_max:g})")
-        if self.final_div < 1:
-            raise CifarkitError(f"--final-div must be >= 1 (no LR above lr_min at the end), got {self.final_div}")
-        if not 0 <= self.label_smoothing < 1:
-            raise CifarkitError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+            check(value is None or value > 0, f"{name} must be positive, got {value}", name)
+        if self.lr_min is not None and self.lr_max is not None:
+            check(self.lr_min < self.lr_max, f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g})",
+                  "lr_min", "lr_max")
+        check(self.final_div >= 1, f"final_div must be >= 1 (no LR above lr_min at the end), got {self.final_div}",
+              "final_div")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
+              "label_smoothing")
         for name in ("beta1_peak", "beta1_ends"):
-            if not 0 <= getattr(self, name) < 1:
-                raise CifarkitError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
-        if self.lr_find_iters < 10:
-            raise CifarkitError(f"--lr-find-iters must be at least 10, got {self.lr_find_iters}")
-        if not 0 < self.lr_find_start < self.lr_find_end:
-            raise CifarkitError("--lr-find-start must be positive and below --lr-find-end")
+            check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}", name)
+        check(self.lr_find_iters >= 10, f"lr_find_iters must be at least 10, got {self.lr_find_iters}",
+              "lr_find_iters")
+        check(0 < self.lr_find_start < self.lr_find_end, "lr_find_start must be positive and below lr_find_end",
+              "lr_find_start", "lr_find_end")
         for name in ("subset", "test_subset", "workers"):
             value = getattr(self, name)
-            if value is not None and value < (0 if name == "workers" else 1):
-                raise CifarkitError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.augment not in ("auto", "albumentations", "batched"):
-            raise CifarkitError(f"--augment must be auto, albumentations or batched, got {self.augment!r}")
+            check(value is None or value >= (0 if name == "workers" else 1),
+                  f"{name} must be {'at least 0' if name == 'workers' else 'positive'}, got {value}", name)
+        check(self.augment in ("auto", "albumentations", "batched"),
+              f"augment must be auto, albumentations or batched, got {self.augment!r}", "augment")
         check_pad_mode(self.pad_mode)
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise CifarkitError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
+              f"{self.precision!r}", "precision")
         cifar10_std(self.std)
-        if not 0 <= self.cutout_p <= 1:
-            raise CifarkitError(f"--cutout-p must be in [0, 1], got {self.cutout_p}")
-        if not 0 <= self.cutout_size <= 32:
-            raise CifarkitError(f"--cutout-size must be in [0, 32], got {self.cutout_size}")
+        check(0 <= self.cutout_p <= 1, f"cutout_p must be in [0, 1], got {self.cutout_p}", "cutout_p")
+        check(0 <= self.cutout_size <= 32, f"cutout_size must be in [0, 32], got {self.cutout_size}", "cutout_size")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import re
+
 
 class CifarkitError(Exception):
-    """A mistake in input, data or configuration, explained in one line that says what to do."""
+    """A mistake in input, data or configuration, explained in one line that says what to do.
+
+    The message speaks the Python API's words (`epochs`, `resume=True`); `cli`, when given, is the same line in the
+    command line's words (`--epochs`, `--resume`), which is what `cifarkit` prints.
+    """
+
+    def __init__(self, message: str = "", *, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = cli
+
+    def cli_line(self) -> str:
+        return self.cli or str(self)
+
+
+def named_error(message: str, *names: str) -> CifarkitError:
+    """A CifarkitError whose message names arguments (`lr_min must be positive`) and whose CLI line names their flags
+    (`--lr-min must be positive`): each of `names` is replaced where it stands as a whole word."""
+    cli = message
+    for name in names:
+        cli = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "--" + name.replace("_", "-"), cli)
+    return CifarkitError(message, cli=cli)
 
 
 def one_line(exc: BaseException) -> str:

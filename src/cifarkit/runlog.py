@@ -17,6 +17,7 @@ from cifarkit.atomic import atomic_write, write_json
 from cifarkit.checkpoint import atomic_torch_save
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10
+from cifarkit.data.sources import describe_data
 from cifarkit.lr_finder import LRFinderResult
 from cifarkit.system import cpu_model, usable_cpus
 
@@ -31,6 +32,14 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def duration(seconds: float) -> str:
+    """"8 h 10 min", "12 min", "40 s": a time to wait, to the minute once it is longer than one."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
 
 
 def weights_checksum(model: nn.Module) -> float:
@@ -76,6 +85,27 @@ class RunLog:
             tqdm.write(f"lr-find: {len(result.lrs)} steps; LRMIN {result.lr_min:.3g} ({result.lr_min_rule}); "
                        f"LRMAX {result.lr_max:.3g} ({result.lr_max_rule})")
 
+    def header(self, data: Cifar10, fingerprint: str | None, device: torch.device, world: int) -> None:
+        """What the run trains on, and where: said before anything slow (the range test takes minutes on a CPU)."""
+        self.hardware = "CPU" if device.type == "cpu" else "GPU"
+        if not self.enabled:
+            return
+        tqdm.write(describe_data(data, fingerprint))
+        if data.synthetic:
+            tqdm.write(f"NOTE: training on {data.source}: results say nothing about CIFAR-10")
+        info = hardware_info(device)
+        tqdm.write(f"device: {device} x{world} ({info.get('gpu') or info['cpu']}), precision {self.config.precision}")
+
+    def eta(self, epoch: int, steps: int, seconds: float) -> None:
+        """After this process's first epoch of `steps` steps in `seconds`: how long the run takes at that pace."""
+        left = self.config.epochs - epoch - 1
+        if not self.enabled or steps <= 0 or left <= 0:
+            return
+        per_step = seconds / steps
+        tqdm.write(f"{self.config.epochs} epochs ≈ {duration(self.config.epochs * self.steps_per_epoch * per_step)} "
+                   f"at {per_step:.{1 if per_step >= 1 else 3}f} s per step on this {self.hardware}; "
+                   f"{duration(left * self.steps_per_epoch * per_step)} of training steps to go, plus evaluation")
+
     def start(self, config: TrainConfig, data: Cifar10, lrs: list[float], steps_per_epoch: int,
               device: torch.device, world: int) -> None:
         self.config = config  # now with the LRs the range test found
@@ -93,15 +123,12 @@ class RunLog:
         write_json(self.run / "config.json", self.config.to_dict())
         write_json(self.run / "schedule.json", {"lrs": lrs, "steps_per_epoch": steps_per_epoch,
                                                 "peak_epoch": self.config.peak_epoch, "epochs": self.config.epochs})
-        if data.synthetic:
-            tqdm.write(f"NOTE: training on {data.source}: results say nothing about CIFAR-10")
         c = self.config
         beta1 = f"; Adam beta1 {c.beta1_ends:g} -> {c.beta1_peak:g} -> {c.beta1_ends:g}" \
             if c.beta1_peak != c.beta1_ends else ""
-        tqdm.write(f"run {self.run}: {len(data.train_labels)} train / {len(data.test_labels)} test images "
-                   f"({data.source}); {device} x{world}; {c.epochs} epochs x {steps_per_epoch} steps of "
-                   f"{c.batch_size}; one-cycle LR {c.lr_min:.3g} -> {c.lr_max:.3g} "
-                   f"(peak at epoch {c.peak_epoch:g}) -> {c.lr_min / c.final_div:.3g}{beta1}; {c.precision}")
+        tqdm.write(f"run {self.run}: {c.epochs} epochs x {steps_per_epoch} steps of {c.batch_size}; one-cycle LR "
+                   f"{c.lr_min:.3g} -> {c.lr_max:.3g} (peak at epoch {c.peak_epoch:g}) -> "
+                   f"{c.lr_min / c.final_div:.3g}{beta1}")
         if self.config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency
 

@@ -20,18 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarkit import distributed as D
-from cifarkit.checkpoint import (PartialEpoch, RunLock, load_checkpoint, restore_weights, resume_config,
-                                 save_checkpoint, set_rng_state)
+from cifarkit.checkpoint import (PartialEpoch, load_checkpoint, restore_weights, resume_config, save_checkpoint,
+                                 set_rng_state)
 from cifarkit.config import TrainConfig
-from cifarkit.data import Cifar10, normalization, resolve_data, subset
+from cifarkit.data import Cifar10, normalization, subset
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.loaders import BatchSource, build_train_batches
-from cifarkit.device import pick_device, use_bf16
+from cifarkit.device import autocast, pick_device, use_bf16
 from cifarkit.errors import CifarkitError
 from cifarkit.lr_finder import range_test
 from cifarkit.models import build_model, eval_mode
 from cifarkit.report import write_plots, write_report
 from cifarkit.runlog import RunLog, weights_checksum
+from cifarkit.runstart import claim_run_folder, run_data
 from cifarkit.schedule import one_cycle, schedule_lrs
 from cifarkit.stops import TrainingInterrupted, check_step, non_finite, stop_on_signals
 
@@ -59,7 +60,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
-             autocast: bool = False, tta: bool = False, ctx: D.DistContext = D.DistContext()) -> dict[str, float]:
+             precision: str = "fp32", tta: bool = False, ctx: D.DistContext = D.DistContext()) -> dict[str, float]:
     """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode. Under torchrun each rank
     takes a contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy."""
     lo, hi = D.shard_range(len(labels), ctx)
@@ -69,12 +70,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
             stop = min(start + config.eval_batch_size, hi)
             x = normalize_batch(images[start:stop], *normalization(config.std), channels_last=config.channels_last)
             y = labels[start:stop]
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            with autocast(precision, x.device):
                 logits = model(x).float()
             sums[0] += F.cross_entropy(logits, y, reduction="sum")
             sums[1] += (logits.argmax(1) == y).sum()
             if tta:
-                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+                with autocast(precision, x.device):
                     flipped = model(torch.flip(x, dims=[3])).float()
                 sums[2] += ((logits.softmax(1) + flipped.softmax(1)).argmax(1) == y).sum()
             sums[3] += stop - start
@@ -82,11 +83,16 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
     return {"loss": loss / count, "acc": correct / count, "acc_tta": correct_tta / count if tta else float("nan")}
 
 
-def fit(config: TrainConfig, *, data: Cifar10 | None = None, resume: bool = False, progress: bool = True) -> History:
+def fit(config: TrainConfig, *, data: Cifar10 | str | None = None, resume: bool = False,
+        progress: bool = True) -> History:
     """Train `config` into config.out; with resume, continue exactly from RUN/checkpoints/last.pt.
 
         history = fit(TrainConfig(epochs=24, out="runs/a"))   # the assignment, LRs from the range test
+        history = fit(TrainConfig(out="runs/b"), data="synthetic")   # data: a Cifar10, a path or "synthetic"
         history.metrics["final_test_accuracy"]
+
+    The run records the data it used (config.json's `data` and `data_fingerprint`); a resumed run trains on exactly
+    that data. A start that fails before the first checkpoint leaves no run folder behind.
     """
     config.validate()
     device = pick_device(config.device)
@@ -94,8 +100,9 @@ def fit(config: TrainConfig, *, data: Cifar10 | None = None, resume: bool = Fals
     device = pick_device(config.device, ctx.local_rank)
     run = Path(config.out)
     try:
-        with RunLock(run) if ctx.is_main else contextlib.nullcontext():
-            state = _setup(config, data, resume, progress, run, device, ctx)
+        config, source = run_data(config, data, resume, run)  # checked before the run folder is made
+        with claim_run_folder(run, enabled=ctx.is_main):
+            state = _setup(config, source, resume, progress, run, device, ctx)
             _train(state)
             return _finish(state)
     finally:
@@ -128,13 +135,11 @@ class _Run:
         return self.run / "checkpoints" / "last.pt"
 
 
-def _setup(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bool, run: Path, device: torch.device,
+def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run: Path, device: torch.device,
            ctx: D.DistContext) -> _Run:
-    """Data, model, LRs (from the range test unless given), optimizer and schedule; on resume, the saved state."""
+    """Model, LRs (from the range test unless given), optimizer and schedule on `data` (from run_data); on resume,
+    the saved state."""
     ckpt_path = run / "checkpoints" / "last.pt"
-    if resume and not ckpt_path.exists():  # stopped before its first epoch ended: there is nothing to lose
-        raise CifarkitError(f"nothing to resume in {run}: no checkpoint yet (it is written at the end of the first "
-                            "epoch); start the run again without --resume")
     state = load_checkpoint(ckpt_path) if resume else None
     if state is not None:
         config = resume_config(TrainConfig.from_dict(state["config"]), config)
@@ -142,12 +147,13 @@ def _setup(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bo
             raise CifarkitError(f"cannot resume: {ckpt_path} was written by {state.get('world_size', 1)} process(es), "
                                 f"this run has {ctx.world_size}; resume with as many (torchrun --nproc_per_node)")
     elif ckpt_path.exists():
-        raise CifarkitError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
+        raise CifarkitError(f"{run} already holds a run: call fit with resume=True to continue it, or choose another "
+                            "out", cli=f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then uses the fastest
-    data = subset(data or resolve_data(config.data), config.subset, config.test_subset, seed=config.seed)
+    data = subset(data, config.subset, config.test_subset, seed=config.seed)
     model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
     autocast = use_bf16(config.precision, device)
     config = replace(config, precision="bf16" if autocast else "fp32")  # config.json records what ran, not "auto"
@@ -155,6 +161,7 @@ def _setup(config: TrainConfig, data: Cifar10 | None, resume: bool, progress: bo
                                   world_size=ctx.world_size)
     D.check_setup(config.batch_size, config.sync_bn, ctx, device)
     log = RunLog(run, config, enabled=ctx.is_main, progress=progress)
+    log.header(data, config.data_fingerprint, device, ctx.world_size)  # before the range test: minutes on a CPU
     if config.lr_min is None or config.lr_max is None:
         # Rank 0 runs the range test alone: on the global batch, as a one-process run does, so it finds the same LRs.
         lr_batches = build_train_batches(data.train_images, data.train_labels, config, device=device) \
@@ -212,11 +219,13 @@ def _train(r: _Run) -> None:
                     _stop(r, epoch, step + 1, sums, time.perf_counter() - t0, stop.get("signum", signal.SIGTERM))
             bar.close()
             train_seconds = time.perf_counter() - t0
+            if epoch == r.start_epoch:  # speak early: this process's first steps time the whole run
+                r.log.eta(epoch, steps - r.start_step, train_seconds - (r.partial.seconds if r.partial else 0.0))
             train_loss, train_correct, count = D.all_reduce_sum(sums, r.ctx).tolist()
             if not math.isfinite(train_loss):  # a GPU reads the loss every 25 steps: never evaluate or save NaN weights
                 raise non_finite(train_loss, epoch, (epoch + 1) * steps, r.ckpt_path, "by")
             D.sync_buffers(r.model, r.ctx)
-            test = evaluate(r.model, test_x, test_y, c, autocast=r.autocast, tta=c.tta, ctx=r.ctx)
+            test = evaluate(r.model, test_x, test_y, c, precision=c.precision, tta=c.tta, ctx=r.ctx)
             r.log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,
                         lr=r.lrs[(epoch + 1) * steps - 1], seconds=time.perf_counter() - t0,
                         train_seconds=train_seconds, images=count)

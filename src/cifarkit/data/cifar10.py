@@ -2,6 +2,7 @@
 
 `load_cifar10` reads the official python batches (folder or archive) and image-folder trees (folder or archive);
 archives are unpacked once into the cache and decoded trees are cached as one .npz, so later loads take a second.
+Every load carries its absolute path and the arrays' fingerprint, kept beside the cache entry once computed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.data.archive import cache_root, extract_cached, is_archive, restricted_loads, save_npz_atomic
+from cifarkit.data.fingerprint import ARRAYS, cached_fingerprint, files_key
 from cifarkit.data.images import decode_images
 from cifarkit.errors import CifarkitError
 
@@ -36,8 +38,10 @@ class Cifar10:
     test_images: np.ndarray  # uint8 [M, 32, 32, 3]
     test_labels: np.ndarray  # int64 [M]
     classes: tuple[str, ...] = CLASSES
-    source: str = ""
+    source: str = ""  # for people: what it is and where it came from
     synthetic: bool = False
+    path: str | None = None  # the absolute path it was read from, "synthetic", or None (made in memory)
+    fingerprint: str | None = None  # sha256 of the four arrays (see data.fingerprint); None: not computed
 
 
 def class_balanced_subset(
@@ -55,14 +59,17 @@ def class_balanced_subset(
 
 
 def subset(data: Cifar10, n_train: int | None, n_test: int | None, *, seed: int = 0) -> Cifar10:
-    """`data` with class-balanced train and test subsets (None keeps a split whole)."""
+    """`data` with class-balanced train and test subsets (None keeps a split whole). A subset keeps the path it was
+    drawn from; it keeps the fingerprint only when nothing was left out, since the fingerprint is of the arrays."""
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
     if n_train is not None:
         train = class_balanced_subset(*train, n_train, seed=seed)
     if n_test is not None:
         test = class_balanced_subset(*test, n_test, seed=seed + 1)
-    return Cifar10(*train, *test, classes=data.classes, source=data.source, synthetic=data.synthetic)
+    whole = train[1] is data.train_labels and test[1] is data.test_labels
+    return dataclasses.replace(data, train_images=train[0], train_labels=train[1], test_images=test[0],
+                               test_labels=test[1], fingerprint=data.fingerprint if whole else None)
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -136,8 +143,19 @@ def _load_pickle_folder(folder: Path) -> Cifar10:
     if differ:
         log.warning("%s: %s differ from the official CIFAR-10 files (md5); loading them anyway", folder,
                     ", ".join(differ))
-    return Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), test[0], test[1],
+    data = Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), test[0], test[1],
                    classes)
+    stamp = files_key(folder / name for name in (*TRAIN_BATCHES, TEST_BATCH))  # any rewritten batch: a new entry
+    return _with_fingerprint(data, cache_root() / "arrays" / f"{_path_key(folder)}-{stamp}.sha256")
+
+
+def _path_key(folder: Path) -> str:
+    return hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+
+
+def _with_fingerprint(data: Cifar10, sidecar: Path) -> Cifar10:
+    """`data` with its fingerprint, kept in `sidecar` beside the cache entry."""
+    return dataclasses.replace(data, fingerprint=cached_fingerprint(sidecar, {k: getattr(data, k) for k in ARRAYS}))
 
 
 def _list_split(split_dir: Path) -> dict[str, list[os.DirEntry[str]]]:
@@ -161,7 +179,7 @@ def _load_image_tree(root: Path, archive_key: str | None = None) -> Cifar10:
     nothing changes that tree, so its arrays are found without listing 60,000 files."""
     arrays_dir = cache_root() / "arrays"
     if archive_key is not None and (cached := _read_array_cache(arrays_dir / f"{archive_key}.npz", None)) is not None:
-        return cached
+        return _with_fingerprint(cached, arrays_dir / f"{archive_key}.sha256")
     listing = {split: _list_split(root / split) for split in ("train", "test")}
     if set(listing["train"]) != set(listing["test"]):
         only_train = sorted(set(listing["train"]) - set(listing["test"]))
@@ -179,10 +197,10 @@ def _load_image_tree(root: Path, archive_key: str | None = None) -> Cifar10:
                 for f in by_class[name]:
                     stat = f.stat()
                     key.update(f"{split}/{name}/{f.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-        folder_key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+        folder_key = _path_key(root)
         cache_file = arrays_dir / f"{folder_key}-{key.hexdigest()[:16]}.npz"
         if (cached := _read_array_cache(cache_file, classes)) is not None:
-            return cached
+            return _with_fingerprint(cached, cache_file.with_suffix(".sha256"))
     arrays: dict[str, np.ndarray] = {}
     for split, by_class in listing.items():
         paths = [f.path for name in classes for f in by_class[name]]
@@ -194,9 +212,11 @@ def _load_image_tree(root: Path, archive_key: str | None = None) -> Cifar10:
         for old in cache_file.parent.glob(f"{folder_key}-*.npz") if folder_key else ():  # this folder's older states
             if old != cache_file:
                 old.unlink(missing_ok=True)
+                old.with_suffix(".sha256").unlink(missing_ok=True)
+        cache_file.with_suffix(".sha256").unlink(missing_ok=True)  # left by an entry that was damaged and rebuilt
     except OSError as exc:  # a read-only cache only costs speed
         log.warning("cannot write the array cache %s (%s); the next load decodes again", cache_file, exc)
-    return Cifar10(classes=classes, **arrays)
+    return _with_fingerprint(Cifar10(classes=classes, **arrays), cache_file.with_suffix(".sha256"))
 
 
 def _read_array_cache(path: Path, classes: tuple[str, ...] | None) -> Cifar10 | None:
@@ -254,4 +274,5 @@ def load_cifar10(source: str | os.PathLike[str]) -> Cifar10:
     except OSError as exc:  # unreadable folders or files met on the way (permissions, I/O errors)
         raise CifarkitError(f"{path}: cannot read it ({exc}); check the permissions of the data") from exc
     layout = "python batches" if kind == "pickle" else "image folders"
-    return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {path}")  # the path the user gave, not the cache
+    where = str(path.resolve())  # the data the user gave, not the cache's copy of it
+    return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {where}", path=where)

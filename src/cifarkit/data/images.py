@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cifarkit.errors import CifarkitError, one_line
 from cifarkit.system import usable_cpus
@@ -76,15 +76,45 @@ def decode_images(paths: list[str]) -> np.ndarray:
         return np.concatenate(list(pool.map(_decode_in_helper, [paths[a:b] for a, b in zip(bounds, bounds[1:])])))
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB image as uint8 [32, 32, 3]; other sizes are resized (bilinear), as a user's photo would need."""
+# predict's cap on an image file, checked from its header before any pixel is decoded: 4096 x 4096 = 16.8 MP (a phone
+# photo is 12 MP). A decompression bomb declares far more, and would cost 3 bytes of memory per pixel.
+MAX_PIXELS = 4096 * 4096
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as RGB uint8 [32, 32, 3], resized (bilinear) from any other size, as a user's photo needs.
+
+    A file of more than MAX_PIXELS is refused from its header, before decoding; anything else that is not an image is
+    a CifarkitError naming the file."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (32, 32):
-                img = img.resize((32, 32), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+        with warnings.catch_warnings():
+            # PIL warns (two raw lines) past 89 MP and refuses past 179 MP: the cap below is stricter and says it once
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise CifarkitError(f"{path}: {width}x{height} pixels is past the {MAX_PIXELS / 1e6:.1f} MP "
+                                        "(4096x4096) cap on an image to classify; shrink it first")
+                return to_rgb32(image)
+    except CifarkitError:
+        raise
     except FileNotFoundError:
         raise CifarkitError(f"no image at {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise CifarkitError(f"cannot decode {path} as an image ({type(e).__name__})") from e
+    except IsADirectoryError:
+        raise CifarkitError(f"{path} is a folder, not an image file") from None
+    except Image.DecompressionBombError:
+        raise CifarkitError(f"{path}: refused: its header declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+                            f"pixels, past the {MAX_PIXELS / 1e6:.1f} MP (4096x4096) cap (a decompression bomb?)") from None
+    except Exception as e:  # UnidentifiedImageError, OSError on truncated data, SyntaxError, ValueError, ...
+        raise CifarkitError(f"cannot decode {path} as an image ({one_line(e)})") from e
+
+
+def to_rgb32(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A PIL image, or an array PIL reads (uint8 HxW, HxWx3 or HxWx4), as RGB uint8 [32, 32, 3], resized (bilinear)
+    when it is another size."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    rgb = image.convert("RGB")
+    if rgb.size != (32, 32):
+        rgb = rgb.resize((32, 32), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)

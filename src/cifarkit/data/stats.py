@@ -7,7 +7,7 @@ the official set's. The widely copied (0.2023, 0.1994, 0.2010) is the mean of pe
 
 from __future__ import annotations
 
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import named_error
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: dict[str, tuple[float, float, float]] = {
@@ -23,14 +23,14 @@ PAD_MODES: tuple[str, ...] = ("reflect", "zero")
 def check_pad_mode(mode: str) -> str:
     """`mode` if it is one of PAD_MODES, else a CifarkitError naming the choices."""
     if mode not in PAD_MODES:
-        raise CifarkitError(f"--pad-mode must be {' or '.join(PAD_MODES)}, got {mode!r}")
+        raise named_error(f"pad_mode must be {' or '.join(PAD_MODES)}, got {mode!r}", "pad_mode")
     return mode
 
 
 def cifar10_std(name: str) -> tuple[float, float, float]:
     """The std named by --std ("true" or "reference")."""
     if name not in CIFAR10_STD:
-        raise CifarkitError(f"--std must be one of {sorted(CIFAR10_STD)}, got {name!r}")
+        raise named_error(f"std must be one of {sorted(CIFAR10_STD)}, got {name!r}", "std")
     return CIFAR10_STD[name]
 
 

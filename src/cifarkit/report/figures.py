@@ -16,6 +16,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, normalization
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.transforms import build_train_transform, seed_transform
+from cifarkit.device import autocast
 from cifarkit.models import eval_mode
 from cifarkit.report import galleries, plots
 from cifarkit.report.content import read_history
@@ -55,9 +56,10 @@ def _train_transform(config: TrainConfig) -> Callable[..., dict[str, Any]]:
     return transform
 
 
-def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: TrainConfig,
-                device: torch.device) -> list[Path]:
-    """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json."""
+def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: TrainConfig, device: torch.device,
+                precision: str = "fp32") -> list[Path]:
+    """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json; the
+    model's predictions run in `precision` (device.autocast)."""
     run_dir = Path(run_dir)
     out, written = run_dir / "plots", []
 
@@ -85,7 +87,8 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
             save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
 
     model = model.to(device)
-    probs = predict_proba(model, data.test_images, config, device)
+    with autocast(precision, device):
+        probs = predict_proba(model, data.test_images, config, device)
     true, pred = np.asarray(data.test_labels), probs.argmax(axis=1)
     conf = probs[np.arange(len(pred)), pred]
     matrix = plots.confusion_counts(true, pred, len(data.classes))

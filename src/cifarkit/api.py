@@ -1,0 +1,165 @@
+"""A trained model from Python: load it from a run, classify images.
+
+    import cifarkit
+    model, config = cifarkit.load_model("runs/a")          # a run folder, its model.pt or checkpoints/last.pt
+    cifarkit.predict("runs/a", ["cat.png"], top_k=3)       # per image: [(class, probability), ...], best first
+
+`cifarkit.fit(config, data=...)` trains one (cifarkit.train).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from cifarkit.checkpoint import load_model as load_weights_into_model
+from cifarkit.config import TrainConfig
+from cifarkit.data import CLASSES, normalization
+from cifarkit.data.augment import normalize_batch
+from cifarkit.data.images import read_image, to_rgb32
+from cifarkit.device import autocast, pick_device, resolve_precision
+from cifarkit.errors import CifarkitError, one_line
+from cifarkit.models import CustomResNet, eval_mode
+
+ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
+PREDICT_BATCH = 256  # images per forward pass: bounds memory for a long list (256 x 3 x 32 x 32 float32 = 3 MB)
+
+# The first bytes of what torch.save writes: a zip archive (the format since PyTorch 1.6) or a pickle (older files).
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+OTHER_FILES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"{": "JSON"}
+
+
+class LoadedModel(NamedTuple):
+    """What `load_model` returns; unpacks as `model, config = load_model(run)`."""
+
+    model: CustomResNet  # in eval mode, on the device asked for
+    config: TrainConfig  # the run's config (TrainConfig() for bare weights without a run folder)
+
+
+def find_weights(run_or_path: str | os.PathLike[str]) -> Path:
+    """The weights a path means: a run folder's model.pt, else its checkpoints/last.pt (a run not finished; also
+    found in the checkpoints folder itself), else the path itself when it is a file."""
+    path = Path(run_or_path)
+    if path.is_dir():
+        for weights in (path / "model.pt", path / "checkpoints" / "last.pt", path / "last.pt"):
+            if weights.is_file():
+                return weights
+        raise CifarkitError(f"{path} is a folder without model.pt or checkpoints/last.pt: not a cifarkit run folder")
+    if not path.is_file():
+        raise CifarkitError(f"no run folder or weights file at {path}")
+    return path
+
+
+def weights_note(weights: Path) -> str:
+    """One line that says which weights of a run are used."""
+    if weights.name == "last.pt" and weights.parent.name == "checkpoints":
+        return (f"weights: {weights} (the last checkpoint: {weights.parent.parent / 'model.pt'} is written when the "
+                "run finishes)")
+    return f"weights: {weights}"
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse, from its first bytes, a file that cannot be a PyTorch checkpoint (text, CSV, JSON, an image, empty), so
+    that torch.load never parses it."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(CHECKPOINT_MAGIC):
+        return
+    raise CifarkitError(f"cannot read {path}: truncated or not a PyTorch file (it is {_file_kind(head)}); give a run "
+                        "folder, its model.pt or checkpoints/last.pt")
+
+
+def _file_kind(head: bytes) -> str:
+    if not head:
+        return "empty"
+    kind = next((name for magic, name in OTHER_FILES.items() if head.lstrip().startswith(magic)), None)
+    if kind is None and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+            kind = "text"
+        except UnicodeDecodeError:
+            pass
+    return kind or "neither a zip archive nor a pickle"
+
+
+def load_model(run_or_path: str | os.PathLike[str], device: str | torch.device = "auto") -> LoadedModel:
+    """The trained network, in eval mode on `device`, and its run's config.
+
+        model, config = load_model("runs/a")                 # model.pt, else checkpoints/last.pt
+        model, config = load_model("runs/a/model.pt", device="cpu")
+    """
+    dev = pick_device(device) if isinstance(device, str) else device
+    weights = find_weights(run_or_path)
+    check_weights_file(weights)
+    try:
+        model, config = load_weights_into_model(weights, dev)
+    except CifarkitError:
+        raise
+    except Exception as e:  # a damaged file that still starts like a checkpoint
+        raise CifarkitError(f"cannot read {weights}: truncated or not a PyTorch file ({one_line(e)})") from e
+    return LoadedModel(model, config)
+
+
+def as_images(images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+    """uint8 [N, 32, 32, 3] from one image or a list: paths, PIL images, uint8 HxWx3 arrays, or an NxHxWx3 array;
+    other sizes are resized (bilinear)."""
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4):
+        images = [images]
+    out = []
+    for i, item in enumerate(images):
+        if isinstance(item, (str, os.PathLike)):
+            out.append(read_image(item))
+        elif isinstance(item, Image.Image):
+            out.append(to_rgb32(item))
+        elif isinstance(item, np.ndarray):
+            if item.dtype != np.uint8:
+                raise CifarkitError(f"images[{i}] is {item.dtype}: give uint8 pixels in 0..255, e.g. "
+                                    "(x * 255).round().astype(np.uint8)")
+            if not (item.ndim == 2 or item.ndim == 3 and item.shape[2] in (1, 3, 4)):
+                raise CifarkitError(f"images[{i}] has shape {item.shape}: give HxWx3 images or one NxHxWx3 array")
+            out.append(to_rgb32(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item))
+        else:
+            raise CifarkitError(f"images[{i}] is of type {type(item).__name__}: give paths, PIL images or uint8 "
+                                "arrays")
+    if not out:
+        raise CifarkitError("images is empty: give at least one image")
+    return np.stack(out)
+
+
+def predict(model_or_run: nn.Module | LoadedModel | str | os.PathLike[str], images: Any, *, top_k: int = 1,
+            classes: Sequence[str] | None = None, std: str | None = None, device: str = "auto",
+            precision: str = "auto") -> list[list[tuple[str, float]]]:
+    """Per image, its `top_k` classes with their probabilities, most likely first.
+
+        predict("runs/a", "cat.png")                        # [[("cat", 0.91)]]
+        predict(model, batch_nhwc_uint8, top_k=3)          # a model from load_model, an N x H x W x 3 array
+
+    `model_or_run`: a model, what load_model returns, or a run folder / weights file (loaded onto `device`).
+    `images`: paths, PIL images or uint8 arrays (HxWx3, or one NxHxWx3), resized to 32x32 when they are not.
+    `std`: the normalisation of training (TrainConfig.std); None: the run's own, or "true" for a bare model.
+    """
+    if isinstance(model_or_run, (str, os.PathLike)):
+        model_or_run = load_model(model_or_run, device)
+    model, config = model_or_run if isinstance(model_or_run, LoadedModel) else (model_or_run, TrainConfig())
+    n = int(getattr(model, "num_classes", 10))
+    if not 1 <= top_k <= n:
+        raise CifarkitError(f"top_k must be in 1..{n}, got {top_k}", cli=f"--top-k must be in 1..{n}, got {top_k}")
+    names = tuple(classes) if classes is not None else CLASSES if n == len(CLASSES) else \
+        tuple(f"class{i}" for i in range(n))
+    batch = as_images(images)
+    dev = next(model.parameters()).device
+    mean_std = normalization(std or config.std)
+    probs = []
+    with torch.no_grad(), eval_mode(model), autocast(resolve_precision(precision, dev), dev):
+        for start in range(0, len(batch), PREDICT_BATCH):
+            x = torch.from_numpy(batch[start:start + PREDICT_BATCH]).to(dev)
+            probs.append(model(normalize_batch(x, *mean_std)).float().softmax(1).cpu())
+    best, index = torch.cat(probs).topk(top_k, dim=1)
+    return [[(names[j], float(p)) for p, j in zip(row_p.tolist(), row_i.tolist())] for row_p, row_i in zip(best, index)]
