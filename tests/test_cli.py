@@ -26,7 +26,7 @@ def test_summary_prints_the_assignment_table(capsys: pytest.CaptureFixture[str])
     (["--lr-min", "0.1", "--lr-max", "0.01"], "--lr-min (0.1) must be below --lr-max"),
     (["--pad-mode", "wrap"], "--pad-mode must be reflect or zero"),
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
-    (["--precision", "fp16"], "--precision must be auto, bf16 or fp32"),
+    (["--precision", "fp8"], "--precision must be auto, bf16, fp16 or fp32"),
     (["--beta1-peak", "1"], "--beta1-peak must be in [0, 1)"),
 ])
 def test_invalid_train_values_exit_2_with_one_error_line(argv: list[str], message: str, tmp_path,

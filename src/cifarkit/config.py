@@ -20,6 +20,8 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision; what auto picks: device.choose_precision
+
 # The assignment's peak: epoch 5 of 24. Shortened runs keep the peak at the same fraction of the run.
 ASSIGNMENT_EPOCHS = 24
 ASSIGNMENT_PEAK_EPOCH = 5.0
@@ -56,8 +58,9 @@ class TrainConfig:
     cutout_size: int = opt(8, 'hole side, pixels')
     workers: int | None = opt(None, 'DataLoader workers; None: fitted to the machine')
     eval_batch_size: int = opt(1024, 'batch size for evaluation (no gradients, so it can be larger)')
-    precision: str = opt("auto", '"bf16" (autocast), "fp32", or auto: bf16 on CUDA and on CPUs with bf16 units '
-                         '(AVX512-BF16 or AMX), fp32 elsewhere')
+    precision: str = opt("auto", 'auto|bf16|fp16|fp32; auto: bf16 on CUDA >= 8.0 and on CPUs with bf16 units '
+                         '(AVX512-BF16 or AMX), fp16 with a gradient scaler on older CUDA (T4, V100), fp32 on other '
+                         'CPUs and MPS; config.json records what ran')
     channels_last: bool = opt(True, 'NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs')
     compile: bool = opt(False, 'torch.compile the model (CUDA)')
     tta: bool = opt(False, 'also report flip test-time-augmented accuracy')
@@ -105,8 +108,8 @@ class TrainConfig:
         if self.augment not in ("auto", "albumentations", "batched"):
             raise CifarkitError(f"--augment must be auto, albumentations or batched, got {self.augment!r}")
         check_pad_mode(self.pad_mode)
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise CifarkitError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise CifarkitError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         cifar10_std(self.std)
         if not 0 <= self.cutout_p <= 1:
             raise CifarkitError(f"--cutout-p must be in [0, 1], got {self.cutout_p}")
