@@ -9,7 +9,8 @@ from torchinfo import summary
 
 import torch
 
-from cifarkit.bench import count_macs, cpu_peak, format_bench, matmul_peak, run_bench
+from cifarkit.bench import format_bench, run_bench
+from cifarkit.flops import count_macs, cpu_peak, matmul_peak
 from cifarkit.models import CustomResNet
 
 
@@ -32,11 +33,27 @@ def test_run_bench_cpu_returns_positive_figures_and_sane_ratio(small_result: dic
     assert all(len(v) == 1 for v in small_result["samples"].values())
 
 
+@pytest.mark.slow
+def test_run_bench_fp16_times_the_scaler_apart() -> None:
+    """--precision fp16: both training loops step through a GradScaler, so their ratio is the project's own cost, and
+    a third, bare loop without the scaler gives the scaler's cost; the CPU peak quoted is fp32's; the printout names
+    the precision and both ratios."""
+    result = run_bench(device="cpu", batch_size=2, steps=1, warmup=0, repeats=1, precision="fp16")
+    assert result["precision"] == "fp16"
+    assert set(result["images_per_s"]) >= {"train_reference", "train_project", "train_unscaled"}
+    assert 0 < result["scaler_ratio"] < float("inf")
+    assert (result["cpu_peak"] or {}).get("dtype", "fp32") == "fp32"  # fp16 runs on a CPU's fp32 FMAs
+    text = format_bench(result)
+    assert "precision: fp16 (autocast + GradScaler in both loops)" in text
+    assert "bare loop without the GradScaler" in text and "ratio with / without the GradScaler" in text
+
+
 def test_format_bench_states_the_peak_formula_and_convention(small_result: dict) -> None:
     """The printout names each factor of the CPU peak (cores, FMA units, lanes, FLOPs per lane, clock), the FLOP
     convention and the project / reference ratio; without a known peak it says so instead."""
     text = format_bench(small_result)
     assert "ratio project / reference" in text and "multiply-adds" in text and "3 x forward" in text
+    assert f"precision: {small_result['precision']}," in text and "GradScaler" not in text  # a CPU never gets fp16
     if small_result["cpu_peak"] is not None:
         for word in ("cores x", "FMA units x", "fp32 lanes x", "FLOPs/lane x", "GHz =", "% of peak"):
             assert word in text

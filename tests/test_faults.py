@@ -290,6 +290,38 @@ def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, childre
     assert_matches_reference(run, reference)
 
 
+# fp16 convolutions run ~20x slower than fp32 on a CPU without fp16 units: 4 images a step
+FP16 = ["--precision", "fp16", "--subset", "8", "--batch-size", "4", "--test-subset", "4"]
+
+
+@pytest.fixture(scope="module")
+def fp16_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted fp16 run with its gradient scaler (2 epochs x 2 steps of 4 images), in this process."""
+    run = tmp_path_factory.mktemp("faults-fp16") / "reference"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
+        assert cli.main(train_argv(run, *FP16)) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_kill9_mid_epoch_in_fp16_resumes_exactly(tmp_path: Path, fp16_reference: Path,
+                                                 children: Callable[..., Child],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """fp16: kill -9 at the second step of epoch 2, then --resume, ends bitwise equal to the uninterrupted fp16 run,
+    with the same history, skipped steps included. The checkpoint it resumes from holds a scale that the scaler
+    lowered in epoch 1, so a resume that lost the scaler's state would not match."""
+    run = tmp_path / "run"
+    kill = lambda: on_call(cifarkit.train, "train_step", STEPS_PER_EPOCH + 2, die)  # noqa: E731
+    child = children(train_argv(run, *FP16), tmp_path / "1.log", kill)
+    assert child.wait() == -signal.SIGKILL, child.stderr
+    assert checkpoint_position(run) == (1, 0)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["scaler"]["scale"] < 2.0**16  # the scaler's start
+    code, err = main(train_argv(run, *FP16, resume=True), capsys)
+    assert code == 0, err
+    assert_matches_reference(run, fp16_reference)
+
+
 # ------------------------------------------------------------------------------------------ SIGTERM / Ctrl-C
 
 def expose_stop_flag(box: dict[str, Any]) -> None:
@@ -520,14 +552,14 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path: Path, monkeypatch: 
     real_step = cifarkit.train.train_step
     calls = [0]
 
-    def poisoned(model: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def poisoned(model: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, bool]:
         calls[0] += 1
-        loss, correct = real_step(model, *args, **kwargs)
+        loss, correct, skipped = real_step(model, *args, **kwargs)
         if calls[0] == STEPS_PER_EPOCH + 1:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
             loss = torch.tensor(float("nan"))
-        return loss, correct
+        return loss, correct, skipped
 
     monkeypatch.setattr(cifarkit.train, "train_step", poisoned)
     with pytest.MonkeyPatch.context() as mp:

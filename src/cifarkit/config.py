@@ -23,6 +23,8 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision; what auto picks: device.choose_precision
+
 # The assignment's peak: epoch 5 of 24. Shortened runs keep the peak at the same fraction of the run.
 ASSIGNMENT_EPOCHS = 24
 ASSIGNMENT_PEAK_EPOCH = 5.0
@@ -62,8 +64,9 @@ class TrainConfig:
     cutout_size: int = opt(8, 'hole side, pixels')
     workers: int | None = opt(None, 'DataLoader workers; default: fitted to the machine')
     eval_batch_size: int = opt(1024, 'batch size for evaluation (no gradients, so it can be larger)')
-    precision: str = opt("auto", 'auto, bf16, fp16 or fp32 (autocast); auto: bf16 on CUDA and on CPUs with bf16 units '
-                         '(AVX512-BF16 or AMX), fp32 elsewhere')
+    precision: str = opt("auto", 'auto|bf16|fp16|fp32; auto: bf16 on CUDA >= 8.0 and on CPUs with bf16 units '
+                         '(AVX512-BF16 or AMX), fp16 with a gradient scaler on older CUDA (T4, V100), fp32 on other '
+                         'CPUs and MPS; config.json records what ran')
     channels_last: bool = opt(True, 'NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs')
     compile: bool = opt(False, 'torch.compile the model (CUDA)')
     tta: bool = opt(False, 'also report flip test-time-augmented accuracy')
@@ -78,8 +81,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise CifarkitError naming the first invalid field (`epochs`; the CLI prints its flag, `--epochs`)."""
-        from cifarkit.device import PRECISIONS  # here, not at import: device imports torch, `cifarkit --help` need not
-
         def check(ok: bool, message: str, *names: str) -> None:
             if not ok:
                 raise named_error(message, *names)

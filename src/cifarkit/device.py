@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from cifarkit.config import PRECISIONS
 from cifarkit.errors import CifarkitError
 from cifarkit.system import cpu_flags as read_cpu_flags
 
@@ -23,17 +24,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision; auto: choose_precision
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 BF16_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bf16 tensor cores and cuDNN bf16 convolutions
-
-
-def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX flags; False where they cannot be read).
-
-    Only there does bf16 autocast pay on a CPU (docs/design.md#precision).
-    """
-    return bool({"avx512_bf16", "amx_bf16"} & read_cpu_flags(cpuinfo))
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # CPUs that multiply bf16 in hardware
 
 
 def choose_precision(device_type: str, *, cuda_capability: tuple[int, int] | None = None,
@@ -44,8 +37,9 @@ def choose_precision(device_type: str, *, cuda_capability: tuple[int, int] | Non
         choose_precision("cpu", cpu_flags={"avx2"})        # "fp32"
 
     CUDA >= 8.0: bf16. CUDA below (T4, V100): fp16 with a gradient scaler, since PyTorch runs bf16 convolutions there
-    without cuDNN, slowly or not at all. CPU with AVX512-BF16 or AMX: bf16; other CPUs: fp32 (autocast is 20x
-    slower there). MPS: fp32, the one precision measured there. None reads the machine (docs/design.md#precision).
+    without cuDNN, slowly or not at all. CPU with AVX512-BF16 or AMX: bf16; other CPUs: fp32 (fp16 and bf16 autocast
+    run ~20x slower there). MPS: fp32, which PyTorch supports there on every macOS (bf16 needs macOS 14). None
+    reads the machine (docs/design.md#precision).
     """
     if device_type == "cuda":
         if cuda_capability is None:
@@ -53,7 +47,7 @@ def choose_precision(device_type: str, *, cuda_capability: tuple[int, int] | Non
         return "bf16" if tuple(cuda_capability) >= BF16_CAPABILITY else "fp16"
     if device_type == "cpu":
         flags = read_cpu_flags() if cpu_flags is None else cpu_flags
-        return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "fp32"
+        return "bf16" if BF16_CPU_FLAGS & set(flags) else "fp32"
     return "fp32"
 
 
@@ -77,8 +71,21 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
                           enabled=precision in AUTOCAST_DTYPES)
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to run under bf16 autocast: --precision bf16/fp32 as asked; auto: CUDA, or a CPU with bf16 units."""
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler of a run in `precision`: on for fp16, whose 5 exponent bits flush gradients below 6e-8 to
+    zero unless the loss is scaled up first; off (a pass-through) for bf16 and fp32, which have fp32's range."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:
+    """Gradients of `loss` and one optimizer step, through `scaler`; True when the scaler skipped the step.
+
+    fp16's scaler starts high and halves its scale at each step whose gradients overflow (inf or NaN), leaving
+    the weights as they were: a skipped step is that search, not a failure. Off, it is backward() and step().
+    """
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scale = scaler.get_scale()  # 1.0 without a device sync when the scaler is off
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < scale  # update() lowers the scale exactly when step() found inf or NaN and skipped

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from cifarkit.atomic import write_text
 from cifarkit.config import TrainConfig
 from cifarkit.data.loaders import BatchSource, repeat_epochs
-from cifarkit.device import use_bf16
+from cifarkit.device import autocast, backward_step, grad_scaler, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.models import train_mode
 
@@ -50,6 +50,7 @@ class LRFinderResult:
     lr_max: float
     lr_min_rule: str = LR_MIN_RULE
     lr_max_rule: str = LR_MAX_RULE
+    skipped: int = 0  # steps the fp16 gradient scaler skipped: not on the curve
 
     def save(self, path: Path) -> None:
         write_text(path, json.dumps(asdict(self)) + "\n")
@@ -97,10 +98,15 @@ def suggest_lrs(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
 def find_lr(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *,
             start_lr: float = 1e-7, end_lr: float = 10.0, iters: int = 200, weight_decay: float = 1e-4,
             label_smoothing: float = 0.0,
-            optimizer: torch.optim.Optimizer | None = None, autocast: bool = False,
+            optimizer: torch.optim.Optimizer | None = None, precision: str = "fp32",
             progress: bool = True) -> LRFinderResult:
-    """Run the range test with Adam (or `optimizer`) on `batches`; the model and optimizer are restored after."""
+    """Run the range test with Adam (or `optimizer`) on `batches`; the model and optimizer are restored after.
+
+    precision: "bf16", "fp16" or "fp32" (device.resolve_precision), as in training: fp16 steps go through a gradient
+    scaler, and a step it skips (inf or NaN gradients while its scale comes down) is left off the curve.
+    """
     device = next(model.parameters()).device
+    scaler = grad_scaler(precision, device)
     model_state = copy.deepcopy(model.state_dict())
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=start_lr, weight_decay=weight_decay)
     opt_state = copy.deepcopy(opt.state_dict())
@@ -108,6 +114,7 @@ def find_lr(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor
     lrs: list[float] = []
     losses: list[float] = []
     ema, best, beta = 0.0, math.inf, 0.95
+    skipped = 0
     with train_mode(model):  # BN on batch statistics, as in training; the previous mode comes back after
         try:
             bar = tqdm(range(iters), desc="lr-find", disable=not progress, leave=False)
@@ -116,34 +123,41 @@ def find_lr(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor
                 for group in opt.param_groups:
                     group["lr"] = lr
                 x, y = next(batches)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                with autocast(precision, device):
                     loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                step_skipped = backward_step(loss, opt, scaler)
                 value = loss.item()
                 if not math.isfinite(value):
                     break
+                if step_skipped:  # the weights did not move: this LR has no loss of its own
+                    skipped += 1
+                    continue
                 lrs.append(lr)
                 losses.append(value)
                 ema = beta * ema + (1 - beta) * value
-                ema_debiased = ema / (1 - beta ** (i + 1))
+                ema_debiased = ema / (1 - beta ** len(losses))
                 best = min(best, ema_debiased)
                 bar.set_postfix(lr=f"{lr:.2e}", loss=f"{value:.3f}")
-                if i >= 10 and ema_debiased > DIVERGENCE_FACTOR * best:
+                if len(losses) > 10 and ema_debiased > DIVERGENCE_FACTOR * best:
                     break
         finally:
             model.load_state_dict(model_state)
             opt.load_state_dict(opt_state)
     smoothed = smooth_losses(np.asarray(losses))
     lr_min, lr_max = suggest_lrs(np.asarray(lrs), smoothed)
-    return LRFinderResult(lrs=lrs, losses=losses, smoothed=smoothed.tolist(), lr_min=lr_min, lr_max=lr_max)
+    return LRFinderResult(lrs=lrs, losses=losses, smoothed=smoothed.tolist(), lr_min=lr_min, lr_max=lr_max,
+                          skipped=skipped)
 
 
-def range_test(model: nn.Module, batches: BatchSource, config: TrainConfig, *, progress: bool = True) -> LRFinderResult:
-    """The LR range test with config's sweep, weight decay, loss and precision, on endless repeats of `batches`."""
-    device = next(model.parameters()).device
+def range_test(model: nn.Module, batches: BatchSource, config: TrainConfig, *, progress: bool = True,
+               precision: str | None = None) -> LRFinderResult:
+    """The LR range test with config's sweep, weight decay, loss and precision, on endless repeats of `batches`.
+
+    precision: what training runs in, when the caller has resolved it already (`fit` does); None resolves
+    config.precision on the model's device, as training would.
+    """
+    if precision is None:
+        precision = resolve_precision(config.precision, next(model.parameters()).device)
     return find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
                    iters=config.lr_find_iters, weight_decay=config.weight_decay,
-                   label_smoothing=config.label_smoothing, autocast=use_bf16(config.precision, device),
-                   progress=progress)
+                   label_smoothing=config.label_smoothing, precision=precision, progress=progress)

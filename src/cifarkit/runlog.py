@@ -22,7 +22,7 @@ from cifarkit.lr_finder import LRFinderResult
 from cifarkit.system import cpu_model, usable_cpus
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr", "seconds",
-                   "images_per_second")
+                   "images_per_second", "skipped_steps")
 STEP_COLUMNS = ("step", "epoch", "loss", "lr")  # steps.csv: 1-based optimiser step and epoch, rank 0's batch loss
 
 
@@ -82,7 +82,8 @@ class RunLog:
         if self.enabled:
             self.run.mkdir(parents=True, exist_ok=True)
             result.save(self.run / "lr_finder.json")
-            tqdm.write(f"lr-find: {len(result.lrs)} steps; LRMIN {result.lr_min:.3g} ({result.lr_min_rule}); "
+            skipped = f" (+{result.skipped} skipped by the fp16 scaler)" if result.skipped else ""
+            tqdm.write(f"lr-find: {len(result.lrs)} steps{skipped}; LRMIN {result.lr_min:.3g} ({result.lr_min_rule}); "
                        f"LRMAX {result.lr_max:.3g} ({result.lr_max_rule})")
 
     def header(self, data: Cifar10, fingerprint: str | None, device: torch.device, world: int) -> None:
@@ -150,20 +151,22 @@ class RunLog:
                                 f"lr {self.lrs[global_step]:.2e}")
 
     def epoch(self, epoch: int, *, train_loss: float, train_acc: float, test: dict[str, float], lr: float,
-              seconds: float, train_seconds: float, images: float) -> None:
+              seconds: float, train_seconds: float, images: float, skipped: int = 0) -> None:
+        """One epoch's row and line; `skipped`: its steps that the fp16 gradient scaler skipped."""
         images_per_second = images / train_seconds
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test["loss"],
                "test_acc": test["acc"], "test_acc_tta": test["acc_tta"], "lr": lr, "seconds": seconds,
-               "images_per_second": images_per_second}
+               "images_per_second": images_per_second, "skipped_steps": skipped}
         self.rows.append(row)
         self.train_images += images
         self.train_seconds += train_seconds
         if not self.enabled:
             return
         tta = "" if math.isnan(test["acc_tta"]) else f" tta {100 * test['acc_tta']:6.2f}%"
+        scaled = f" | {skipped:3d} skipped" if self.config.precision == "fp16" else ""  # only fp16 has a scaler
         tqdm.write(f"epoch {epoch + 1:3d}/{self.config.epochs} | train loss {train_loss:.4f} acc "
                    f"{100 * train_acc:6.2f}% | test loss {test['loss']:.4f} acc {100 * test['acc']:6.2f}%{tta} | "
-                   f"lr {lr:.3e} | {seconds:7.1f} s | {images_per_second:7.1f} img/s")
+                   f"lr {lr:.3e} | {seconds:7.1f} s | {images_per_second:7.1f} img/s{scaled}")
         with atomic_write(self.run / "history.csv", text=True) as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             w.writeheader()
@@ -207,6 +210,7 @@ class RunLog:
         out = {"final_test_accuracy": accs[-1] if accs else None, "best_test_accuracy": max(accs, default=None),
                "epochs_completed": len(self.rows), "epochs": self.config.epochs,
                "train_seconds": self.train_seconds,
+               "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.rows),  # rows of older runs lack it
                "images_per_second": self.train_images / self.train_seconds if self.train_seconds else None}
         if self.config.tta and self.rows:
             out["final_test_accuracy_tta"] = self.rows[-1]["test_acc_tta"]

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, normalization, subset
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.loaders import BatchSource, build_train_batches
-from cifarkit.device import autocast, pick_device, use_bf16
+from cifarkit.device import autocast, backward_step, grad_scaler, pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.lr_finder import range_test
 from cifarkit.models import build_model, eval_mode
@@ -45,24 +46,30 @@ class History:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-               x: torch.Tensor, y: torch.Tensor, *, autocast: bool,
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the batch's mean loss and number correct, as tensors left on the device."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+               x: torch.Tensor, y: torch.Tensor, *, precision: str, scaler: torch.amp.GradScaler,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step in `precision` through `scaler` (device.grad_scaler); returns the batch's mean loss and
+    number correct, as tensors left on the device, and whether the fp16 scaler skipped the step.
+
+        loss, correct, skipped = train_step(model, opt, sched, x, y, precision="fp16", scaler=grad_scaler("fp16", dev))
+    """
+    with autocast(precision, x.device):
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)  # logits: softmax lives in the loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return loss.detach().float(), (logits.argmax(1) == y).sum()
+    skipped = backward_step(loss, optimizer, scaler)
+    with warnings.catch_warnings():  # a skipped step still takes its place in the schedule: the run keeps its length
+        if skipped:  # torch reads a skipped first step as a scheduler stepped before its optimizer, and warns
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+        scheduler.step()
+    return loss.detach().float(), (logits.argmax(1) == y).sum(), skipped
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
              precision: str = "fp32", tta: bool = False, ctx: D.DistContext = D.DistContext()) -> dict[str, float]:
-    """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode. Under torchrun each rank
-    takes a contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy."""
+    """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode, forward passes under
+    `precision` ("bf16"/"fp16"/"fp32", as resolved by device.resolve_precision). Under torchrun each rank takes a
+    contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy."""
     lo, hi = D.shard_range(len(labels), ctx)
     sums = torch.zeros(4, dtype=torch.float64, device=images.device)  # loss sum, correct, correct with TTA, count
     with eval_mode(model):
@@ -125,7 +132,7 @@ class _Run:
     device: torch.device
     ctx: D.DistContext
     run: Path
-    autocast: bool
+    scaler: torch.amp.GradScaler  # fp16's loss scaler; a pass-through in bf16 and fp32
     start_epoch: int = 0
     start_step: int = 0
     partial: PartialEpoch | None = None
@@ -155,8 +162,7 @@ def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then uses the fastest
     data = subset(data, config.subset, config.test_subset, seed=config.seed)
     model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
-    autocast = use_bf16(config.precision, device)
-    config = replace(config, precision="bf16" if autocast else "fp32")  # config.json records what ran, not "auto"
+    config = replace(config, precision=resolve_precision(config.precision, device))  # config.json: what ran, not auto
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device, rank=ctx.rank,
                                   world_size=ctx.world_size)
     D.check_setup(config.batch_size, config.sync_bn, ctx, device)
@@ -166,7 +172,7 @@ def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run
         # Rank 0 runs the range test alone: on the global batch, as a one-process run does, so it finds the same LRs.
         lr_batches = build_train_batches(data.train_images, data.train_labels, config, device=device) \
             if ctx.enabled and ctx.is_main else batches
-        config = find_lrs(model, lr_batches, config, log, ctx)
+        config = find_lrs(model, lr_batches, config, log, ctx)  # under the run's precision and a scaler of its own
         del lr_batches
     assert config.lr_min is not None and config.lr_max is not None and config.peak_epoch is not None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr_max, weight_decay=config.weight_decay)
@@ -174,11 +180,14 @@ def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run
                  peak_epoch=config.peak_epoch, final_div=config.final_div)
     lrs = schedule_lrs(**cycle)
     scheduler = one_cycle(optimizer, **cycle, momentum=(config.beta1_peak, config.beta1_ends))
-    r = _Run(config, data, model, model, optimizer, scheduler, batches, lrs, log, device, ctx, run, autocast)
+    r = _Run(config, data, model, model, optimizer, scheduler, batches, lrs, log, device, ctx, run,
+             grad_scaler(config.precision, device))
     if state is not None:
         restore_weights(model, state["model"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # empty from a scaler that is off (bf16, fp32), absent before fp16 existed
+            r.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         r.start_epoch, r.start_step = state["epoch"], state["step_in_epoch"]
         r.partial = PartialEpoch.from_dict(state["partial"])
@@ -204,10 +213,12 @@ def _train(r: _Run) -> None:
         for epoch in range(r.start_epoch, c.epochs):
             t0 = time.perf_counter() - (r.partial.seconds if r.partial else 0.0)
             sums = _epoch_sums(r.partial, r.ctx, r.device)  # loss sum, correct, seen: on the device
+            skipped = int(r.partial.skipped) if r.partial else 0  # steps the fp16 scaler skipped: alike on every rank
             bar = open_bars.enter_context(r.log.bar(epoch, steps, r.start_step))
             for step, (x, y) in enumerate(r.batches.epoch(epoch, r.start_step), start=r.start_step):
-                loss, correct = train_step(r.net, r.optimizer, r.scheduler, x, y, autocast=r.autocast,
-                                           label_smoothing=c.label_smoothing)
+                loss, correct, step_skipped = train_step(r.net, r.optimizer, r.scheduler, x, y, precision=c.precision,
+                                                         scaler=r.scaler, label_smoothing=c.label_smoothing)
+                skipped += step_skipped
                 sums[0] += loss.double() * len(y)  # in-place adds on the device: no step waits on the host
                 sums[1] += correct
                 sums[2] += len(y)
@@ -216,7 +227,8 @@ def _train(r: _Run) -> None:
                 if nonfinite:
                     raise non_finite(float(loss), epoch, epoch * steps + step + 1, r.ckpt_path, "at")
                 if stopping:
-                    _stop(r, epoch, step + 1, sums, time.perf_counter() - t0, stop.get("signum", signal.SIGTERM))
+                    _stop(r, epoch, step + 1, sums, skipped, time.perf_counter() - t0,
+                          stop.get("signum", signal.SIGTERM))
             bar.close()
             train_seconds = time.perf_counter() - t0
             if epoch == r.start_epoch:  # speak early: this process's first steps time the whole run
@@ -228,7 +240,7 @@ def _train(r: _Run) -> None:
             test = evaluate(r.model, test_x, test_y, c, precision=c.precision, tta=c.tta, ctx=r.ctx)
             r.log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,
                         lr=r.lrs[(epoch + 1) * steps - 1], seconds=time.perf_counter() - t0,
-                        train_seconds=train_seconds, images=count)
+                        train_seconds=train_seconds, images=count, skipped=skipped)
             r.start_step, r.partial = 0, None
             _save(r, epoch + 1, 0, None)
 
@@ -240,10 +252,11 @@ def _epoch_sums(partial: PartialEpoch | None, ctx: D.DistContext, device: torch.
     return torch.tensor(values, dtype=torch.float64, device=device)
 
 
-def _stop(r: _Run, epoch: int, step_in_epoch: int, sums: torch.Tensor, seconds: float, signum: int) -> None:
+def _stop(r: _Run, epoch: int, step_in_epoch: int, sums: torch.Tensor, skipped: int, seconds: float,
+          signum: int) -> None:
     """A signal: save the epoch so far at this step boundary, then stop."""
     loss_sum, correct, seen = D.all_reduce_sum(sums, r.ctx).tolist()
-    _save(r, epoch, step_in_epoch, PartialEpoch(loss_sum, correct, seen, seconds))
+    _save(r, epoch, step_in_epoch, PartialEpoch(loss_sum, correct, seen, seconds, skipped))
     raise TrainingInterrupted(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
                               f"{step_in_epoch}; checkpoint saved to {r.ckpt_path}; continue with: cifarkit train "
                               f"--resume --out {r.run}")
@@ -255,7 +268,8 @@ def _save(r: _Run, epoch: int, step_in_epoch: int, partial: PartialEpoch | None)
         raise non_finite(partial.loss_sum, epoch, epoch * len(r.batches) + step_in_epoch, r.ckpt_path, "by")
     if r.ctx.is_main:
         save_checkpoint(r.ckpt_path, {"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
-                                      "scheduler": r.scheduler.state_dict(), "epoch": epoch,
+                                      "scheduler": r.scheduler.state_dict(), "scaler": r.scaler.state_dict(),
+                                      "epoch": epoch,
                                       "step_in_epoch": step_in_epoch,
                                       "partial": dataclasses.asdict(partial) if partial else None,
                                       "config": r.config.to_dict(), "history": r.log.state(),
@@ -267,7 +281,7 @@ def _finish(r: _Run) -> History:
     checksums = D.gather_floats(weights_checksum(r.model), r.ctx, r.device)
     history = r.log.finish(r.model, checksums)
     if r.ctx.is_main and r.config.plots:
-        write_plots(r.run, model=r.model, data=r.data, config=r.config, device=r.device)
+        write_plots(r.run, model=r.model, data=r.data, config=r.config, device=r.device, precision=r.config.precision)
         write_report(r.run)
     D.barrier(r.ctx)
     return History(run_dir=r.run, epochs=history, metrics=r.log.metrics)
@@ -277,7 +291,7 @@ def find_lrs(model: nn.Module, batches: BatchSource, config: TrainConfig, log: R
     """Fill the missing LRMIN/LRMAX with the range test's suggestions (run on rank 0, shared with all ranks)."""
     found = None
     if ctx.is_main:
-        result = range_test(model, batches, config, progress=log.progress)
+        result = range_test(model, batches, config, progress=log.progress, precision=config.precision)
         log.lr_finder(result)
         found = (result.lr_min, result.lr_max)
     lr_min, lr_max = D.broadcast_object(found, ctx)

@@ -39,13 +39,16 @@ def augmented_views(images: np.ndarray, transform: Callable[..., dict[str, Any]]
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, config: TrainConfig, device: torch.device) -> np.ndarray:
-    """Softmax probabilities [M, classes] of `model` (eval mode) on uint8 HWC images, normalised as at test time."""
+def predict_proba(model: nn.Module, images: np.ndarray, config: TrainConfig, device: torch.device,
+                  precision: str = "fp32") -> np.ndarray:
+    """Softmax probabilities [M, classes] of `model` (eval mode, forward under `precision`) on uint8 HWC images,
+    normalised as at test time."""
     out = []
     with eval_mode(model):
         for start in range(0, len(images), config.eval_batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start: start + config.eval_batch_size])).to(device)
-            logits = model(normalize_batch(batch, *normalization(config.std)))
+            with autocast(precision, device):
+                logits = model(normalize_batch(batch, *normalization(config.std)))
             out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -58,8 +61,12 @@ def _train_transform(config: TrainConfig) -> Callable[..., dict[str, Any]]:
 
 def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: TrainConfig, device: torch.device,
                 precision: str = "fp32") -> list[Path]:
-    """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json; the
-    model's predictions run in `precision` (device.autocast)."""
+    """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json.
+
+    The model's predictions and Grad-CAM's forward pass run under `precision` ("bf16"/"fp16"/"fp32", as
+    device.resolve_precision gives it), as in training; Grad-CAM's gradients follow the forward's dtypes and are
+    averaged in fp32.
+    """
     run_dir = Path(run_dir)
     out, written = run_dir / "plots", []
 
@@ -87,8 +94,7 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
             save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
 
     model = model.to(device)
-    with autocast(precision, device):
-        probs = predict_proba(model, data.test_images, config, device)
+    probs = predict_proba(model, data.test_images, config, device, precision)
     true, pred = np.asarray(data.test_labels), probs.argmax(axis=1)
     conf = probs[np.arange(len(pred)), pred]
     matrix = plots.confusion_counts(true, pred, len(data.classes))
@@ -109,8 +115,11 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     if len(shown) == 0:  # a perfect model: explain correct predictions instead of drawing nothing
         shown = np.argsort(-conf, kind="stable")[:N_GRADCAM]
         title = f"Grad-CAM on {len(shown)} correctly classified test images (no mistakes to explain)"
-    heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device),
-                                           *normalization(config.std)), pred[shown]) if len(shown) else np.zeros((0, 32, 32))
+    heat = np.zeros((0, 32, 32))
+    if len(shown):
+        with autocast(precision, device):
+            heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device),
+                                                   *normalization(config.std)), pred[shown])
     save(galleries.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
                                 true_prob=true_prob[shown], title=title), "gradcam")
     return written
