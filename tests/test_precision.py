@@ -96,7 +96,7 @@ def test_config_accepts_every_precision_and_names_them_in_its_help() -> None:
     """TrainConfig validates auto, bf16, fp16 and fp32, refuses others in one line, and its help lists all four."""
     for precision in ("auto", "bf16", "fp16", "fp32"):
         TrainConfig(precision=precision).validate()
-    with pytest.raises(CifarkitError, match="auto, bf16, fp16 or fp32"):
+    with pytest.raises(CifarkitError, match="one of auto, bf16, fp16, fp32"):
         TrainConfig(precision="half").validate()
     help_text = TrainConfig.__dataclass_fields__["precision"].metadata["help"]
     assert "auto|bf16|fp16|fp32" in help_text and "T4" in help_text
