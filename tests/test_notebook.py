@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,18 @@ def test_notebook_is_a_thin_client() -> None:
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= 5
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "sys.path" not in code
-    assert "CIFARKIT_PIP_SPEC" in code and "git+https://github.com/cifarkit/cifarkit.git" in code
+    assert "CIFARKIT_PIP_SPEC" in code and 'REPO = "https://github.com/cifarkit/cifarkit"' in code
+    assert code.count("github.com/cifarkit") == 1, "the install URL is one variable"
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
+
+
+def test_notebook_uses_only_the_public_api() -> None:
+    """Every cifarkit name the notebook uses comes from the package's top level: no `cifarkit.<module>` import."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    deep = re.findall(r"^\s*(?:from|import)\s+cifarkit\.[\w.]+.*$", code, re.M)
+    assert not deep, deep
+    assert re.search(r"^from cifarkit import \(?", code, re.M)
 
 
 @pytest.mark.slow

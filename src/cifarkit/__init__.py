@@ -16,18 +16,22 @@ _EXPORTS = {
     "TrainConfig": "cifarkit.config", "CifarkitError": "cifarkit.errors", "LRFinderResult": "cifarkit.lr_finder",
     "find_lr": "cifarkit.lr_finder", "CustomResNet": "cifarkit.models", "one_cycle": "cifarkit.schedule",
     "History": "cifarkit.train", "evaluate": "cifarkit.train", "fit": "cifarkit.train",
-    "LoadedModel": "cifarkit.api", "load_model": "cifarkit.api", "predict": "cifarkit.api",
+    "LoadedModel": "cifarkit.api", "load_model": "cifarkit.api", "predict": "cifarkit.api", "lr_find": "cifarkit.api",
+    "samples_figure": "cifarkit.report", "plot_lr_finder": "cifarkit.report.plots", "model_summary": "cifarkit.summary",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from cifarkit.api import LoadedModel, load_model, predict
+    from cifarkit.api import LoadedModel, load_model, lr_find, predict
     from cifarkit.config import TrainConfig
     from cifarkit.data import Cifar10, load_cifar10, resolve_data
     from cifarkit.errors import CifarkitError
     from cifarkit.lr_finder import LRFinderResult, find_lr
     from cifarkit.models import CustomResNet
+    from cifarkit.report import samples_figure
+    from cifarkit.report.plots import plot_lr_finder
     from cifarkit.schedule import one_cycle
+    from cifarkit.summary import model_summary
     from cifarkit.train import History, evaluate, fit
 
 

@@ -4,11 +4,12 @@
     model, config = cifarkit.load_model("runs/a")          # a run folder, its model.pt or checkpoints/last.pt
     cifarkit.predict("runs/a", ["cat.png"], top_k=3)       # per image: [(class, probability), ...], best first
 
-`cifarkit.fit(config, data=...)` trains one (cifarkit.train).
+`cifarkit.fit(config, data=...)` trains one (cifarkit.train); `cifarkit.lr_find(config)` runs its LR range test alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,12 +22,14 @@ from torch import nn
 
 from cifarkit.checkpoint import load_model as load_weights_into_model
 from cifarkit.config import TrainConfig
-from cifarkit.data import CLASSES, normalization
+from cifarkit.data import CLASSES, Cifar10, normalization, resolve_data, subset
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.images import read_image, to_rgb32
+from cifarkit.data.loaders import build_train_batches
 from cifarkit.device import autocast, pick_device, resolve_precision
 from cifarkit.errors import CifarkitError, one_line
-from cifarkit.models import CustomResNet, eval_mode
+from cifarkit.lr_finder import LRFinderResult, range_test
+from cifarkit.models import CustomResNet, build_model, eval_mode
 
 ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
 PREDICT_BATCH = 256  # images per forward pass: bounds memory for a long list (256 x 3 x 32 x 32 float32 = 3 MB)
@@ -163,3 +166,24 @@ def predict(model_or_run: nn.Module | LoadedModel | str | os.PathLike[str], imag
             probs.append(model(normalize_batch(x, *mean_std)).float().softmax(1).cpu())
     best, index = torch.cat(probs).topk(top_k, dim=1)
     return [[(names[j], float(p)) for p, j in zip(row_p.tolist(), row_i.tolist())] for row_p, row_i in zip(best, index)]
+
+
+def lr_find(config: TrainConfig, data: Cifar10 | str | None = None, *, precision: str | None = None) -> LRFinderResult:
+    """The LR range test of `config` (its sweep, batch, augmentation, subset, loss and precision) on a fresh model, on
+    `data` (a Cifar10, a path or "synthetic"; None: config.data as `fit` resolves it). `precision`: one already
+    resolved by device.resolve_precision (None: resolve config.precision here).
+
+        result = cifarkit.lr_find(TrainConfig(lr_find_iters=200), data="cifar-10-python.tar.gz")
+        result.lr_min, result.lr_max
+        cifarkit.plot_lr_finder(result.lrs, result.losses, result.smoothed, result.lr_min, result.lr_max)
+    """
+    config.validate()
+    device = pick_device(config.device)
+    config = dataclasses.replace(config, precision=precision or resolve_precision(config.precision, device))
+    torch.manual_seed(config.seed)
+    if not isinstance(data, Cifar10):
+        data = resolve_data(config.data if data is None else str(data))
+    data = subset(data, config.subset, None, seed=config.seed)
+    model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
+    batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
+    return range_test(model, batches, config, precision=config.precision)

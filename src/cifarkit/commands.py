@@ -11,15 +11,13 @@ from pathlib import Path
 
 import torch
 
-from cifarkit.api import check_weights_file, find_weights, load_model, predict, weights_note
+from cifarkit.api import check_weights_file, find_weights, load_model, lr_find, predict, weights_note
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, data_fingerprint, recorded_data, resolve_data, subset
-from cifarkit.data.loaders import build_train_batches
 from cifarkit.data.sources import describe_data
 from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
-from cifarkit.lr_finder import LRFinderResult, range_test
-from cifarkit.models import build_model
+from cifarkit.lr_finder import LRFinderResult
 from cifarkit.report import write_plots, write_report
 from cifarkit.report.plots import plot_lr_finder, save_figure
 from cifarkit.train import evaluate
@@ -43,15 +41,12 @@ def data_of_run(config: TrainConfig, given: str | None, owner: str) -> Cifar10:
 def lr_find_command(config: TrainConfig) -> LRFinderResult:
     """The range test on config's data; writes OUT/lr_finder.json and OUT/lr_finder.png."""
     config.validate()
+    data = resolve_data(config.data)
     device = pick_device(config.device)
-    config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
-    torch.manual_seed(config.seed)
-    full = resolve_data(config.data)
-    data = subset(full, config.subset, None, seed=config.seed)
-    note(f"{describe_data(data, data_fingerprint(full))}; {device}, {config.precision}")
-    model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
-    batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
-    result = range_test(model, batches, config, precision=config.precision)
+    precision = resolve_precision(config.precision, device)
+    note(f"{describe_data(subset(data, config.subset, None, seed=config.seed), data_fingerprint(data))}; {device}, "
+         f"{precision}")
+    result = lr_find(config, data, precision=precision)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "lr_finder.json")

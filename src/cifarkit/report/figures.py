@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from cifarkit.atomic import write_json
@@ -59,6 +60,19 @@ def _train_transform(config: TrainConfig) -> Callable[..., dict[str, Any]]:
     return transform
 
 
+def samples_figure(data: Cifar10, config: TrainConfig, *, per_class: int = SAMPLES_PER_CLASS) -> Figure:
+    """The first `per_class` training images of each class, each beside one augmented view drawn by config's
+    training pipeline (seeded by config.seed, so the same views every time).
+
+        fig = samples_figure(cifarkit.resolve_data("synthetic"), TrainConfig())
+    """
+    labels = np.asarray(data.train_labels)
+    picks = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(data.classes))])
+    picks = picks.astype(np.int64)
+    views = augmented_views(data.train_images[picks], _train_transform(config), config)
+    return galleries.plot_samples(data.train_images[picks], labels[picks], data.classes, views, per_class=per_class)
+
+
 def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: TrainConfig, device: torch.device,
                 precision: str = "fp32") -> list[Path]:
     """Write every plot the run folder allows into RUN/plots/ and per-class accuracy into RUN/per_class.json.
@@ -73,12 +87,7 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     def save(fig: Any, name: str) -> None:
         written.append(plots.save_figure(fig, out / f"{name}.png"))
 
-    labels = np.asarray(data.train_labels)
-    picks = np.concatenate([np.flatnonzero(labels == c)[:SAMPLES_PER_CLASS] for c in range(len(data.classes))])
-    picks = picks.astype(np.int64)
-    views = augmented_views(data.train_images[picks], _train_transform(config), config)
-    save(galleries.plot_samples(data.train_images[picks], labels[picks], data.classes, views,
-                                per_class=SAMPLES_PER_CLASS), "samples")
+    save(samples_figure(data, config), "samples")
 
     if (run_dir / "lr_finder.json").is_file():
         f = json.loads((run_dir / "lr_finder.json").read_text())
