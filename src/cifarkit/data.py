@@ -289,8 +289,11 @@ def load_cifar10(source: str | os.PathLike[str]) -> Cifar10:
     return dataclasses.replace(data, source=f"CIFAR-10 ({layout}) from {path}")  # the path the user gave, not the cache
 
 
-def resolve_data(arg: str | None) -> Cifar10:
-    """The data set for the CLI's --data: "synthetic", a path, or (None) $CIFARKIT_DATA, the cache, a download."""
+def resolve_data(arg: str | None, *, download: bool = True) -> Cifar10:
+    """The data set for the CLI's --data: "synthetic", a path, or (None) $CIFARKIT_DATA, the cache, a download.
+
+    download=False: a CifarkitError instead of the download, for commands that must start from local files only.
+    """
     if arg is not None and arg.strip().lower() == "synthetic":
         return make_synthetic(n_train=SYNTHETIC_SIZES[0], n_test=SYNTHETIC_SIZES[1])
     if arg:
@@ -303,4 +306,6 @@ def resolve_data(arg: str | None) -> Cifar10:
     extracted = sorted((root / "extracted").glob("cifar-10-python-*/cifar-10-batches-py"))
     if extracted:  # extracted earlier, archive since deleted
         return load_cifar10(extracted[-1])
+    if not download:
+        raise CifarkitError(f"CIFAR-10 is neither in $CIFARKIT_DATA nor in the cache {root}: pass --data PATH")
     return load_cifar10(download_cifar10(root))

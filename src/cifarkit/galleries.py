@@ -143,11 +143,11 @@ def plot_misclassified(
     return fig
 
 
-def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0,1] heatmap (jet colours) over a uint8 HWC image; returns float RGB in [0,1]."""
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0,1] heatmap (`cmap` colours) over a uint8 HWC image; returns float RGB in [0,1]."""
     from matplotlib import colormaps
 
-    colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
+    colours = colormaps[cmap](np.clip(heatmap, 0, 1))[..., :3]
     return np.clip((1 - alpha) * image.astype(float) / 255 + alpha * colours, 0, 1)
 
 

@@ -8,6 +8,7 @@ the paper's choice (the last conv map is the most class-specific), and the only 
 exactly the evidence the classifier used. Its 4x4 grid is coarse (each cell covers 8x8 pixels), so `layer="layer2"`
 ([256, 8, 8]) is offered for a finer map; its gradients pass through layer3's convolutions and residual sum, so it
 mixes in class-agnostic edges and texture and is noisier. Read layer3 for "where", layer2 for "roughly what".
+layer1 ([128, 16, 16]) and prep ([64, 32, 32]) go finer still and are mostly edges; they are offered for teaching.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LAYERS = ("layer3", "layer2")
+LAYERS = ("layer3", "layer2", "layer1", "prep")
 
 
 def _features_and_logits(model: nn.Module, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,6 +30,12 @@ def _features_and_logits(model: nn.Module, x: torch.Tensor, layer: str) -> tuple
     if layer == "layer2":  # CustomResNet's stages, run one by one to keep layer2's output
         features = model.layer2(model.layer1(model.prep(x)))
         return features, model.forward_head(model.layer3(features))
+    if layer == "layer1":
+        features = model.layer1(model.prep(x))
+        return features, model.forward_head(model.layer3(model.layer2(features)))
+    if layer == "prep":
+        features = model.prep(x)
+        return features, model.forward_head(model.layer3(model.layer2(model.layer1(features))))
     raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
 
 
