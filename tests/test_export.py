@@ -40,7 +40,8 @@ def onnx_file(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def _torch_probs(run: Path, images: np.ndarray) -> np.ndarray:
     model, config = load_model(run, torch.device("cpu"))
     with torch.no_grad():
-        return model.predict_proba(normalize_batch(torch.from_numpy(images), config.mean, config.std_values)).numpy()
+        batch = torch.from_numpy(np.array(images))  # a writable copy (read_image may return a read-only view)
+        return model.predict_proba(normalize_batch(batch, config.mean, config.std_values)).numpy()
 
 
 def test_export_prints_parity_and_both_speeds(onnx_file: tuple[Path, str]) -> None:

@@ -169,4 +169,4 @@ def test_gradcam_on_custom_resnet() -> None:
     explicit = grad_cam(model, images, [3, 4])
     assert explicit.shape == (2, 32, 32) and np.isfinite(explicit).all() and explicit.max() <= 1
     with pytest.raises(ValueError):
-        grad_cam(model, images, layer="prep")
+        grad_cam(model, images, layer="fc")

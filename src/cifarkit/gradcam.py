@@ -8,7 +8,7 @@ the paper's choice (the last conv map is the most class-specific), and the only 
 exactly the evidence the classifier used. Its 4x4 grid is coarse (each cell covers 8x8 pixels), so `layer="layer2"`
 ([256, 8, 8]) is offered for a finer map; its gradients pass through layer3's convolutions and residual sum, so it
 mixes in class-agnostic edges and texture and is noisier. Read layer3 for "where", layer2 for "roughly what".
-layer1 ([128, 16, 16]) and prep ([64, 32, 32]) go finer still and are mostly edges; they are offered for teaching.
+layer1 ([128, 16, 16]) and prep ([64, 32, 32]) are finer still and mostly show edges; the app offers all four to compare.
 """
 
 from __future__ import annotations
