@@ -84,6 +84,7 @@ def app_url(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
     assert "Traceback" not in output and "DecompressionBombWarning" not in output, output
 
 
+@pytest.mark.slow
 def test_upload_topk_gradcam_misclassified_and_a_refused_file(browser_api: tuple[Any, Any], app_url: str,
                                                               tmp_path: Path) -> None:
     """In chromium: an uploaded image gets exactly the 3 classes asked for; Grad-CAM at layer2, opacity 0.3 draws
