@@ -87,8 +87,9 @@ def app_url(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
 @pytest.mark.slow
 def test_upload_topk_gradcam_misclassified_and_a_refused_file(browser_api: tuple[Any, Any], app_url: str,
                                                               tmp_path: Path) -> None:
-    """In chromium: an uploaded image gets exactly the 3 classes asked for; Grad-CAM at layer2, opacity 0.3 draws
-    overlays; 5 misclassified test images appear with true and predicted classes; a text file gets a message."""
+    """In chromium: an uploaded image gets exactly the 3 classes asked for (and 10 when 11 is typed); Grad-CAM at
+    layer2, opacity 0.3 draws overlays; 5 misclassified test images appear with true and predicted classes; a text
+    file gets a message; no step shows an error."""
     sync_playwright, expect = browser_api
     photo = tmp_path / "photo.png"  # a user's picture: not 32x32, not RGB
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 4), dtype=np.uint8), "RGBA").save(photo)
@@ -107,9 +108,12 @@ def test_upload_topk_gradcam_misclassified_and_a_refused_file(browser_api: tuple
             page.set_input_files("#uploads input[type=file]", [str(photo)])
             expect(page.locator("#prediction-0 .confidence-set")).to_have_count(5)  # the default
             top_k = page.locator("#top-k input[data-testid=number-input]")
+            classes = page.locator("#prediction-0 .confidence-set dt")
+            top_k.fill("11")  # typed past the end: 10 classes, no error
+            top_k.press("Enter")
+            expect(classes).to_have_count(10)
             top_k.fill("3")
             top_k.press("Enter")
-            classes = page.locator("#prediction-0 .confidence-set dt")
             expect(classes).to_have_count(3)
             assert len(set(classes.all_inner_texts())) == 3
 
@@ -135,6 +139,7 @@ def test_upload_topk_gradcam_misclassified_and_a_refused_file(browser_api: tuple
             expect(page.locator("#upload-notes")).to_contain_text("notes.txt: not an image that can be read")
             expect(overlays).to_have_count(4)  # redrawn for the new file list, the photo still first
             expect(page.locator(".progress-text")).to_have_count(0)
+            expect(page.get_by_text("Error", exact=True)).to_have_count(0)
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         finally:
             browser.close()

@@ -50,6 +50,16 @@ def write_examples(ex: Explainer, folder: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def clamp_js(inputs: Sequence[Any]) -> str:
+    """A browser-side step for an event: a number typed past a slider's ends is brought back into its range before
+    it is sent (Gradio would refuse it with an error); other inputs pass unchanged."""
+    gr = _gradio()
+    args = [f"a{i}" for i in range(len(inputs))]
+    values = [f"Math.min({c.maximum}, Math.max({c.minimum}, {a}))" if isinstance(c, gr.Slider) else a
+              for a, c in zip(args, inputs)]
+    return f"({', '.join(args)}) => [{', '.join(values)}]"
+
+
 def build_app(ex: Explainer, examples: Sequence[tuple[Path, str]] = ()) -> Any:
     """The app as a gr.Blocks (not launched). `examples`: (image file, class) pairs offered for one click."""
     gr = _gradio()
@@ -118,11 +128,15 @@ def build_app(ex: Explainer, examples: Sequence[tuple[Path, str]] = ()) -> Any:
         def on_example(event: gr.SelectData) -> list[str]:
             return [str(examples[event.index][0])]
 
-        gr.on([files.change, top_k.change], on_predict, [files, top_k], [notes, *slots], trigger_mode="always_last")
-        gr.on([files.change, cam_on.change, cam_n.change, layer.change, opacity.change], on_gradcam,
-              [files, cam_on, cam_n, layer, opacity], cam_gallery, trigger_mode="always_last")
-        gr.on([mis_on.change, mis_n.change, mis_cam.change, layer.change, opacity.change], on_misclassified,
-              [mis_on, mis_n, mis_cam, layer, opacity], [mis_gallery, mis_summary], trigger_mode="always_last")
+        inputs = [files, top_k]
+        gr.on([files.change, top_k.change], on_predict, inputs, [notes, *slots], js=clamp_js(inputs),
+              trigger_mode="always_last")
+        inputs = [files, cam_on, cam_n, layer, opacity]
+        gr.on([files.change, cam_on.change, cam_n.change, layer.change, opacity.change], on_gradcam, inputs,
+              cam_gallery, js=clamp_js(inputs), trigger_mode="always_last")
+        inputs = [mis_on, mis_n, mis_cam, layer, opacity]
+        gr.on([mis_on.change, mis_n.change, mis_cam.change, layer.change, opacity.change], on_misclassified, inputs,
+              [mis_gallery, mis_summary], js=clamp_js(inputs), trigger_mode="always_last")
         example_gallery.select(on_example, None, files)
     return demo
 
