@@ -5,7 +5,7 @@ pictures (uint8 HWC arrays) and text, so tests and notebooks call them without a
 
     >>> ex = load_explainer("runs/baseline")               # run folder, model.pt, or checkpoints/last.pt
     >>> slots, note = predict_view(ex, ["cat.jpg"], top_k=3)
-    >>> slots[0].top                                       # {'cat': 0.81, 'dog': 0.12, 'frog': 0.03}
+    >>> slots[0].top                                       # {class: probability}, the 3 most probable first
     >>> tiles = gradcam_view(ex, ["cat.jpg"], count=4, layer="layer2", opacity=0.5)
     >>> tiles, note = misclassified_view(ex, count=10)
 
@@ -83,12 +83,16 @@ def _run_file(weights: Path, name: str) -> Path | None:
 
 def describe_run(weights: Path, config: TrainConfig, test_source: str, test_accuracy: float, n_test: int) -> str:
     """The app's header: the run, its recorded accuracy and epochs, and the data it was trained on."""
-    metrics_file = _run_file(weights, "metrics.json")
-    metrics: dict[str, Any] = json.loads(metrics_file.read_text()) if metrics_file else {}
+    metrics: dict[str, Any] = {}
+    if (metrics_file := _run_file(weights, "metrics.json")) is not None:
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):  # unreadable or damaged: the header says so rather than the app not starting
+            pass
     accuracy = metrics.get("final_test_accuracy")
     recorded = f"test accuracy **{100 * accuracy:.2f}%**" if accuracy is not None else "no metrics.json"
     epochs = metrics.get("epochs_completed", config.epochs)
-    fingerprint = getattr(config, "data_fingerprint", None)
+    fingerprint = getattr(config, "data_fingerprint", None) or metrics.get("data_fingerprint")
     data = (f"data fingerprint `{fingerprint}`" if fingerprint else
             f"data: {metrics.get('dataset') or config.data or 'CIFAR-10 (default source)'}")
     return (f"### Run `{weights}`\n{recorded} · {epochs} epoch{'s' * (epochs != 1)} · {data}\n\n"

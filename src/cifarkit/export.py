@@ -165,6 +165,8 @@ def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 10
         raise CifarkitError(f"--format must be one of {sorted(EXPORTERS)}, got {fmt!r}")
     if check_images < 0:
         raise CifarkitError(f"--check-images must be 0 (all) or positive, got {check_images}")
+    if out.is_dir():
+        raise CifarkitError(f"--out {out} is a folder; give a file name such as {out / ('model.' + fmt)}")
     model, config = load_model(Path(weights), torch.device("cpu"))
     test = subset(resolve_data(data or config.data, download=False), None, config.test_subset, seed=config.seed)
     images = np.ascontiguousarray(test.test_images[:check_images or None])

@@ -6,8 +6,7 @@ Pure numpy (no torch, no matplotlib), so the functions serve the report, the app
     >>> report = classification_report(true, probs.argmax(1), CLASSES)
     >>> print(report)                       # fixed-width table, as sklearn's classification_report
     >>> report.to_csv()                     # the same rows as CSV text
-    >>> most_confused(true, pred, CLASSES, top=3)
-    [('cat', 'dog', 112), ('dog', 'cat', 81), ('truck', 'automobile', 40)]
+    >>> most_confused(true, pred, CLASSES, top=3)   # [(true class, predicted class, count), ...], most first
     >>> worst = top_losses(probs, true, k=20)   # misclassified images, highest loss first
 """
 
