@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from cifarkit.config import TrainConfig
 from cifarkit.data import resolve_data
 from cifarkit.errors import CifarkitError
-from cifarkit.explain import (MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view, load_explainer, misclassified_view,
-                              predict_view, top_classes)
+from cifarkit.explain import (MAX_MISCLASSIFIED, MAX_TOP, Explainer, describe_run, gradcam_view, load_explainer,
+                              misclassified_view, predict_view, top_classes)
 from cifarkit.gradcam import LAYERS, grad_cam
 from cifarkit.interpret import top_losses
 from cifarkit.models import CustomResNet
@@ -25,12 +27,23 @@ def explainer(tiny_run: Path) -> Explainer:
 
 def test_header_names_the_run_its_accuracy_epochs_and_data(explainer: Explainer, tiny_run: Path) -> None:
     """The header shows metrics.json's accuracy, the epochs, and that the data is synthetic."""
-    import json
-
     accuracy = json.loads((tiny_run / "metrics.json").read_text())["final_test_accuracy"]
     assert f"test accuracy **{100 * accuracy:.2f}%**" in explainer.header
     assert "1 epoch ·" in explainer.header and "NOT CIFAR-10" in explainer.header
     assert explainer.test_images.shape == (100, 32, 32, 3) and explainer.test_probs.shape == (100, 10)
+
+
+def test_header_prefers_a_data_fingerprint_and_survives_a_damaged_metrics_file(tmp_path: Path) -> None:
+    """A fingerprint in metrics.json is shown instead of the source; a damaged metrics.json gives a header anyway."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"final_test_accuracy": 0.5, "epochs_completed": 24,
+                                                  "dataset": "CIFAR-10", "data_fingerprint": "sha256:0123abcd"}))
+    header = describe_run(run, TrainConfig(), "here", 0.5, 10)
+    assert "test accuracy **50.00%** · 24 epochs · data fingerprint `sha256:0123abcd`" in header
+    (run / "metrics.json").write_text("{not json")
+    assert "no readable metrics.json · 24 epochs · data: CIFAR-10 (default source)" in describe_run(
+        run, TrainConfig(), "here", 0.5, 10)
 
 
 def test_weights_file_and_checkpoint_find_the_same_run(tiny_run: Path, explainer: Explainer) -> None:

@@ -90,7 +90,7 @@ def describe_run(weights: Path, config: TrainConfig, test_source: str, test_accu
         except (OSError, ValueError):  # unreadable or damaged: the header says so rather than the app not starting
             pass
     accuracy = metrics.get("final_test_accuracy")
-    recorded = f"test accuracy **{100 * accuracy:.2f}%**" if accuracy is not None else "no metrics.json"
+    recorded = f"test accuracy **{100 * accuracy:.2f}%**" if accuracy is not None else "no readable metrics.json"
     epochs = metrics.get("epochs_completed", config.epochs)
     fingerprint = getattr(config, "data_fingerprint", None) or metrics.get("data_fingerprint")
     data = (f"data fingerprint `{fingerprint}`" if fingerprint else
