@@ -84,7 +84,6 @@ def app_url(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
     assert "Traceback" not in output and "DecompressionBombWarning" not in output, output
 
 
-@pytest.mark.slow
 def test_upload_topk_gradcam_misclassified_and_a_refused_file(browser_api: tuple[Any, Any], app_url: str,
                                                               tmp_path: Path) -> None:
     """In chromium: an uploaded image gets exactly the 3 classes asked for (and 10 when 11 is typed); Grad-CAM at
