@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cifarkit.errors import CifarkitError
-from cifarkit.explain import (MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view, load_explainer,
-                              misclassified_view, predict_view)
-from cifarkit.gradcam import LAYERS
+from cifarkit.explain import (GRADCAM_LAYERS, MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view,
+                              load_explainer, misclassified_view, predict_view)
 from cifarkit.uploads import BOUNDS, MAX_BYTES, MAX_FILES
 
 INSTALL = 'the app needs Gradio: pip install "cifarkit[app]"'
@@ -91,7 +90,8 @@ def build_app(ex: Explainer, examples: Sequence[tuple[Path, str]] = ()) -> Any:
             cam_on = gr.Checkbox(label="Show Grad-CAM", elem_id="gradcam-on")
             cam_n = gr.Slider(1, MAX_GRADCAM, value=4, step=1, elem_id="gradcam-count",
                               label=f"Images: your uploads first, then test images (at most {MAX_GRADCAM})")
-            layer = gr.Radio(list(LAYERS), value="layer3", label="Layer (coarse to fine)", elem_id="gradcam-layer")
+            layer = gr.Radio(list(GRADCAM_LAYERS), value="layer3", label="Layer (coarse to fine)",
+                             elem_id="gradcam-layer")
             opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity", elem_id="gradcam-opacity")
         cam_gallery = gr.Gallery(label="Grad-CAM overlays", columns=4, height="auto", object_fit="contain",
                                  format="png", elem_id="gradcam-gallery")

@@ -39,6 +39,7 @@ MAX_TOP = 10  # classes listed per image
 MAX_GRADCAM = 16  # Grad-CAM images per request
 MAX_MISCLASSIFIED = 50  # mistakes shown per request
 CMAP = "inferno"
+GRADCAM_LAYERS = ("layer3", "layer2", "layer1", "prep")  # coarse to fine, the order the app lists them in
 
 
 @dataclass
@@ -185,8 +186,8 @@ def predict_view(ex: Explainer, files: Sequence[str] | None, top_k: int) -> tupl
 def gradcam_view(ex: Explainer, files: Sequence[str] | None, count: int, layer: str,
                  opacity: float) -> list[tuple[np.ndarray, str]]:
     """(tile, caption) for `count` images (at most 16): the readable uploads first, then test images in order."""
-    if layer not in LAYERS:
-        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    if layer not in GRADCAM_LAYERS or layer not in LAYERS:
+        raise ValueError(f"layer must be one of {GRADCAM_LAYERS}, got {layer!r}")
     count = max(0, min(int(count), MAX_GRADCAM))
     uploads = read_uploads(files or [])
     n_up = min(len(uploads.names), count)

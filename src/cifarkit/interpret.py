@@ -1,4 +1,4 @@
-"""Reading a model's test predictions as numbers: per-class precision/recall/F1, the most confused pairs, the top losses.
+"""A model's test predictions as numbers: per-class precision/recall/F1, the most confused pairs, the top losses.
 
 Pure numpy (no torch, no matplotlib), so the functions serve the report, the app and a notebook alike:
 
