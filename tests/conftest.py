@@ -143,3 +143,17 @@ def cifar_files() -> SimpleNamespace:
     """The writers above, for tests (fixtures rather than `import conftest`, which depends on pytest's import mode)."""
     return SimpleNamespace(py2_dumps=py2_dumps, batch_dict=batch_dict, pickle_folder=write_pickle_folder,
                            image_tree=write_image_tree, tree_order=tree_order, tar=make_tar)
+
+
+# ------------------------------------------------------------------------------- a trained run (app, export)
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run folder trained once per session: 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100."""
+    from cifarkit.config import TrainConfig
+    from cifarkit.train import fit
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    fit(TrainConfig(data="synthetic", out=str(out), epochs=1, subset=200, test_subset=100, lr_min=1e-4, lr_max=1e-3,
+                    batch_size=64, plots=False), progress=False)
+    return out

@@ -137,7 +137,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=count(1), default=5, help="steps per timing (default: 5)")
     p.add_argument("--repeats", type=count(1), default=3, help="interleaved timings; the median is shown (default: 3)")
     add_run_flags(p, "the benchmark")
+    add_app_export_parsers(sub)
     return parser
+
+
+# ---------------------------------------------------------------------------------------- app and export
+# Both need optional extras (cifarkit[app], cifarkit[export]), imported only when the command runs.
+
+EXPORT_DESCRIPTION = """Export a run's model and check the file against PyTorch on the run's test images.
+
+The exported model takes what an image file holds and returns what a user wants:
+  input  "images": uint8 [B, 32, 32, 3], RGB, batch size B free (NHWC, as PIL and numpy give images)
+  output "probs":  float32 [B, classes], softmax probabilities
+The run's normalisation (its mean and std) is inside the graph, so callers only resize to 32x32.
+The check fails (exit 2, nothing written) unless every probability is within 1e-3 of PyTorch's and the
+top-1 class is the same on every image. Needs: pip install "cifarkit[export]"."""
+
+
+def add_app_export_parsers(sub: Any) -> None:
+    p = sub.add_parser("app", help="serve a local web app over a run: predict, Grad-CAM, misclassified images",
+                       description="A Gradio app over a trained run (needs: pip install \"cifarkit[app]\").")
+    p.add_argument("run", type=Path, help="run folder, RUN/model.pt, or RUN/checkpoints/last.pt")
+    p.add_argument("--port", type=int, default=7860, help="TCP port to serve on (default: 7860)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 serves every network)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--data", default=None, help="data for the test images and examples (default: the run's own)")
+
+    p = sub.add_parser("export", help="export a run's model to ONNX (or TorchScript) and check it against PyTorch",
+                       description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="run folder, RUN/model.pt, or RUN/checkpoints/last.pt")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="file format (default: onnx)")
+    p.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
+    p.add_argument("--check-images", type=int, default=1000,
+                   help="test images for the parity check and the speed figures (default: 1000; 0: all)")
+    p.add_argument("--data", default=None, help="data for the check (default: the run's own)")
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from cifarkit.app import app_command
+
+    return app_command(args.run, data=args.data, device=args.device, host=args.host, port=args.port)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cifarkit.export import export_command
+
+    return export_command(args.run, fmt=args.format, out=args.out, check_images=args.check_images, data=args.data)
+
+# ---------------------------------------------------------------------------------- end of app and export
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -218,7 +266,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "report": cmd_report, "bench": cmd_bench}
+            "predict": cmd_predict, "report": cmd_report, "bench": cmd_bench, "app": cmd_app, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import torch
 
 from cifarkit.api import check_weights_file, find_weights, load_model, lr_find, predict, weights_note
 from cifarkit.config import TrainConfig
-from cifarkit.data import Cifar10, data_fingerprint, recorded_data, resolve_data, subset
-from cifarkit.data.sources import describe_data
+from cifarkit.data import data_fingerprint, resolve_data, subset
+from cifarkit.data.sources import data_of_run, describe_data
 from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.lr_finder import LRFinderResult
@@ -26,16 +26,6 @@ from cifarkit.train import evaluate
 def note(line: str) -> None:
     """What a command uses, said before it works: on stderr, so stdout keeps only results."""
     print(line, file=sys.stderr, flush=True)
-
-
-def data_of_run(config: TrainConfig, given: str | None, owner: str) -> Cifar10:
-    """`--data` when given (said to be or not to be the run's own data); else exactly the data the run recorded."""
-    if given is None:
-        return recorded_data(config.data, config.data_fingerprint, owner=owner)
-    data = resolve_data(given)
-    own = config.data_fingerprint is not None and data_fingerprint(data) == config.data_fingerprint
-    which = "the data the run was trained on" if own else "not the data the run was trained on"
-    return dataclasses.replace(data, source=f"{data.source}, given by --data ({which})")
 
 
 def lr_find_command(config: TrainConfig) -> LRFinderResult:
@@ -63,7 +53,7 @@ def evaluate_command(path: Path, *, data: str | None, device: str, precision: st
     precision = resolve_precision(precision, dev)
     weights = find_weights(path)
     model, config = load_model(weights, dev)
-    full = data_of_run(config, data, f"the run of {weights}")
+    full = data_of_run(config.data, config.data_fingerprint, data, owner=f"the run of {weights}")
     dataset = subset(full, None, test_subset, seed=config.seed)
     note(weights_note(weights))
     note(f"{describe_data(dataset, data_fingerprint(full))}; {dev}, {precision}")
@@ -124,7 +114,7 @@ def build_report(run_or_weights: Path, *, data_source: str | None = None, device
     precision = resolve_precision(precision, dev)
     model, _ = load_model(weights, dev)
     config = TrainConfig.load(run_dir / "config.json")
-    full = data_of_run(config, data_source, f"run {run_dir}")
+    full = data_of_run(config.data, config.data_fingerprint, data_source, owner=f"run {run_dir}")
     data = subset(full, None, config.test_subset, seed=config.seed)
     note(weights_note(weights))
     note(f"{describe_data(data, data_fingerprint(full))}; {dev}, {precision}")

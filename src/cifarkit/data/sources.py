@@ -80,3 +80,14 @@ def describe_data(data: Cifar10, fingerprint: str | None) -> str:
     subset was drawn from)."""
     return (f"data: {data.source}; fingerprint {short(fingerprint)}; {len(data.train_labels)} train / "
             f"{len(data.test_labels)} test images")
+
+
+def data_of_run(path: str | None, fingerprint: str | None, given: str | None, *, owner: str) -> Cifar10:
+    """`--data` when given (said to be or not to be the run's own data); else exactly the data the run recorded
+    (`path`, checked against `fingerprint`)."""
+    if given is None:
+        return recorded_data(path, fingerprint, owner=owner)
+    data = resolve_data(given)
+    own = fingerprint is not None and data_fingerprint(data) == fingerprint
+    which = "the data the run was trained on" if own else "not the data the run was trained on"
+    return dataclasses.replace(data, source=f"{data.source}, given by --data ({which})")

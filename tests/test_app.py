@@ -1,0 +1,68 @@
+"""`cifarkit app` without a browser: the Blocks it builds, its example files, and its one-line refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cifarkit.cli import main
+
+
+def test_import_cifarkit_and_its_cli_loads_no_optional_extra() -> None:
+    """`import cifarkit`, `import cifarkit.cli` and building the parser import neither gradio nor onnx(runtime)."""
+    code = ("import sys, cifarkit, cifarkit.cli; cifarkit.cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'gradio', 'onnx', 'onnxruntime', 'onnxscript'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_without_gradio_app_says_how_to_install_it(tiny_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """With gradio not importable: exit 2 and one `error:` line naming `pip install "cifarkit[app]"`."""
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
+    assert main(["app", str(tiny_run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['error: the app needs Gradio: pip install "cifarkit[app]"']
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "70000"], "--port must be in 1..65535"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or mps"),
+])
+def test_bad_app_arguments_exit_2_with_one_line(tiny_run: Path, argv: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad port or device is refused in one `error:` line before anything is served."""
+    pytest.importorskip("gradio")
+    assert main(["app", str(tiny_run), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_app_on_a_missing_run_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder without weights is refused in one line."""
+    pytest.importorskip("gradio")
+    assert main(["app", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_build_app_returns_blocks_with_the_examples(tiny_run: Path, tmp_path: Path) -> None:
+    """build_app gives a gr.Blocks (not launched) and write_examples one PNG per class, named for it."""
+    gr = pytest.importorskip("gradio")
+    from cifarkit.app import build_app, write_examples
+    from cifarkit.explain import load_explainer
+
+    ex = load_explainer(tiny_run, device="cpu")
+    examples = write_examples(ex, tmp_path)
+    assert [name for _, name in examples] == list(ex.classes)
+    for path, name in examples:
+        assert path.name == f"example-{name}.png"
+        with Image.open(path) as image:
+            assert image.size == (32, 32)
+    demo = build_app(ex, examples)
+    assert isinstance(demo, gr.Blocks) and not getattr(demo, "is_running", False)
+
