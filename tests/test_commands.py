@@ -116,6 +116,27 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
     assert float(dict(pair.split("=") for pair in out.split())["test_accuracy"]) == pytest.approx(acc, abs=1e-4)
 
 
+def test_evaluate_report_prints_the_classification_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """evaluate --report prints, after the metrics, precision/recall/F1 for every class with the macro average, and
+    the most-confused pairs; its recall column is the per-class accuracy of the same predictions."""
+    run = fake_run(tmp_path / "run", 3)
+    code, out, err = cli(["evaluate", "--checkpoint", str(run), "--report", "--device", "cpu"], capsys)
+    assert code == 0, err
+    first, *table = out.splitlines()
+    assert first.startswith("test_accuracy=") and "images=10" in first
+    header = table[0].split()
+    assert header == ["precision", "recall", "f1-score", "support"]
+    data = resolve_data("synthetic")
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:12]}
+    assert sorted(rows) == sorted(data.classes)
+    assert sum(int(r[3]) for r in rows.values()) == 10
+    assert any(line.strip().startswith("macro avg") for line in table)
+    assert "most confused (true -> predicted: test images)" in out
+    accuracy = float(dict(pair.split("=") for pair in first.split())["test_accuracy"])
+    correct = sum(float(r[1]) * int(r[3]) for r in rows.values())  # recall x support = correct per class
+    assert correct / 10 == pytest.approx(accuracy, abs=0.01)
+
+
 def test_predict_top_k_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """predict --top-k 3 prints, per image, three classes with falling probabilities; --json gives the same as
     machine-readable data; a run folder and its model.pt give the same answer."""

@@ -17,6 +17,7 @@ from torch import nn
 from cifarkit.report import galleries, plots
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.report.gradcam import grad_cam
+from cifarkit.report.interpret import confusion_matrix, top_losses
 from cifarkit.models.custom_resnet import CustomResNet
 
 
@@ -120,8 +121,8 @@ def test_plot_into_given_ax(tmp_path: Path, assert_real_png: Callable[..., None]
 
 
 def test_confusion_counts_and_plot(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
-    """confusion_counts puts true classes on rows; the plot writes every count in its cell."""
-    matrix = plots.confusion_counts([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], 3)
+    """confusion_matrix puts true classes on rows; the plot writes every count in its cell."""
+    matrix = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], 3)
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     fig = plots.plot_confusion_matrix(matrix, ["a", "b", "c"])
     assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(map(str, matrix.ravel()))
@@ -184,14 +185,14 @@ def test_overlay_heatmap_blends_a_perceptual_colormap() -> None:
     assert np.allclose(half, 0.5 * 200 / 255 + 0.5 * colormaps["inferno"](heat)[..., :3])
 
 
-def test_top_loss_indices_orders_by_the_true_class_probability() -> None:
-    """top_loss_indices gives the k images whose true class is least probable (highest loss) first; ties keep the
-    input order and k beyond the count gives them all."""
-    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
-    true = np.array([0, 0, 1, 1, 1])  # true-class probabilities 0.7, 0.2, 0.1, 0.4, 0.7
-    assert galleries.top_loss_indices(probs, true, 3).tolist() == [2, 1, 3]
-    assert galleries.top_loss_indices(probs, true, 10).tolist() == [2, 1, 3, 0, 4]
-    assert galleries.top_loss_indices(probs, true, 0).tolist() == []
+def test_top_losses_order_the_mistakes_by_the_true_class_probability() -> None:
+    """top_losses gives the k mistakes whose true class is least probable (highest loss) first; ties keep the input
+    order, correct images never appear, and k beyond the count gives them all."""
+    probs = np.array([[0.3, 0.7], [0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    true = np.array([0, 0, 1, 1, 1])  # true-class probabilities 0.3, 0.2, 0.1, 0.4, 0.7 (the last one is right)
+    assert top_losses(probs, true, 3).index.tolist() == [2, 1, 0]
+    assert top_losses(probs, true, 10).index.tolist() == [2, 1, 0, 3]
+    assert top_losses(probs, true, 0).index.tolist() == []
 
 
 def test_top_losses_tiles_give_both_probabilities(small: dict) -> None:

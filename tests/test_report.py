@@ -89,6 +89,32 @@ def test_per_class_json(built: Path) -> None:
 
 
 @pytest.mark.slow
+def test_classification_report_and_most_confused_pairs(built: Path) -> None:
+    """The run's interpretation: classification_report.csv (one row per class, then the macro average) agrees with
+    per_class.json, whose recall is each class's accuracy; the most-confused pairs are listed largest first and
+    appear in report.md."""
+    import csv
+
+    per_class = json.loads((built / "per_class.json").read_text())
+    rows = list(csv.DictReader((built / "classification_report.csv").open()))
+    assert [r["class"] for r in rows] == [*per_class["classes"], "macro avg"]
+    for i, row in enumerate(rows[:-1]):
+        assert int(row["support"]) == per_class["total"][i]
+        assert float(row["recall"]) == pytest.approx(per_class["accuracy"][i] or 0.0)
+        assert float(row["precision"]) == pytest.approx(per_class["precision"][i])
+    assert float(rows[-1]["f1"]) == pytest.approx(per_class["macro"]["f1"])
+    pairs = per_class["most_confused"]
+    counts = [n for _, _, n in pairs]
+    assert counts == sorted(counts, reverse=True) and len(pairs) <= 10
+    confusion = np.asarray(per_class["confusion"])
+    for true, pred, n in pairs:
+        assert true != pred and confusion[CLASSES.index(true), CLASSES.index(pred)] == n
+    text = (built / "report.md").read_text()
+    if pairs:
+        assert "### Most confused pairs" in text and f"| {pairs[0][0]} | {pairs[0][1]} | {pairs[0][2]} |" in text
+
+
+@pytest.mark.slow
 def test_report_references_plots_tables_and_lrs(built: Path) -> None:
     """report.md embeds every plot by relative path with a caption, has the per-class table, both LRs with their
     rules, the accuracies, the hardware, and says loudly that the data was synthetic; report.html has the same."""
@@ -97,7 +123,7 @@ def test_report_references_plots_tables_and_lrs(built: Path) -> None:
         assert f"](plots/{name}.png)" in text, name
     for name in CLASSES:
         assert f"\n| {name} | " in text, name
-    assert "| class | correct | total | accuracy |" in text
+    assert "| class | correct | images | precision | recall (accuracy) | F1 |" in text and "| **macro avg** |" in text
     assert f"{LR_MIN:.3e}" in text and f"{LR_MAX:.3e}" in text and "rule-for-min" in text and "rule-for-max" in text
     assert "57.00%" in text and "Test CPU" in text
     assert "SYNTHETIC DATA" in text and "NOT on CIFAR-10" in text

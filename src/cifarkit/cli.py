@@ -1,4 +1,4 @@
-"""`cifarkit` command line: summary, lr-find, train, evaluate, predict, report, bench.
+"""`cifarkit` command line: summary, lr-find, train, evaluate, predict, report, bench, app, export.
 
 `train` and `lr-find` flags map one to one onto TrainConfig fields (--lr-max is TrainConfig.lr_max). Every number is
 checked before any work starts. Errors a user can cause print one `error: ...` line on stderr and exit 2, with no
@@ -8,85 +8,18 @@ traceback; what a command uses (weights, data) is said on stderr, results go to 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
-import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from cifarkit import __version__
 from cifarkit.config import PRECISIONS, TrainConfig
 from cifarkit.errors import CifarkitError
-
-NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
-LR_FIND_FIELDS = ("data", "out", "batch_size", "weight_decay", "label_smoothing", "seed", "device", "subset",
-                  "augment", "pad_mode", "std", "cutout_p", "cutout_size", "workers", "precision", "channels_last",
-                  "lr_find_iters", "lr_find_start", "lr_find_end")
-MAX_TOP_K = 10  # CIFAR-10's classes
-PRECISION_HELP = "auto, bf16, fp16 or fp32 (autocast); auto: what the hardware runs best, as train's --precision"
-SUMMARY_PRECISION = ("summary: --precision does not apply: the table counts parameters and multiply-adds, which are "
-                     "the same in every precision")
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its errors as the one `error:` line every cifarkit mistake gets (no usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise CifarkitError(f"{message} (see {self.prog} --help)")
-
-
-def _field_type(tp: Any) -> Any:
-    """The scalar type of a field annotated `X` or `X | None`."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
-
-
-def add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
-    """One flag per TrainConfig field; defaults are SUPPRESSed so we know which flags the user gave."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in NOT_FLAGS or (names is not None and f.name not in names):
-            continue
-        tp = _field_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"].replace("%", "%%")
-        if "default:" not in help_text:  # a None default is explained in the help itself ("default: all")
-            shown = ("on" if f.default else "off") if tp is bool else f.default
-            help_text += f" (default: {shown})"
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, type=tp, default=argparse.SUPPRESS, help=help_text)
-
-
-def given_config(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names}
-
-
-def count(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: a whole number in low..high, refused while parsing, before any work."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {f'in {low}..{high}' if high else f'at least {low}'}, got "
-                                             f"{value}")
-        return value
-    return parse
-
-
-def add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
-    """--device and --precision, for every command that runs the model."""
-    p.add_argument("--device", default="auto", help=f"where {what} runs: auto (cuda, then mps, then cpu), cpu, cuda "
-                   "or mps (default: auto)")
-    p.add_argument("--precision", default="auto", help=f"{PRECISION_HELP} (default: auto)")
-
+from cifarkit.flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
+                             count, given_config)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cifarkit", description=__doc__.splitlines()[0])
@@ -115,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=count(1), default=None, help="class-balanced number of test images "
                    "(default: the whole test set)")
     p.add_argument("--tta", action="store_true", help="also report flip test-time-augmented accuracy")
+    p.add_argument("--report", action="store_true", help="also print the classification report (precision, recall "
+                   "and F1 per class) and the most-confused pairs")
     add_run_flags(p, "evaluation")
 
     p = sub.add_parser("predict", help="classify image files")
@@ -229,8 +164,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cifarkit.commands import evaluate_command
 
     result = evaluate_command(Path(args.checkpoint), data=args.data, device=args.device, precision=args.precision,
-                              tta=args.tta, test_subset=args.test_subset)
+                              tta=args.tta, test_subset=args.test_subset, report=args.report)
+    text = result.pop("report", None)
     print(" ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}" for k, v in result.items()))
+    if text:
+        print(text, end="")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +19,8 @@ from cifarkit.data.sources import data_of_run, describe_data
 from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.lr_finder import LRFinderResult
-from cifarkit.report import write_plots, write_report
+from cifarkit.report import predict_proba, write_plots, write_report
+from cifarkit.report.interpret import classification_report, most_confused
 from cifarkit.report.plots import plot_lr_finder, save_figure
 from cifarkit.train import evaluate
 
@@ -46,9 +48,10 @@ def lr_find_command(config: TrainConfig) -> LRFinderResult:
 
 
 def evaluate_command(path: Path, *, data: str | None, device: str, precision: str = "auto", tta: bool = False,
-                     test_subset: int | None = None) -> dict[str, float]:
+                     test_subset: int | None = None, report: bool = False) -> dict[str, Any]:
     """Test loss and accuracy (and flip-TTA accuracy) of a run's weights on the whole test set, or a class-balanced
-    `test_subset` of it; `images` says how many were used."""
+    `test_subset` of it; `images` says how many were used. With `report`, "report" holds the classification report
+    (precision, recall, F1 per class) and the most-confused pairs as text."""
     dev = pick_device(device)
     precision = resolve_precision(precision, dev)
     weights = find_weights(path)
@@ -61,10 +64,17 @@ def evaluate_command(path: Path, *, data: str | None, device: str, precision: st
     labels = torch.from_numpy(dataset.test_labels).to(dev)
     config = dataclasses.replace(config, channels_last=False)  # the loaded model is in the default memory format
     result = evaluate(model, images, labels, config, precision=precision, tta=tta)
-    out = {"test_accuracy": result["acc"], "test_loss": result["loss"]}
+    out: dict[str, Any] = {"test_accuracy": result["acc"], "test_loss": result["loss"]}
     if tta:
         out["test_accuracy_tta"] = result["acc_tta"]
-    return out | {"images": len(labels)}
+    out["images"] = len(labels)
+    if report:
+        pred = predict_proba(model, dataset.test_images, config, dev, precision).argmax(axis=1)
+        pairs = most_confused(dataset.test_labels, pred, dataset.classes, top=10)
+        out["report"] = str(classification_report(dataset.test_labels, pred, dataset.classes)) + \
+            "\nmost confused (true -> predicted: test images)\n" + \
+            "".join(f"  {t} -> {p}: {n}\n" for t, p, n in pairs)
+    return out
 
 
 def predict_command(path: Path, images: list[str], *, device: str, precision: str = "auto", top_k: int = 1,

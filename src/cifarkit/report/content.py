@@ -100,13 +100,7 @@ def _blocks(run_dir: Path) -> list[Block]:
                 ["dataset", dataset],
                 ["train / test images", f"{m.get('train_images', '?')} / {m.get('test_images', '?')}"]]
     b += [("h2", "Results"), ("table", ["metric", "value"], results)]
-    b.append(("h3", "Per-class test accuracy"))
-    if per_class:
-        rows = [[c, str(k), str(t), fmt_pct(a)] for c, k, t, a in
-                zip(per_class["classes"], per_class["correct"], per_class["total"], per_class["accuracy"])]
-        b.append(("table", ["class", "correct", "total", "accuracy"], rows))
-    else:
-        b.append(("p", "No per_class.json in the run folder: run `cifarkit report RUN` to compute it."))
+    b += _per_class_blocks(per_class)
 
     rules = [finder.get(f"{k}_rule", "LR range test") if finder else "given by the user" for k in ("lr_min", "lr_max")]
     b += [("h2", "Learning rates"), ("table", ["", "value", "rule"], [
@@ -143,6 +137,33 @@ def _blocks(run_dir: Path) -> list[Block]:
           ("table", ["field", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in config.items()]),
           ("p", f"Train again with `{_train_command(config, bool(finder))}`; redraw the plots and this report with "
                 f"`cifarkit report {run_dir}`.")]
+    return b
+
+
+def _per_class_blocks(per_class: dict[str, Any] | None) -> list[Block]:
+    """The classification report (precision, recall = per-class accuracy, F1, macro averages) and the most-confused
+    pairs, from RUN/per_class.json."""
+    if not per_class:
+        return [("h3", "Per class"), ("p", "No per_class.json in the run folder: run `cifarkit report RUN` to compute it.")]
+    has_prf = "precision" in per_class  # written by cifarkit since the classification report exists
+    rows = []
+    for i, name in enumerate(per_class["classes"]):
+        row = [name, str(per_class["correct"][i]), str(per_class["total"][i])]
+        row += [f"{per_class[k][i]:.3f}" for k in ("precision", "recall", "f1")] if has_prf else \
+            [fmt_pct(per_class["accuracy"][i])]
+        rows.append(row)
+    if has_prf:
+        macro = per_class["macro"]
+        rows.append(["**macro avg**", "", str(per_class["n_test"]),
+                     *(f"{macro[k]:.3f}" for k in ("precision", "recall", "f1"))])
+    head = ["class", "correct", "images", "precision", "recall (accuracy)", "F1"] if has_prf else \
+        ["class", "correct", "total", "accuracy"]
+    b: list[Block] = [("h3", "Per class (classification report, also in `classification_report.csv`)"),
+                      ("table", head, rows)]
+    pairs = per_class.get("most_confused") or []
+    if pairs:
+        b += [("h3", "Most confused pairs"),
+              ("table", ["true class", "predicted as", "test images"], [[t, p, str(n)] for t, p, n in pairs])]
     return b
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from cifarkit.atomic import write_json
+from cifarkit.atomic import write_json, write_text
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, normalization
 from cifarkit.data.augment import normalize_batch
@@ -22,6 +22,7 @@ from cifarkit.models import eval_mode
 from cifarkit.report import galleries, plots
 from cifarkit.report.content import read_history
 from cifarkit.report.gradcam import grad_cam
+from cifarkit.report.interpret import classification_report, confusion_matrix, most_confused, top_losses
 
 N_MISCLASSIFIED, N_GRADCAM, SAMPLES_PER_CLASS = 20, 20, 3
 
@@ -106,12 +107,11 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     probs = predict_proba(model, data.test_images, config, device, precision)
     true, pred = np.asarray(data.test_labels), probs.argmax(axis=1)
     conf = probs[np.arange(len(pred)), pred]
-    matrix = plots.confusion_counts(true, pred, len(data.classes))
+    matrix = confusion_matrix(true, pred, len(data.classes))
     save(plots.plot_confusion_matrix(matrix, data.classes), "confusion_matrix")
-    _write_per_class(run_dir / "per_class.json", matrix, data.classes)
+    write_interpretation(run_dir, true, pred, data.classes)
 
-    wrong = np.flatnonzero(pred != true)
-    wrong = wrong[galleries.top_loss_indices(probs[wrong], true[wrong], N_MISCLASSIFIED)]  # highest loss first
+    wrong = top_losses(probs, true, N_MISCLASSIFIED).index  # the mistakes, highest loss first
     true_prob = probs[np.arange(len(true)), true]
     save(galleries.plot_misclassified(data.test_images[wrong], true[wrong], pred[wrong], conf[wrong], data.classes,
                                       true_prob=true_prob[wrong],
@@ -145,11 +145,18 @@ def step_losses(run_dir: Path) -> dict[str, np.ndarray]:
     return {"step_epoch": steps["step"] / per_epoch, "step_loss": steps["loss"]}
 
 
-def _write_per_class(path: Path, matrix: np.ndarray, classes: tuple[str, ...]) -> None:
+def write_interpretation(run_dir: Path, true: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> None:
+    """RUN/per_class.json (counts, accuracy, precision, recall, F1 per class, macro averages, the confusion matrix and
+    the most-confused pairs) and RUN/classification_report.csv, from the test set's true and predicted labels."""
+    matrix = confusion_matrix(true, pred, len(classes))
+    report = classification_report(true, pred, classes)
     correct, total = np.diag(matrix), matrix.sum(axis=1)
-    write_json(path, {
+    write_json(run_dir / "per_class.json", {
         "classes": list(classes), "correct": correct.tolist(), "total": total.tolist(),
         "accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
-        "overall": float(correct.sum() / max(total.sum(), 1)), "n_test": int(total.sum()),
+        "precision": report.precision.tolist(), "recall": report.recall.tolist(), "f1": report.f1.tolist(),
+        "macro": report.macro, "overall": float(correct.sum() / max(total.sum(), 1)), "n_test": int(total.sum()),
         "confusion": matrix.tolist(),  # rows: true class, columns: predicted class
+        "most_confused": [list(pair) for pair in most_confused(true, pred, classes, top=10)],
     })
+    write_text(run_dir / "classification_report.csv", report.to_csv())

@@ -103,17 +103,6 @@ def _labelled_image(ax: Axes, image: np.ndarray, classes: Sequence[str], true: i
                  color="tab:red" if true != pred else "black")
 
 
-def top_loss_indices(probs: np.ndarray, true: Sequence[int], k: int) -> np.ndarray:
-    """Indices of the `k` images with the highest cross-entropy loss, highest first, as fastai's `top_losses`: the
-    lowest probability of the true class first (ties keep the input order).
-
-        wrong = np.flatnonzero(probs.argmax(1) != true)
-        shown = wrong[top_loss_indices(probs[wrong], true[wrong], 20)]   # the 20 worst mistakes
-    """
-    probs, true = np.asarray(probs), np.asarray(true, dtype=np.int64)
-    return np.argsort(probs[np.arange(len(true)), true], kind="stable")[: max(k, 0)]
-
-
 def plot_samples(
     images: np.ndarray,
     labels: np.ndarray,
@@ -167,9 +156,9 @@ def plot_misclassified(
     fig: Figure | None = None,
 ) -> Figure:
     """A grid of test images (uint8 HWC), each titled "true: cat / pred: dog (87%)" (the predicted class's prob),
-    or with `true_prob` "true: cat (3.1%) / pred: dog (87%)". In `top_loss_indices` order it is fastai's top losses:
+    or with `true_prob` "true: cat (3.1%) / pred: dog (87%)". In `interpret.top_losses` order it is fastai's top losses:
 
-        shown = wrong[top_loss_indices(probs[wrong], true[wrong], 20)]
+        shown = top_losses(probs, true, 20).index
         plot_misclassified(images[shown], true[shown], pred[shown], probs[shown].max(1), classes,
                            true_prob=probs[shown, true[shown]])
     """

@@ -215,13 +215,6 @@ def plot_lr_schedule(
     return fig
 
 
-def confusion_counts(true: Sequence[int], pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """Counts [num_classes, num_classes]: rows are true classes, columns predicted ones."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
-    return matrix
-
-
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, ax: Axes | None = None) -> Figure:
     """Counts written in the cells; colour is the row-normalised share, so rare and common classes compare."""
     fig, ax = _axes(ax, (8.5, 7.5))
