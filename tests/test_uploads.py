@@ -44,7 +44,7 @@ def test_each_refused_file_gets_one_line_naming_it_and_the_rest_are_read(tmp_pat
     frames = [Image.new("RGB", (20, 20), c) for c in ("red", "blue")]
     gif = tmp_path / "anim.gif"
     frames[0].save(gif, save_all=True, append_images=frames[1:])
-    wide = _save(tmp_path / "wide.png", Image.new("L", (MAX_SIDE + 1, 1)))
+    wide = _save(tmp_path / "wide.png", Image.new("1", (MAX_SIDE + 1, MAX_SIDE)))  # one column past the cap
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (MAX_BYTES + 1))
     good = _save(tmp_path / "good.png", Image.new("RGB", (32, 32), "green"))
@@ -59,7 +59,7 @@ def test_each_refused_file_gets_one_line_naming_it_and_the_rest_are_read(tmp_pat
     assert list(problems) == ["notes.txt", "anim.gif", "wide.png", "big.png", "cut.png"]
     assert "not an image" in problems["notes.txt"]
     assert "animated" in problems["anim.gif"] and "2 frames" in problems["anim.gif"]
-    assert f"{MAX_SIDE + 1}x1 pixels is over the {MAX_SIDE}x{MAX_SIDE} limit" in problems["wide.png"]
+    assert f"{MAX_SIDE + 1}x{MAX_SIDE} pixels is past the 16.8 MP ({MAX_SIDE}x{MAX_SIDE}) cap" in problems["wide.png"]
     assert "over the 10 MB limit" in problems["big.png"]
     assert "damaged" in problems["cut.png"]
 

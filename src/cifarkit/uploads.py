@@ -20,12 +20,11 @@ from typing import Sequence
 
 import numpy as np
 
-from cifarkit.data.images import read_image
+from cifarkit.data.images import MAX_SIDE, read_image, size_problem
 from cifarkit.errors import CifarkitError
 
 MAX_FILES = 16  # per request
 MAX_BYTES = 10 * 1024 * 1024  # per file: 10 MiB
-MAX_SIDE = 4096  # pixels, per side: a 4096x4096 RGB image decodes to 48 MiB
 
 BOUNDS = (f"at most {MAX_FILES} files per request, each a still image of at most {MAX_SIDE}x{MAX_SIDE} pixels "
           f"and {MAX_BYTES // 2**20} MB")
@@ -61,8 +60,8 @@ def check_image_file(path: Path) -> str | None:
         return f"too many pixels (over {MAX_SIDE}x{MAX_SIDE})"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):  # SyntaxError: PIL's damaged-header signal
         return "not an image that can be read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
-    if width > MAX_SIDE or height > MAX_SIDE:
-        return f"{width}x{height} pixels is over the {MAX_SIDE}x{MAX_SIDE} limit"
+    if problem := size_problem(width, height):
+        return problem
     if frames > 1:
         return f"an animated image ({frames} frames); upload a still image"
     return None

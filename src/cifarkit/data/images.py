@@ -76,9 +76,19 @@ def decode_images(paths: list[str]) -> np.ndarray:
         return np.concatenate(list(pool.map(_decode_in_helper, [paths[a:b] for a, b in zip(bounds, bounds[1:])])))
 
 
-# predict's cap on an image file, checked from its header before any pixel is decoded: 4096 x 4096 = 16.8 MP (a phone
-# photo is 12 MP). A decompression bomb declares far more, and would cost 3 bytes of memory per pixel.
-MAX_PIXELS = 4096 * 4096
+# The cap on an image to classify (predict, the app), checked from its header before any pixel is decoded:
+# 4096 x 4096 = 16.8 MP (a phone photo is 12 MP). A decompression bomb declares far more, and would cost 3 bytes of
+# memory per pixel.
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of width x height pixels is refused (one line), or None within MAX_PIXELS."""
+    if width * height > MAX_PIXELS:
+        return (f"{width}x{height} pixels is past the {MAX_PIXELS / 1e6:.1f} MP ({MAX_SIDE}x{MAX_SIDE}) cap on an "
+                "image to classify; shrink it first")
+    return None
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -91,10 +101,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             # PIL warns (two raw lines) past 89 MP and refuses past 179 MP: the cap below is stricter and says it once
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise CifarkitError(f"{path}: {width}x{height} pixels is past the {MAX_PIXELS / 1e6:.1f} MP "
-                                        "(4096x4096) cap on an image to classify; shrink it first")
+                problem = size_problem(*image.size)
+                if problem:
+                    raise CifarkitError(f"{path}: {problem}")
                 return to_rgb32(image)
     except CifarkitError:
         raise
