@@ -6,12 +6,11 @@ The loop is forward -> loss -> backward -> step -> schedule; logging, checkpoint
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from cifarkit.stops import TrainingInterrupted, check_step, non_finite, stop_on_
 
 
 @dataclass
-class History:
+class History:  # what fit returns: the run folder, one dict per epoch (history.csv's rows), metrics.json
     run_dir: Path
     epochs: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -271,7 +270,7 @@ def _save(r: _Run, epoch: int, step_in_epoch: int, partial: PartialEpoch | None)
                                       "scheduler": r.scheduler.state_dict(), "scaler": r.scaler.state_dict(),
                                       "epoch": epoch,
                                       "step_in_epoch": step_in_epoch,
-                                      "partial": dataclasses.asdict(partial) if partial else None,
+                                      "partial": asdict(partial) if partial else None,
                                       "config": r.config.to_dict(), "history": r.log.state(),
                                       "world_size": r.ctx.world_size})
 
