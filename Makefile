@@ -1,14 +1,16 @@
 # Two commands on a fresh machine: `make run` (the main job) and `make test`.
-# torch is installed first, pinned, so that pip does not pull a multi-GB CUDA build; override with
-#   make run TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
+# torch is installed first and pinned. From PyPI on Linux, torch==2.13.0 is a CUDA build of several GB; a CPU-only
+# machine takes PyTorch's CPU wheel index instead:
+#   make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
-RUN_DIR ?= runs/$(shell date +%Y%m%d-%H%M%S)
+NOW := $(shell date +%Y%m%d-%H%M%S)
+RUN_DIR ?= runs/$(NOW)
 ARGS ?=
-# The data for `make run`: $CIFARKIT_DATA if set, else this workspace's shared copy when it is there, else the
-# cache, else a download.
+# The data for `make run`: $CIFARKIT_DATA if set, else the PNG archive at ../shared/datasets when it is there, else
+# the cache, else a download (with no network and no data: one `error:` line saying what to pass).
 SHARED_DATA := $(wildcard ../shared/datasets/cifar10-png.tar.gz)
 
 .PHONY: run test test-fast venv clean
@@ -30,6 +32,7 @@ run: export CIFARKIT_DATA ?= $(SHARED_DATA)
 run: venv
 	$(BIN)/cifarkit summary --batch-size 512
 	$(BIN)/cifarkit train --out $(RUN_DIR) $(ARGS)
+	@echo "report: $(RUN_DIR)/report.md (also report.html, plots/*.png; redraw with: $(BIN)/cifarkit report $(RUN_DIR))"
 
 test: venv
 	$(BIN)/python -m pytest tests
