@@ -84,6 +84,12 @@ def test_readme_snippet_classifies_a_png_as_pytorch_does(onnx_file: tuple[Path, 
     assert float(prob) == pytest.approx(float(expected.max()), abs=1e-3)
 
 
+def test_the_readme_shows_the_snippet_as_tested() -> None:
+    """README.md's onnxruntime block is examples/onnx_classify.py, line for line (the file the test above runs)."""
+    readme = (SNIPPET.parents[1] / "README.md").read_text()
+    assert f"```python\n{SNIPPET.read_text().rstrip()}\n```" in readme
+
+
 def test_a_graph_that_disagrees_with_pytorch_is_refused_and_not_written(
         tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """An export that forgets the normalisation (raw 0..255 pixels into the network) fails the check: exit 2, one
