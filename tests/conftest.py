@@ -23,7 +23,11 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked `realdata` unless $CIFARKIT_DATA names the real set."""
+    """Mark `slow` every test that trains the session's `tiny_run` (a training run is slow by this suite's rule);
+    skip tests marked `realdata` unless $CIFARKIT_DATA names the real set."""
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if os.environ.get("CIFARKIT_DATA"):
         return
     skip = pytest.mark.skip(reason="needs the real CIFAR-10 set: set CIFARKIT_DATA")
