@@ -22,17 +22,16 @@ from torch import nn
 
 from cifarkit.checkpoint import load_model as load_weights_into_model
 from cifarkit.config import TrainConfig
-from cifarkit.data import CLASSES, Cifar10, normalization, resolve_data, subset
-from cifarkit.data.augment import normalize_batch
+from cifarkit.data import CLASSES, Cifar10, resolve_data, subset
 from cifarkit.data.images import read_image, to_rgb32
 from cifarkit.data.loaders import build_train_batches
-from cifarkit.device import autocast, pick_device, resolve_precision
+from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError, one_line
 from cifarkit.lr_finder import LRFinderResult, range_test
-from cifarkit.models import CustomResNet, build_model, eval_mode
+from cifarkit.models import CustomResNet, build_model
+from cifarkit.report import predict_proba
 
 ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
-PREDICT_BATCH = 256  # images per forward pass: bounds memory for a long list (256 x 3 x 32 x 32 float32 = 3 MB)
 
 # The first bytes of what torch.save writes: a zip archive (the format since PyTorch 1.6) or a pickle (older files).
 CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
@@ -156,15 +155,10 @@ def predict(model_or_run: nn.Module | LoadedModel | str | os.PathLike[str], imag
         raise CifarkitError(f"top_k must be in 1..{n}, got {top_k}", cli=f"--top-k must be in 1..{n}, got {top_k}")
     names = tuple(classes) if classes is not None else CLASSES if n == len(CLASSES) else \
         tuple(f"class{i}" for i in range(n))
-    batch = as_images(images)
     dev = next(model.parameters()).device
-    mean_std = normalization(std or config.std)
-    probs = []
-    with torch.no_grad(), eval_mode(model), autocast(resolve_precision(precision, dev), dev):
-        for start in range(0, len(batch), PREDICT_BATCH):
-            x = torch.from_numpy(batch[start:start + PREDICT_BATCH]).to(dev)
-            probs.append(model(normalize_batch(x, *mean_std)).float().softmax(1).cpu())
-    best, index = torch.cat(probs).topk(top_k, dim=1)
+    config = dataclasses.replace(config, std=std or config.std)
+    probs = predict_proba(model, as_images(images), config, dev, resolve_precision(precision, dev))
+    best, index = torch.from_numpy(probs).topk(top_k, dim=1)
     return [[(names[j], float(p)) for p, j in zip(row_p.tolist(), row_i.tolist())] for row_p, row_i in zip(best, index)]
 
 

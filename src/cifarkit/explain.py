@@ -29,10 +29,11 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import normalization, subset
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.sources import data_of_run
-from cifarkit.device import pick_device
+from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.report.galleries import overlay_heatmap
 from cifarkit.report.gradcam import LAYERS, grad_cam
+from cifarkit.report.figures import predict_proba
 from cifarkit.report.interpret import top_losses
 from cifarkit.uploads import read_uploads
 
@@ -55,13 +56,13 @@ class Explainer:
     test_labels: np.ndarray  # int64 [M]
     test_probs: np.ndarray  # float32 [M, C]
     header: str  # Markdown: what run this is
+    precision: str = "fp32"  # of the forward passes, as device.resolve_precision gives it
 
-    @torch.no_grad()
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities float32 [N, C] for uint8 [N, 32, 32, 3] RGB images."""
-        out = [self.model.predict_proba(self._normalised(images[i:i + self.config.eval_batch_size])).cpu()
-               for i in range(0, len(images), self.config.eval_batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
+        if not len(images):
+            return np.zeros((0, len(self.classes)), np.float32)
+        return predict_proba(self.model, images, self.config, self.device, self.precision)
 
     def gradcam(self, images: np.ndarray, layer: str) -> np.ndarray:
         """Grad-CAM heatmaps float32 [N, 32, 32] in [0, 1] for the predicted class of each image."""
@@ -113,7 +114,7 @@ def load_explainer(weights: str | Path, *, data: str | None = None, device: str 
         raise CifarkitError(f"the data has {len(dataset.classes)} classes and the model {model.num_classes}: "
                             "pass the run's own data with --data")
     explainer = Explainer(model, config, dev, tuple(dataset.classes), dataset.test_images, dataset.test_labels,
-                          np.zeros((0, model.num_classes), np.float32), "")
+                          np.zeros((0, model.num_classes), np.float32), "", resolve_precision("auto", dev))
     explainer.test_probs = explainer.predict(dataset.test_images)
     accuracy = float((explainer.test_probs.argmax(1) == dataset.test_labels).mean()) if len(dataset.test_labels) else 0
     explainer.header = describe_run(weights, config, dataset.source or str(data or config.data), accuracy,
