@@ -78,7 +78,7 @@ def test_lr_find_evaluate_and_predict_commands(tmp_path, capsys: pytest.CaptureF
     assert main(["train", *small, "--test-subset", "16", "--epochs", "1", "--lr-min", "1e-4", "--lr-max", "1e-3",
                  "--no-plots", "--out", str(run)]) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(run)]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--test-subset", "16"]) == 0
     accuracy = float(capsys.readouterr().out.split("test_accuracy=")[1].split()[0])
     assert 0.0 <= accuracy <= 1.0
     images = []
