@@ -102,8 +102,8 @@ def _export_onnx(graph: nn.Module, path: Path, classes: Sequence[str]) -> Callab
                                         "input": "images: uint8 [B, 32, 32, 3] RGB",
                                         "output": "probs: float32 [B, classes], softmax"})
     onnx.save(proto, str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda images: session.run(["probs"], {"images": images})[0]
+    runner = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: runner.run(["probs"], {"images": images})[0]
 
 
 def _export_torchscript(graph: nn.Module, path: Path, classes: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
