@@ -13,7 +13,7 @@ ARGS ?=
 # the cache, else a download (with no network and no data: one `error:` line saying what to pass).
 SHARED_DATA := $(wildcard ../shared/datasets/cifar10-png.tar.gz)
 
-.PHONY: run test test-fast venv clean
+.PHONY: run quick test test-fast venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ run: venv
 	$(BIN)/cifarkit summary --batch-size 512
 	$(BIN)/cifarkit train --out $(RUN_DIR) $(ARGS)
 	@echo "report: $(RUN_DIR)/report.md (also report.html, plots/*.png; redraw with: $(BIN)/cifarkit report $(RUN_DIR))"
+
+# A quick try of the whole pipeline on real CIFAR-10 (range test, 2 epochs, plots, report): minutes on a CPU.
+QUICK := --subset 2000 --test-subset 1000 --epochs 2 --batch-size 128 --lr-find-iters 32
+quick: export CIFARKIT_DATA ?= $(SHARED_DATA)
+quick: venv
+	$(BIN)/cifarkit train --out $(RUN_DIR) $(QUICK) $(ARGS)
+	@echo "report: $(RUN_DIR)/report.md (also report.html, plots/*.png)"
 
 test: venv
 	$(BIN)/python -m pytest tests

@@ -110,12 +110,14 @@ def readme_snippet() -> str:
 def test_readme_python_api_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """The README's Python API snippet runs as written (in an empty folder, `synthetic` made small): it trains, loads
-    the run and prints top-3 predictions."""
+    the run and prints top-3 predictions; run a second time in the same folder, it does the same into a run folder
+    of its own."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (400, 200))
-    exec(compile(readme_snippet(), str(README), "exec"), {"__name__": "__readme__"})
-    out = capsys.readouterr().out
-    assert (tmp_path / "runs" / "api" / "model.pt").is_file()
     number = r"[\d.e+-]+"
-    assert re.search(rf"\[\('\w+', {number}\), \('\w+', {number}\), \('\w+', {number}\)\]", out), out
+    for runs in (1, 2):
+        exec(compile(readme_snippet(), str(README), "exec"), {"__name__": "__readme__"})
+        out = capsys.readouterr().out
+        assert len(list((tmp_path / "runs").glob("api-*/model.pt"))) == runs
+        assert re.search(rf"\[\('\w+', {number}\), \('\w+', {number}\), \('\w+', {number}\)\]", out), out

@@ -22,11 +22,12 @@ def test_import_cifarkit_and_its_cli_loads_no_optional_extra() -> None:
 
 def test_without_gradio_app_says_how_to_install_it(tiny_run: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """With gradio not importable: exit 2 and one `error:` line naming `pip install "cifarkit[app]"`."""
+    """With gradio not importable: exit 2 and one `error:` line naming the install line that works (from the
+    repository: cifarkit is on no package index)."""
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
     assert main(["app", str(tiny_run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ['error: the app needs Gradio: pip install "cifarkit[app]"']
+    assert err == ['error: the app needs Gradio: pip install "cifarkit[app] @ git+https://github.com/cifarkit/cifarkit"']
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -84,11 +84,37 @@ def app_url(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
     assert "Traceback" not in output and "DecompressionBombWarning" not in output, output
 
 
+# What the page measures in the browser: per gallery, each caption that is cut (its text wider than its box), and the
+# empty space between the last tile and the gallery's bottom edge.
+MEASURE_GALLERIES = """() => ["examples", "gradcam-gallery", "mis-gallery"].map(id => {
+    const gallery = document.getElementById(id);
+    const tiles = [...gallery.querySelectorAll(".gallery-item")];
+    const cut = [...gallery.querySelectorAll(".caption-label")].filter(c => c.scrollWidth > c.clientWidth + 1)
+        .map(c => c.textContent);
+    const bottom = Math.max(...tiles.map(t => t.getBoundingClientRect().bottom));
+    return {id, tiles: tiles.length, cut, band: Math.round(gallery.getBoundingClientRect().bottom - bottom)};
+})"""
+MAX_BAND_PX = 40  # the gallery's own padding and border; Gradio's default left ~200 px under one row
+
+
+def _layout_problems(page: Any) -> list[str]:
+    """Cut captions and empty bands in the app's three galleries, as lines (none: the layout is right)."""
+    problems = []
+    for g in page.evaluate(MEASURE_GALLERIES):
+        if not g["tiles"]:
+            problems.append(f"#{g['id']}: no tiles to measure")
+        problems += [f"#{g['id']}: caption cut: {text!r}" for text in g["cut"]]
+        if g["band"] > MAX_BAND_PX:
+            problems.append(f"#{g['id']}: {g['band']} px of empty band under its tiles")
+    return problems
+
+
 def test_upload_topk_gradcam_misclassified_and_a_refused_file(browser_api: tuple[Any, Any], app_url: str,
                                                               tmp_path: Path) -> None:
     """In chromium: an uploaded image gets exactly the 3 classes asked for (and 10 when 11 is typed); Grad-CAM at
     layer2, opacity 0.3 draws overlays; 5 misclassified test images appear with true and predicted classes; a text
-    file gets a message; no step shows an error."""
+    file gets a message; no step shows an error; every gallery caption is shown whole and no gallery leaves an empty
+    band under its one row of tiles (app.png: the page as it ends)."""
     sync_playwright, expect = browser_api
     photo = tmp_path / "photo.png"  # a user's picture: not 32x32, not RGB
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 4), dtype=np.uint8), "RGBA").save(photo)
@@ -139,6 +165,7 @@ def test_upload_topk_gradcam_misclassified_and_a_refused_file(browser_api: tuple
             expect(overlays).to_have_count(4)  # redrawn for the new file list, the photo still first
             expect(page.locator(".progress-text")).to_have_count(0)
             expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+            assert _layout_problems(page) == []
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         finally:
             browser.close()

@@ -115,8 +115,10 @@ def test_torchscript_export_passes_the_same_check(tiny_run: Path, tmp_path: Path
 
 def test_without_onnx_export_says_how_to_install_it(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """With onnx not importable: exit 2, one line naming `pip install "cifarkit[export]"`, nothing written."""
+    """With onnx not importable: exit 2, one line naming the install line that works (from the repository),
+    nothing written."""
     monkeypatch.setitem(sys.modules, "onnx", None)
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "m.onnx"), "--check-images", "5"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ['error: export needs ONNX: pip install "cifarkit[export]"']
+    assert capsys.readouterr().err.strip().splitlines() == [
+        'error: export needs ONNX: pip install "cifarkit[export] @ git+https://github.com/cifarkit/cifarkit"']
     assert list(tmp_path.iterdir()) == []

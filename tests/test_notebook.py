@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cifarkit.data import CLASSES
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -40,7 +42,8 @@ def test_notebook_uses_only_the_public_api() -> None:
 @pytest.mark.slow
 def test_notebook_runs_in_smoke_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Executed in a fresh python3 kernel (cwd: an empty folder, CIFARKIT_SMOKE=1, CIFARKIT_DATA=synthetic), no cell
-    errors, and the run folder it creates holds every plot, the report and the metrics."""
+    errors, the run folder it creates holds every plot, the report and the metrics, and the last cell classifies one
+    test image of each class."""
     monkeypatch.setenv("CIFARKIT_SMOKE", "1")
     monkeypatch.setenv("CIFARKIT_DATA", "synthetic")
     monkeypatch.setenv("TQDM_DISABLE", "1")
@@ -58,5 +61,8 @@ def test_notebook_runs_in_smoke_mode(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert (run / "plots" / f"{name}.png").is_file(), name
     for name in ("report.md", "metrics.json", "history.csv", "lr_finder.json", "model.pt"):
         assert (run / name).is_file(), name
+    shown = [line.split()[1].rstrip(":") for o in nb.cells[-1].outputs if o.output_type == "stream"
+             for line in o.text.splitlines() if line.startswith("true ")]
+    assert sorted(shown) == sorted(CLASSES), f"the last cell shows {shown}, not one test image per class"
     shown = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))
     assert shown >= 8, f"only {shown} images displayed"

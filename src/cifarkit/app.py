@@ -1,6 +1,6 @@
 """`cifarkit app RUN`: a local web app (Gradio) over a trained run: predict, Grad-CAM, misclassified test images.
 
-Needs the optional extra: `pip install "cifarkit[app]"`. The logic lives in `cifarkit.explain` as plain functions;
+Needs the optional extra `app` (INSTALL says how). The logic lives in `cifarkit.explain` as plain functions;
 this module only lays them out and serves them:
 
     >>> from cifarkit.explain import load_explainer
@@ -19,12 +19,28 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, pip_install
 from cifarkit.explain import (GRADCAM_LAYERS, MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view,
                               load_explainer, misclassified_view, predict_view)
 from cifarkit.uploads import BOUNDS, MAX_BYTES, MAX_FILES
 
-INSTALL = 'the app needs Gradio: pip install "cifarkit[app]"'
+INSTALL = f"the app needs Gradio: {pip_install('app')}"
+# Gradio's galleries cut captions to one line ("...") inside square tiles, and keep 450 px for a gallery of height
+# "auto", which left an empty band under one row of tiles. Here a tile is its image with the whole caption under it,
+# and a gallery is as tall as its rows.
+GALLERIES = ("#examples", "#gradcam-gallery", "#mis-gallery")
+
+
+def _css(selector: str, rules: str) -> str:
+    return ", ".join(f"{g} {selector}" for g in GALLERIES) + " { " + rules + " }\n"
+
+
+APP_CSS = (_css(".grid-wrap", "min-height: 0; max-height: none;")
+           + _css(".gallery-item", "height: auto;")
+           + _css(".thumbnail-item", "aspect-ratio: auto; height: auto; display: flex; flex-direction: column;")
+           + _css(".thumbnail-item > img", "width: 100%; height: auto;")
+           + _css(".caption-label", "position: static; max-width: none; white-space: normal; overflow: visible; "
+                  "text-overflow: clip; opacity: 1; border: none; background: none; text-align: center;"))
 UPLOAD_NOTE = ("Any size and colour mode: each image is converted to RGB and resized to 32x32 pixels (bilinear), "
                f"as `cifarkit predict` does, and shown here as the model sees it. Limits: {BOUNDS}.")
 
@@ -81,7 +97,7 @@ def build_app(ex: Explainer, examples: Sequence[tuple[Path, str]] = ()) -> Any:
                                                 buttons=[]), gr.Label(elem_id=f"prediction-{i}")]
         example_gallery = gr.Gallery([(str(p), name) for p, name in examples], label=(
             "Examples: one test image per class from the run's test data (click one to classify it)"),
-            columns=10, height=170, object_fit="contain", allow_preview=False, elem_id="examples", interactive=False)
+            columns=10, height="auto", object_fit="contain", allow_preview=False, elem_id="examples", interactive=False)
 
         gr.Markdown("## Grad-CAM\nWhere the evidence for the predicted class lies: 0 none, 1 the image's strongest. "
                     "layer3 is the map the classifier reads (4x4, coarse); layer2, layer1 and prep are finer "
@@ -149,7 +165,7 @@ def launch(demo: Any, *, host: str = "127.0.0.1", port: int = 7860, block: bool 
     # (uploads are checked before decoding; this covers the rest).
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                            show_error=True, max_file_size=MAX_BYTES)
+                            show_error=True, max_file_size=MAX_BYTES, css=APP_CSS)
     reach = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else f"every machine that reaches {host}"
     print(f"cifarkit app: {url} (bound to {host}:{port}, {reach}; Ctrl+C stops it)", flush=True)
     if block:

@@ -1,4 +1,4 @@
-"""`cifarkit` command line: summary, lr-find, train, evaluate, predict, report, bench, app, export.
+"""`cifarkit` command line: summary, lr-find, train, evaluate, predict, report, bench, app, export, cache.
 
 `train` and `lr-find` flags map one to one onto TrainConfig fields (--lr-max is TrainConfig.lr_max). Every number is
 checked before any work starts. Errors a user can cause print one `error: ...` line on stderr and exit 2, with no
@@ -17,7 +17,7 @@ from typing import Any
 
 from cifarkit import __version__
 from cifarkit.config import PRECISIONS, TrainConfig
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, pip_install
 from cifarkit.flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
                              count, given_config)
 
@@ -73,25 +73,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=count(1), default=3, help="interleaved timings; the median is shown (default: 3)")
     add_run_flags(p, "the benchmark")
     add_app_export_parsers(sub)
+    add_cache_parser(sub)
     return parser
+
+
+def add_cache_parser(sub: Any) -> None:
+    p = sub.add_parser("cache", help="list what the data cache holds (entries, sizes, the data each came from)",
+                       description="The data cache: $CIFARKIT_CACHE, else ~/.cache/cifarkit. It holds extracted "
+                       "archives and decoded arrays (about 420 MB for the CIFAR-10 PNG archive).")
+    p.add_argument("--clear", action="store_true", help="remove every entry; the data you gave is untouched, and the "
+                   "next load extracts and decodes again")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from cifarkit.data.archive import cache_root
+    from cifarkit.data.cache import cache_entries, clear_cache, format_cache
+
+    root = cache_root()
+    if args.clear:
+        entries, size = clear_cache(root)
+        print(f"cleared {root}: {entries} entr{'y' if entries == 1 else 'ies'}, {size / 1e6:,.1f} MB")
+    else:
+        print(format_cache(cache_entries(root), root))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- app and export
 # Both need optional extras (cifarkit[app], cifarkit[export]), imported only when the command runs.
 
-EXPORT_DESCRIPTION = """Export a run's model and check the file against PyTorch on the run's test images.
+EXPORT_DESCRIPTION = f"""Export a run's model and check the file against PyTorch on the run's test images.
 
 The exported model takes what an image file holds and returns what a user wants:
   input  "images": uint8 [B, 32, 32, 3], RGB, batch size B free (NHWC, as PIL and numpy give images)
   output "probs":  float32 [B, classes], softmax probabilities
 The run's normalisation (its mean and std) is inside the graph, so callers only resize to 32x32.
 The check fails (exit 2, nothing written) unless every probability is within 1e-3 of PyTorch's and the
-top-1 class is the same on every image. Needs: pip install "cifarkit[export]"."""
+top-1 class is the same on every image. Needs: {pip_install('export')}."""
 
 
 def add_app_export_parsers(sub: Any) -> None:
     p = sub.add_parser("app", help="serve a local web app over a run: predict, Grad-CAM, misclassified images",
-                       description="A Gradio app over a trained run (needs: pip install \"cifarkit[app]\").")
+                       description=f"A Gradio app over a trained run (needs: {pip_install('app')}).")
     p.add_argument("run", type=Path, help="run folder, RUN/model.pt, or RUN/checkpoints/last.pt")
     p.add_argument("--port", type=int, default=7860, help="TCP port to serve on (default: 7860)")
     p.add_argument("--host", default="127.0.0.1",
@@ -204,7 +226,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, "evaluate": cmd_evaluate,
-            "predict": cmd_predict, "report": cmd_report, "bench": cmd_bench, "app": cmd_app, "export": cmd_export}
+            "predict": cmd_predict, "report": cmd_report, "bench": cmd_bench, "app": cmd_app, "export": cmd_export,
+            "cache": cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

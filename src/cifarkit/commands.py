@@ -36,14 +36,15 @@ def lr_find_command(config: TrainConfig) -> LRFinderResult:
     data = resolve_data(config.data)
     device = pick_device(config.device)
     precision = resolve_precision(config.precision, device)
-    note(f"{describe_data(subset(data, config.subset, None, seed=config.seed), data_fingerprint(data))}; {device}, "
-         f"{precision}")
-    result = lr_find(config, data, precision=precision)
+    train = subset(data, config.subset, None, seed=config.seed)
+    note(f"{describe_data(train, data_fingerprint(data), test=False)}; {device}, {precision}")
+    result = lr_find(config, train, precision=precision)  # drawn once: a short subset is said once
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "lr_finder.json")
     save_figure(plot_lr_finder(result.lrs, result.losses, result.smoothed, lr_min=result.lr_min,
                                lr_max=result.lr_max), out / "lr_finder.png")
+    note(f"wrote {out / 'lr_finder.json'} and {out / 'lr_finder.png'}")
     return result
 
 

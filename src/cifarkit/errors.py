@@ -5,6 +5,14 @@ from __future__ import annotations
 import re
 
 
+REPOSITORY = "https://github.com/cifarkit/cifarkit"  # cifarkit installs from here: it is on no package index
+
+
+def pip_install(extra: str) -> str:
+    """The command that installs cifarkit with an optional extra (app, export, ...) from its repository."""
+    return f'pip install "cifarkit[{extra}] @ git+{REPOSITORY}"'
+
+
 class CifarkitError(Exception):
     """A mistake in input, data or configuration, explained in one line that says what to do.
 

@@ -98,8 +98,14 @@ def describe_run(weights: Path, config: TrainConfig, test_source: str, test_accu
     fingerprint = getattr(config, "data_fingerprint", None) or metrics.get("data_fingerprint")
     data = (f"data fingerprint `{fingerprint}`" if fingerprint else
             f"data: {metrics.get('dataset') or config.data or 'CIFAR-10 (default source)'}")
+    scope = ""
+    if config.test_subset is not None and accuracy is not None:  # evaluate tests on the whole set: say which is which
+        scope = (f" The recorded accuracy is on the run's test subset ({metrics.get('test_images', config.test_subset)}"
+                 " images, config `test_subset`), as are the images here; `cifarkit evaluate` tests on the whole "
+                 "test set.")
     return (f"### Run `{weights}`\n{recorded} · {epochs} epoch{'s' * (epochs != 1)} · {data}\n\n"
-            f"Test images here: {n_test} from {test_source}; the model gets {100 * test_accuracy:.2f}% of them right.")
+            f"Test images here: {n_test} from {test_source}; the model gets {100 * test_accuracy:.2f}% of them right."
+            + scope)
 
 
 def load_explainer(weights: str | Path, *, data: str | None = None, device: str = "auto") -> Explainer:

@@ -12,7 +12,8 @@ class names are stored in the ONNX metadata ("classes", a JSON list).
 
 The file is checked before it is written: onnxruntime (CPU) runs it on the run's test images (or N of them) and
 every probability must lie within 1e-3 of PyTorch's (the model in eval mode on `normalize_batch` input) with the same
-top-1 class on every image; otherwise it is an error and nothing is written. Needs `pip install "cifarkit[export]"`:
+top-1 class on every image; otherwise it is an error and nothing is written. Needs the optional extra `export`
+(INSTALL says how):
 
     >>> from cifarkit.export import export_command
     >>> export_command(Path("runs/baseline"), fmt="onnx", out=Path("model.onnx"), check_images=1000)
@@ -43,11 +44,11 @@ from cifarkit.api import load_model
 from cifarkit.data import normalization, subset
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.sources import data_of_run
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, pip_install
 
 PROB_BOUND = 1e-3  # max |probability difference| allowed between the exported file and PyTorch
 BATCH = 256  # images per call in the check and the speed figures
-INSTALL = 'export needs ONNX: pip install "cifarkit[export]"'
+INSTALL = f"export needs ONNX: {pip_install('export')}"
 
 
 class ImagesToProbs(nn.Module):

@@ -23,7 +23,12 @@ SUMMARY_PRECISION = ("summary: --precision does not apply: the table counts para
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with its errors as the one `error:` line every cifarkit mistake gets (no usage block)."""
+    """argparse, with its errors as the one `error:` line every cifarkit mistake gets (no usage block), and no
+    abbreviated flags: `--epoch 3` is refused, not taken as `--epochs 3`. Subparsers are made of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise CifarkitError(f"{message} (see {self.prog} --help)")

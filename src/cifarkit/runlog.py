@@ -19,6 +19,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10
 from cifarkit.data.sources import describe_data
 from cifarkit.lr_finder import LRFinderResult
+from cifarkit.report.render import fmt_count, fmt_epoch
 from cifarkit.system import cpu_model, usable_cpus
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr", "seconds",
@@ -96,6 +97,11 @@ class RunLog:
             tqdm.write(f"NOTE: training on {data.source}: results say nothing about CIFAR-10")
         info = hardware_info(device)
         tqdm.write(f"device: {device} x{world} ({info.get('gpu') or info['cpu']}), precision {self.config.precision}")
+        c = self.config
+        if c.lr_min is None or c.lr_max is None:
+            passes = c.lr_find_iters * c.batch_size / max(len(data.train_labels), 1)
+            tqdm.write(f"LR range test: {c.lr_find_iters} steps of {c.batch_size} images, {passes:.1f} passes over "
+                       f"the {len(data.train_labels):,} training images (--lr-find-iters sets the steps)")
 
     def eta(self, epoch: int, steps: int, seconds: float) -> None:
         """After this process's first epoch of `steps` steps in `seconds`: how long the run takes at that pace."""
@@ -127,8 +133,8 @@ class RunLog:
         c = self.config
         beta1 = f"; Adam beta1 {c.beta1_ends:g} -> {c.beta1_peak:g} -> {c.beta1_ends:g}" \
             if c.beta1_peak != c.beta1_ends else ""
-        tqdm.write(f"run {self.run}: {c.epochs} epochs x {steps_per_epoch} steps of {c.batch_size}; one-cycle LR "
-                   f"{c.lr_min:.3g} -> {c.lr_max:.3g} (peak at epoch {c.peak_epoch:g}) -> "
+        tqdm.write(f"run {self.run}: {fmt_count(c.epochs, 'epoch')} x {steps_per_epoch} steps of {c.batch_size}; "
+                   f"one-cycle LR {c.lr_min:.3g} -> {c.lr_max:.3g} (peak at epoch {fmt_epoch(c.peak_epoch)}) -> "
                    f"{c.lr_min / c.final_div:.3g}{beta1}")
         if self.config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency

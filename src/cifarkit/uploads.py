@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cifarkit.data.images import MAX_SIDE, read_image, size_problem
+from cifarkit.data.images import MAX_SIDE, image_problem, read_image
 from cifarkit.errors import CifarkitError
 
 MAX_FILES = 16  # per request
@@ -54,17 +54,11 @@ def check_image_file(path: Path) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                width, height = img.size
-                frames = getattr(img, "n_frames", 1)
+                return image_problem(img)  # the checks `predict` makes: one home
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         return f"too many pixels (over {MAX_SIDE}x{MAX_SIDE})"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):  # SyntaxError: PIL's damaged-header signal
         return "not an image that can be read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
-    if problem := size_problem(width, height):
-        return problem
-    if frames > 1:
-        return f"an animated image ({frames} frames); upload a still image"
-    return None
 
 
 def read_uploads(paths: Sequence[str | os.PathLike[str]], *, max_files: int = MAX_FILES) -> Uploads:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarkit.atomic import atomic_write
+from cifarkit.atomic import atomic_write, write_text
 from cifarkit.errors import CifarkitError, one_line
 
 # Extraction caps. CIFAR-10 unpacks to ~180 MB in 8 files (python batches) or 60,000 PNGs (image tree); the caps leave
@@ -35,6 +35,21 @@ def cache_root() -> Path:
     """The cache folder: $CIFARKIT_CACHE, else ~/.cache/cifarkit. Not created here."""
     env = os.environ.get("CIFARKIT_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cifarkit"
+
+
+SOURCE_SUFFIX = ".source"  # beside a cache entry: the absolute path of the data it was made from
+
+
+def record_source(entry: Path, source: Path) -> None:
+    """Note beside cache `entry` (ENTRY.source) which data it was made from, for `cifarkit cache`. A cache that
+    cannot be written only loses the note."""
+    note = entry.with_name(entry.name + SOURCE_SUFFIX) if entry.is_dir() else entry.with_suffix(SOURCE_SUFFIX)
+    text = f"{source.resolve()}\n"
+    try:
+        if not note.is_file() or note.read_text() != text:
+            write_text(note, text)
+    except OSError:
+        pass
 
 
 def is_archive(path: Path) -> bool:
@@ -165,6 +180,7 @@ def extract_cached(archive: Path, *, max_bytes: int | None = None, max_members: 
                 if not final.is_dir():
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same entry first; use theirs
+            record_source(final, archive)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, (tarfile.TarError, OSError, EOFError, zlib.error)):

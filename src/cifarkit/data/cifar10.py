@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.data.archive import cache_root, extract_cached, is_archive, restricted_loads, save_npz_atomic
+from cifarkit.data.archive import (SOURCE_SUFFIX, cache_root, extract_cached, is_archive, record_source,
+                                   restricted_loads, save_npz_atomic)
 from cifarkit.data.fingerprint import ARRAYS, cached_fingerprint, files_key
 from cifarkit.data.images import decode_images
 from cifarkit.errors import CifarkitError
@@ -63,6 +64,11 @@ def subset(data: Cifar10, n_train: int | None, n_test: int | None, *, seed: int 
     drawn from; it keeps the fingerprint only when nothing was left out, since the fingerprint is of the arrays."""
     train = (data.train_images, data.train_labels)
     test = (data.test_images, data.test_labels)
+    for name, n, labels in (("subset", n_train, train[1]), ("test_subset", n_test, test[1])):
+        classes = len(np.unique(labels))
+        if n is not None and n < min(classes, len(labels)):
+            log.warning("%s %d leaves %d of the %d classes without a single image; give %d or more", name, n,
+                        classes - n, classes, classes)
     if n_train is not None:
         train = class_balanced_subset(*train, n_train, seed=seed)
     if n_test is not None:
@@ -146,7 +152,9 @@ def _load_pickle_folder(folder: Path) -> Cifar10:
     data = Cifar10(np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), test[0], test[1],
                    classes)
     stamp = files_key(folder / name for name in (*TRAIN_BATCHES, TEST_BATCH))  # any rewritten batch: a new entry
-    return _with_fingerprint(data, cache_root() / "arrays" / f"{_path_key(folder)}-{stamp}.sha256")
+    data = _with_fingerprint(data, sidecar := cache_root() / "arrays" / f"{_path_key(folder)}-{stamp}.sha256")
+    record_source(sidecar, folder)
+    return data
 
 
 def _path_key(folder: Path) -> str:
@@ -209,10 +217,12 @@ def _load_image_tree(root: Path, archive_key: str | None = None) -> Cifar10:
                                               [len(by_class[name]) for name in classes])
     try:
         save_npz_atomic(cache_file, classes=np.array(classes), **arrays)
+        if folder_key:  # an archive's tree: its source is the extracted entry's
+            record_source(cache_file, root)
         for old in cache_file.parent.glob(f"{folder_key}-*.npz") if folder_key else ():  # this folder's older states
             if old != cache_file:
-                old.unlink(missing_ok=True)
-                old.with_suffix(".sha256").unlink(missing_ok=True)
+                for suffix in (".npz", ".sha256", SOURCE_SUFFIX):
+                    old.with_suffix(suffix).unlink(missing_ok=True)
         cache_file.with_suffix(".sha256").unlink(missing_ok=True)  # left by an entry that was damaged and rebuilt
     except OSError as exc:  # a read-only cache only costs speed
         log.warning("cannot write the array cache %s (%s); the next load decodes again", cache_file, exc)

@@ -91,17 +91,28 @@ def size_problem(width: int, height: int) -> str | None:
     return None
 
 
+def image_problem(image: Image.Image) -> str | None:
+    """Why an opened image file is refused for classification (one line), or None: too many pixels, or animated
+    (which frame would be meant?). Read from the header alone; `predict` and the app both ask here."""
+    if problem := size_problem(*image.size):
+        return problem
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        return f"an animated image ({frames} frames); give a still image"
+    return None
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """An image file as RGB uint8 [32, 32, 3], resized (bilinear) from any other size, as a user's photo needs.
 
-    A file of more than MAX_PIXELS is refused from its header, before decoding; anything else that is not an image is
-    a CifarkitError naming the file."""
+    A file of more than MAX_PIXELS, or an animated one, is refused from its header (image_problem), before decoding;
+    anything else that is not an image is a CifarkitError naming the file."""
     try:
         with warnings.catch_warnings():
             # PIL warns (two raw lines) past 89 MP and refuses past 179 MP: the cap below is stricter and says it once
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                problem = size_problem(*image.size)
+                problem = image_problem(image)
                 if problem:
                     raise CifarkitError(f"{path}: {problem}")
                 return to_rgb32(image)

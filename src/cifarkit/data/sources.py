@@ -34,7 +34,12 @@ def resolve_data(arg: str | os.PathLike[str] | None) -> Cifar10:
     if arg:
         return load_cifar10(arg)
     if os.environ.get("CIFARKIT_DATA"):
-        return _found(resolve_data(os.environ["CIFARKIT_DATA"]), "$CIFARKIT_DATA")
+        try:
+            return _found(resolve_data(os.environ["CIFARKIT_DATA"]), "$CIFARKIT_DATA")
+        except CifarkitError as e:
+            fix = "fix or unset CIFARKIT_DATA, or pass data="
+            raise CifarkitError(f"$CIFARKIT_DATA: {e} ({fix})",
+                                cli=f"$CIFARKIT_DATA: {e.cli_line()} ({fix.replace('data=', '--data')})") from e
     root = cache_root()
     if (root / OFFICIAL_ARCHIVE_NAME).is_file():
         return _found(load_cifar10(root / OFFICIAL_ARCHIVE_NAME), "the cache")
@@ -75,11 +80,12 @@ def check_same_data(data: Cifar10, fingerprint: str | None, *, owner: str) -> No
                             f"on ({short(fingerprint)}); give the same data, or start a new run")
 
 
-def describe_data(data: Cifar10, fingerprint: str | None) -> str:
+def describe_data(data: Cifar10, fingerprint: str | None, *, test: bool = True) -> str:
     """One line for people: the data, its short fingerprint and image counts (`fingerprint`: of the whole set a
-    subset was drawn from)."""
-    return (f"data: {data.source}; fingerprint {short(fingerprint)}; {len(data.train_labels)} train / "
-            f"{len(data.test_labels)} test images")
+    subset was drawn from; `test=False`: for work that uses no test image, such as the LR range test)."""
+    counts = f"{len(data.train_labels)} train / {len(data.test_labels)} test images" if test else \
+        f"{len(data.train_labels)} train images"
+    return f"data: {data.source}; fingerprint {short(fingerprint)}; {counts}"
 
 
 def data_of_run(path: str | None, fingerprint: str | None, given: str | None, *, owner: str) -> Cifar10:

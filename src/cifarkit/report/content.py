@@ -17,7 +17,8 @@ import numpy as np
 from cifarkit.atomic import write_text
 from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
-from cifarkit.report.render import Block, fmt_duration, fmt_lr, fmt_pct, to_html, to_markdown
+from cifarkit.report.render import (Block, fmt_count, fmt_duration, fmt_epoch, fmt_lr, fmt_pct, to_html,
+                                    to_markdown)
 
 # What each plot shows and what to look for (the report's captions), in the report's order.
 CAPTIONS: dict[str, str] = {
@@ -82,12 +83,13 @@ def _blocks(run_dir: Path) -> list[Block]:
                           "accuracies say nothing about CIFAR-10."))
     done, planned = m.get("epochs_completed", "?"), m.get("epochs", config.get("epochs"))
     stopped = f" (of {planned} planned: stopped early or still running; `cifarkit train --resume` continues it)" if planned not in (None, done) else ""
-    images = (f"{m['train_images']:,} training and {m['test_images']:,} test images of "
+    images = (f" on {m['train_images']:,} training and {m['test_images']:,} test images"
               if m.get("train_images") and m.get("test_images") else "")
-    b.append(("p", f"The assignment's custom ResNet (6,573,120 parameters) was trained for **{done} epochs**{stopped}"
-                   f" on {images}{dataset} with Adam and the one-cycle policy (LR {fmt_lr(m.get('lr_min'))} -> "
-                   f"{fmt_lr(m.get('lr_max'))} at epoch {config.get('peak_epoch', 0):g} -> "
-                   f"{fmt_lr(final_lr)}), batch {config.get('batch_size')}. It reached a final test accuracy of "
+    b.append(("p", f"The assignment's custom ResNet (6,573,120 parameters) was trained for "
+                   f"**{fmt_count(done, 'epoch')}**{stopped} with Adam and the one-cycle policy (LR "
+                   f"{fmt_lr(m.get('lr_min'))} -> {fmt_lr(m.get('lr_max'))} at epoch "
+                   f"{fmt_epoch(config.get('peak_epoch', 0))} -> {fmt_lr(final_lr)}), batch "
+                   f"{config.get('batch_size')}{images}. Data: {dataset}. It reached a final test accuracy of "
                    f"**{fmt_pct(m.get('final_test_accuracy'))}** (best {fmt_pct(m.get('best_test_accuracy'))}"
                    + (f" at epoch {best_epoch}" if best_epoch else "") +
                    f") in {fmt_duration(m.get('train_seconds'))} of training on {m.get('device', '?')}."))

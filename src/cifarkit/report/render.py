@@ -31,6 +31,16 @@ def fmt_lr(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):.3e}"
 
 
+def fmt_count(n: Any, noun: str) -> str:
+    """"1 epoch", "24 epochs", "2,000 images": a count with its noun, singular for one."""
+    return f"{f'{n:,}' if isinstance(n, int) else n} {noun}{'' if n == 1 else 's'}"
+
+
+def fmt_epoch(x: Any) -> str:
+    """A (fractional) epoch as people write it: "5", "0.42"; at most two decimals."""
+    return f"{float(x):.2f}".rstrip("0").rstrip(".")
+
+
 def fmt_duration(seconds: Any) -> str:
     """Seconds as "3 min 5 s", or "36.5 s" under a minute; None: "n/a"."""
     if seconds is None:
