@@ -37,14 +37,19 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cifarkit"
 
 
-SOURCE_SUFFIX = ".source"  # beside a cache entry: the absolute path of the data it was made from
+SOURCE_SUFFIX = ".source"  # a cache entry's note of the data it was made from (its absolute path)
+
+
+def source_note(entry: Path) -> Path:
+    """Where cache `entry` notes its source: inside a folder (FOLDER/.source, so it goes wherever the folder goes),
+    beside a file (KEY.npz: KEY.source)."""
+    return entry / SOURCE_SUFFIX if entry.is_dir() else entry.with_suffix(SOURCE_SUFFIX)
 
 
 def record_source(entry: Path, source: Path) -> None:
-    """Note beside cache `entry` (ENTRY.source) which data it was made from, for `cifarkit cache`. A cache that
-    cannot be written only loses the note."""
-    note = entry.with_name(entry.name + SOURCE_SUFFIX) if entry.is_dir() else entry.with_suffix(SOURCE_SUFFIX)
-    text = f"{source.resolve()}\n"
+    """Note which data cache `entry` was made from, for `cifarkit cache`. A cache that cannot be written only loses
+    the note."""
+    note, text = source_note(entry), f"{source.resolve()}\n"
     try:
         if not note.is_file() or note.read_text() != text:
             write_text(note, text)
@@ -174,13 +179,13 @@ def extract_cached(archive: Path, *, max_bytes: int | None = None, max_members: 
                                 "set CIFARKIT_CACHE to a writable folder") from exc
         try:
             _extract_checked(tf, members, tmp)
+            record_source(tmp, archive)  # inside the folder: in place the moment the entry is
             try:
                 os.replace(tmp, final)
             except OSError:
                 if not final.is_dir():
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same entry first; use theirs
-            record_source(final, archive)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, (tarfile.TarError, OSError, EOFError, zlib.error)):

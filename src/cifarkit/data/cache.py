@@ -6,7 +6,7 @@ It lives in $CIFARKIT_CACHE, else ~/.cache/cifarkit, and holds what makes a seco
     extracted/<archive>-<size>-<mtime>/     an archive's files, unpacked on its first read
     arrays/<key>.npz                        an image-folder tree decoded into arrays (185 MB for CIFAR-10)
     arrays/<key>.sha256                     the fingerprint of a data set's arrays (65 bytes)
-    <entry>.source                          which data the entry was made from
+    extracted/<...>/.source, arrays/<key>.source    which data an entry was made from
 
 Only these names are listed or removed: whatever else the folder holds is left alone.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifarkit.atomic import TEMP_GLOB
-from cifarkit.data.archive import SOURCE_SUFFIX, cache_root
+from cifarkit.data.archive import SOURCE_SUFFIX, cache_root, source_note
 from cifarkit.data.download import OFFICIAL_ARCHIVE_NAME, OFFICIAL_URL
 
 
@@ -65,7 +65,7 @@ def _source(root: Path, note: Path) -> str:
         inside = Path(recorded).relative_to(extracted)
     except ValueError:
         return recorded
-    return (_recorded(extracted / (inside.parts[0] + SOURCE_SUFFIX)) if inside.parts else None) or recorded
+    return (_recorded(source_note(extracted / inside.parts[0])) if inside.parts else None) or recorded
 
 
 def cache_entries(root: Path | None = None) -> list[CacheEntry]:
@@ -79,10 +79,8 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     extracted = root / "extracted"
     if extracted.is_dir():
         for folder in sorted(p for p in extracted.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            note = extracted / (folder.name + SOURCE_SUFFIX)
-            paths = (folder, note) if note.exists() else (folder,)
-            entries.append(CacheEntry(f"extracted/{folder.name}/", paths, sum(map(disk_bytes, paths)),
-                                      "extracted files", _source(root, note)))
+            entries.append(CacheEntry(f"extracted/{folder.name}/", (folder,), disk_bytes(folder), "extracted files",
+                                      _source(root, source_note(folder))))
     arrays = root / "arrays"
     if arrays.is_dir():
         stems = sorted({p.stem for p in arrays.iterdir() if p.suffix in (".npz", ".sha256", SOURCE_SUFFIX)
@@ -92,8 +90,8 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
                           if (p := arrays / f"{stem}{suffix}").exists())
             npz = (arrays / f"{stem}.npz").exists()
             note = arrays / f"{stem}{SOURCE_SUFFIX}"
-            if not note.exists() and (extracted / (stem + SOURCE_SUFFIX)).exists():  # an archive's decoded tree
-                note = extracted / (stem + SOURCE_SUFFIX)
+            if not note.exists() and (extracted / stem).is_dir():  # an archive's tree, decoded: the archive's note
+                note = source_note(extracted / stem)
             entries.append(CacheEntry(f"arrays/{stem}.{'npz' if npz else 'sha256'}", paths,
                                       sum(map(disk_bytes, paths)),
                                       "decoded images" if npz else "data fingerprint", _source(root, note)))
