@@ -27,7 +27,8 @@ def test_without_gradio_app_says_how_to_install_it(tiny_run: Path, monkeypatch: 
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
     assert main(["app", str(tiny_run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ['error: the app needs Gradio: pip install "cifarkit[app] @ git+https://github.com/cifarkit/cifarkit"']
+    assert err == ['error: the app needs Gradio: pip install "cifarkit[app] @ git+https://github.com/cifarkit/'
+                   'cifarkit"']
 
 
 @pytest.mark.parametrize("argv, message", [

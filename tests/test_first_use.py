@@ -3,6 +3,7 @@ and errors that name their cause, and words that read right."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cifarkit
@@ -24,13 +26,14 @@ from cifarkit.explain import describe_run
 from cifarkit.flags import given_config
 from cifarkit.report import write_report
 from cifarkit.report.render import fmt_count, fmt_epoch
+from cifarkit.runlog import RunLog
 from cifarkit.uploads import check_image_file
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 # pyproject.toml's extras: the keys of [project.optional-dependencies] (read by hand: tomllib needs Python 3.11)
-EXTRAS = set(re.findall(r"^(\w+) = \[", (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
-                        .split("\n[")[0], re.M))
+EXTRAS_TABLE = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+EXTRAS = set(re.findall(r"^(\w+) = \[", EXTRAS_TABLE, re.M))
 
 
 # ------------------------------------------------------------------------------------------------ installs
@@ -188,6 +191,20 @@ def test_counts_and_epochs_read_as_people_write_them() -> None:
     assert [fmt_count(n, "epoch") for n in (1, 2, 24)] == ["1 epoch", "2 epochs", "24 epochs"]
     assert fmt_count(2000, "image") == "2,000 images"
     assert [fmt_epoch(x) for x in (5.0, 5 * 2 / 24, 1.5, 0.1)] == ["5", "0.42", "1.5", "0.1"]
+
+
+def test_a_run_says_its_range_test_epochs_and_peak_in_words(tmp_path: Path, tiny_data: Cifar10,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the range test a run says its length against its data (32 steps of 128 on 100 images: 4096 / 100 =
+    41.0 passes); its start line says "1 epoch x 1 step" and the peak of a 1-epoch run at 5/24 = 0.21."""
+    config = TrainConfig(epochs=1, batch_size=128, lr_find_iters=32, out=str(tmp_path / "run"))
+    log = RunLog(tmp_path / "run", config, enabled=True, progress=False)
+    data = subset(tiny_data, 100, 50)
+    log.header(data, None, torch.device("cpu"), 1)
+    assert "LR range test: 32 steps of 128 images, 41.0 passes over the 100 training images" in capsys.readouterr().out
+    log.start(dataclasses.replace(config, lr_min=1e-4, lr_max=1e-3), data, [1e-4], 1, torch.device("cpu"), 1)
+    out = capsys.readouterr().out
+    assert ": 1 epoch x 1 step of 128; one-cycle LR 0.0001 -> 0.001 (peak at epoch 0.21) -> 0.0001" in out, out
 
 
 def test_the_report_of_a_resumed_one_epoch_run_reads_right(tmp_path: Path) -> None:

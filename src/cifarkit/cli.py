@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_cache_parser(sub: Any) -> None:
     p = sub.add_parser("cache", help="list what the data cache holds (entries, sizes, the data each came from)",
                        description="The data cache: $CIFARKIT_CACHE, else ~/.cache/cifarkit. It holds extracted "
-                       "archives and decoded arrays (about 420 MB for the CIFAR-10 PNG archive).")
+                       "archives and decoded arrays (about 430 MB for the CIFAR-10 PNG archive).")
     p.add_argument("--clear", action="store_true", help="remove every entry; the data you gave is untouched, and the "
                    "next load extracts and decodes again")
 

@@ -133,9 +133,9 @@ class RunLog:
         c = self.config
         beta1 = f"; Adam beta1 {c.beta1_ends:g} -> {c.beta1_peak:g} -> {c.beta1_ends:g}" \
             if c.beta1_peak != c.beta1_ends else ""
-        tqdm.write(f"run {self.run}: {fmt_count(c.epochs, 'epoch')} x {steps_per_epoch} steps of {c.batch_size}; "
-                   f"one-cycle LR {c.lr_min:.3g} -> {c.lr_max:.3g} (peak at epoch {fmt_epoch(c.peak_epoch)}) -> "
-                   f"{c.lr_min / c.final_div:.3g}{beta1}")
+        tqdm.write(f"run {self.run}: {fmt_count(c.epochs, 'epoch')} x {fmt_count(steps_per_epoch, 'step')} of "
+                   f"{c.batch_size}; one-cycle LR {c.lr_min:.3g} -> {c.lr_max:.3g} (peak at epoch "
+                   f"{fmt_epoch(c.peak_epoch)}) -> {c.lr_min / c.final_div:.3g}{beta1}")
         if self.config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency
 

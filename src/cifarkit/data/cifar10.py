@@ -217,7 +217,7 @@ def _load_image_tree(root: Path, archive_key: str | None = None) -> Cifar10:
                                               [len(by_class[name]) for name in classes])
     try:
         save_npz_atomic(cache_file, classes=np.array(classes), **arrays)
-        if folder_key:  # an archive's tree: its source is the extracted entry's
+        if folder_key:  # a folder of the user's (an archive's tree is named by the note of its extracted entry)
             record_source(cache_file, root)
         for old in cache_file.parent.glob(f"{folder_key}-*.npz") if folder_key else ():  # this folder's older states
             if old != cache_file:
