@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,3 +87,13 @@ def test_an_entry_of_an_older_version_says_its_source_is_not_recorded(cifar_cach
     assert found["extracted/old-1-2/"].source == ""
     assert found["cifar-10-python.tar.gz"].source == OFFICIAL_URL
     assert clear_cache()[0] == 2 and not cifar_cache.exists()
+
+
+def test_the_readme_says_where_the_cache_is_and_how_large_it_gets() -> None:
+    """The README names the cache folder, the variable that moves it, both commands, and its size for CIFAR-10's
+    PNG archive as the sum of its two parts (249 MB extracted + 185 MB arrays = 434 MB)."""
+    words = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for text in ("`~/.cache/cifarkit`, or `$CIFARKIT_CACHE`", "`cifarkit cache` lists", "`cifarkit cache --clear`"):
+        assert text in words, text
+    found = re.search(r"takes (\d+) MB there: (\d+) MB of extracted files and (\d+) MB of arrays", words)
+    assert found and int(found.group(1)) == int(found.group(2)) + int(found.group(3))

@@ -64,11 +64,11 @@ def test_readme_install_lines_name_real_extras_and_cover_every_extra() -> None:
     assert f'REPO = "{REPOSITORY}"' in (ROOT / "examples" / "colab.ipynb").read_text().replace('\\"', '"')
 
 
-def pip_dry_run(requirement: str, cwd: Path) -> dict:
-    """pip's report of what installing `requirement` would install (no dependencies, no network, nothing built but
-    the package's metadata)."""
+def pip_dry_run(requirement: list[str], cwd: Path) -> dict:
+    """pip's report of what `pip install REQUIREMENT` (run in `cwd`) would install: no dependencies, no network,
+    nothing built but the package's metadata."""
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--quiet", "--report", "-", requirement], cwd=cwd, capture_output=True,
+                           "--no-index", "--quiet", "--report", "-", *requirement], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "does not provide the extra" not in done.stderr, done.stderr
@@ -77,8 +77,8 @@ def pip_dry_run(requirement: str, cwd: Path) -> dict:
 
 @pytest.mark.slow
 def test_readme_install_lines_work_against_a_clone(tmp_path: Path) -> None:
-    """Every README install line, pointed at a git clone of this source (git+file:// for the repository's URL; run in
-    the clone for -e), resolves to cifarkit with exactly the extras it names."""
+    """Every README install line resolves to cifarkit with exactly the extras it names: the clone's lines as written,
+    run in a git clone of this source; the repository's lines with git+file:// of that clone for its URL."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     clone = tmp_path / "cifarkit"
@@ -89,10 +89,10 @@ def test_readme_install_lines_work_against_a_clone(tmp_path: Path) -> None:
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "source"]):
         subprocess.run([*git, *args], cwd=clone, check=True, capture_output=True)
     for line in install_lines():
-        requirement = line.strip('"').replace(f"git+{REPOSITORY}", f"git+file://{clone}")
-        if requirement.startswith("-e "):
-            requirement = requirement[3:].strip('"').replace(".", str(clone), 1)
-        report = pip_dry_run(requirement, tmp_path)
+        if line.startswith("-e "):
+            report = pip_dry_run(["-e", line[3:].strip('"')], clone)
+        else:
+            report = pip_dry_run([line.strip('"').replace(f"git+{REPOSITORY}", f"git+file://{clone}")], tmp_path)
         [item] = report["install"]
         assert item["metadata"]["name"] == "cifarkit", line
         assert set(item.get("requested_extras") or ()) == extras_of(line), (line, item.get("requested_extras"))
