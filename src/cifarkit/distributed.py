@@ -89,7 +89,7 @@ def gather_floats(value: float, ctx: DistContext, device: torch.device) -> list[
     """`value` from every rank, in rank order (used to prove that every rank holds the same weights)."""
     if not ctx.enabled:
         return [value]
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = torch.tensor([value], dtype=torch.float32, device=device)  # a float32 checksum: exact; MPS has no float64
     out = [torch.zeros_like(t) for _ in range(ctx.world_size)]
     dist.all_gather(out, t)
     return [float(o.item()) for o in out]
