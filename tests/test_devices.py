@@ -1,0 +1,266 @@
+"""Same answers on every device: no float64 tensor (MPS has none), fp16 with no host read beyond GradScaler's own, the
+augmentation pipeline that ran recorded, a deterministic mode whose switches end with the run, evaluation in the
+model's memory format, and a train cross-entropy comparable with the test loss.
+
+The dispatch-mode checks see every aten call made while they are on, on the CPU here, as on any device."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import cifarkit
+import cifarkit.train as train_module
+from cifarkit.cli import build_parser
+from cifarkit.config import TrainConfig
+from cifarkit.data import make_synthetic
+from cifarkit.data.loaders import resolve_augment
+from cifarkit.device import backend_settings, grad_scaler, host_sync_every
+from cifarkit.errors import CifarkitError
+from cifarkit.models import build_model
+from cifarkit.schedule import one_cycle
+
+CPU = torch.device("cpu")
+READ = torch.ops.aten._local_scalar_dense.default  # .item(), float(t), bool(t), .tolist(): a sync on a GPU
+
+
+def origin() -> str:
+    """file:line of the innermost caller outside torch (and the watch): where a tensor was made or read."""
+    for frame in reversed(traceback.extract_stack()[:-2]):  # less origin() and __torch_dispatch__
+        if "/torch/" not in frame.filename:
+            return f"{Path(frame.filename).name}:{frame.lineno}"
+    return "?"
+
+
+class Watch(TorchDispatchMode):
+    """Every float64 tensor made (op and origin), and the host reads made outside optimizer.step (whose Adam reads
+    its own step counters, CPU tensors on every device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.float64: list[str] = []
+        self.reads: collections.Counter[str] = collections.Counter()
+        self.in_step = False
+
+    def watch(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.register_step_pre_hook(lambda *_: setattr(self, "in_step", True))
+        optimizer.register_step_post_hook(lambda *_: setattr(self, "in_step", False))
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func is READ and not self.in_step:
+            self.reads[origin()] += 1
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64
+               for t in (out if isinstance(out, (tuple, list)) else [out])):
+            self.float64.append(f"{func} at {origin()}")
+        return out
+
+
+def test_the_watch_names_a_float64_tensor_and_a_host_read() -> None:
+    """The watch is not blind: a float64 tensor made here is reported with this file and line, and `.item()` counts
+    as one host read."""
+    with Watch() as watch:
+        line = traceback.extract_stack()[-1].lineno + 1
+        t = torch.ones(2).double()
+        t.sum().item()
+    assert watch.float64[0] == f"aten._to_copy.default at {Path(__file__).name}:{line}"
+    assert sum(watch.reads.values()) == 1
+
+
+@pytest.fixture(scope="module")
+def watched_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Watch]]:
+    """One-epoch CPU runs in fp32 (what MPS trains in), with plots (Grad-CAM included), each followed by `predict`
+    on its weights, all under a Watch: augment "auto" (the DataLoader path on a CPU) and "batched" (with label
+    smoothing 0.1). {augment asked: (run folder, watch)}."""
+    data = make_synthetic(n_train=8, n_test=8)
+    out = {}
+    for augment, smoothing in (("auto", 0.0), ("batched", 0.1)):
+        run = tmp_path_factory.mktemp("watched") / augment
+        config = TrainConfig(out=str(run), epochs=1, batch_size=4, lr_min=1e-4, lr_max=1e-3, device="cpu",
+                             precision="fp32", augment=augment, label_smoothing=smoothing)
+        with Watch() as watch:
+            cifarkit.fit(config, data=data, progress=False)
+            cifarkit.predict(run, data.test_images[:3], device="cpu", precision="fp32")
+        out[augment] = run, watch
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augment", ["auto", "batched"])
+def test_fit_and_predict_make_no_float64_tensor(watched_runs: dict[str, tuple[Path, Watch]], augment: str) -> None:
+    """Training (either augmentation path), evaluation, checkpoints, the plots with Grad-CAM, and prediction make no
+    float64 tensor; a failure names each op and the line that made it."""
+    run, watch = watched_runs[augment]
+    assert (run / "plots" / "gradcam.png").is_file()
+    assert watch.float64 == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augment", ["auto", "batched"])
+def test_config_json_records_the_pipeline_that_ran(watched_runs: dict[str, tuple[Path, Watch]], augment: str) -> None:
+    """config.json holds the resolved pipeline: "auto" on a CPU ran the albumentations DataLoader, "batched" stays."""
+    run, _ = watched_runs[augment]
+    expected = {"auto": "albumentations", "batched": "batched"}[augment]
+    assert json.loads((run / "config.json").read_text())["augment"] == expected
+
+
+@pytest.mark.slow
+def test_history_records_the_train_cross_entropy_beside_the_smoothed_loss(
+        watched_runs: dict[str, tuple[Path, Watch]]) -> None:
+    """history.csv has train_ce: without label smoothing it is train_loss itself; with smoothing 0.1 it is another
+    number (the smoothed loss adds 0.1 x the mean over classes of -log p)."""
+    rows = {}
+    for augment in ("auto", "batched"):
+        with open(watched_runs[augment][0] / "history.csv", newline="") as f:
+            rows[augment] = next(csv.DictReader(f))
+    assert rows["auto"]["train_ce"] == rows["auto"]["train_loss"]
+    assert float(rows["batched"]["train_ce"]) != float(rows["batched"]["train_loss"])
+
+
+def step_reads(precision: str, *, bare: bool, steps: int = 3) -> float:
+    """Host reads per step, outside optimizer.step, of `steps` training steps on two images: through train_step,
+    or through the bare loop torch documents for GradScaler (scale, backward, step, update)."""
+    torch.manual_seed(0)
+    model = build_model().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-3, epochs=1, steps_per_epoch=steps + 1, peak_epoch=0.5)
+    scaler = grad_scaler(precision, CPU)
+    x, y = torch.randn(2, 3, 32, 32), torch.arange(2)
+    watch = Watch()
+    watch.watch(opt)
+    with watch:
+        for _ in range(steps):
+            if not bare:
+                train_module.train_step(model, opt, sched, x, y, precision=precision, scaler=scaler)
+                continue
+            opt.zero_grad()
+            with torch.autocast("cpu", torch.float16, enabled=precision == "fp16"):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    return sum(watch.reads.values()) / steps
+
+
+@pytest.mark.slow
+def test_fp16_steps_read_the_host_only_as_often_as_grad_scaler_itself() -> None:
+    """A bare GradScaler loop reads the host once per step more in fp16 than in fp32 (GradScaler.step's check for
+    inf gradients); train_step's fp16 steps read it no more often than that, beyond its fp32 steps."""
+    bare = step_reads("fp16", bare=True) - step_reads("fp32", bare=True)
+    assert bare == 1
+    assert step_reads("fp16", bare=False) - step_reads("fp32", bare=False) <= bare
+
+
+def test_train_step_returns_the_plain_cross_entropy_beside_the_smoothed_loss() -> None:
+    """With label smoothing 0.1, train_step's sums are (loss x B, cross-entropy without smoothing x B, correct),
+    each worked out by F.cross_entropy on the logits of an identical copy of the model (train mode, same batch)."""
+    torch.manual_seed(0)
+    model = build_model().train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    twin = build_model().train()
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        logits = twin(x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-3, epochs=1, steps_per_epoch=2, peak_epoch=0.5)
+    loss, sums, skipped = train_module.train_step(model, opt, sched, x, y, precision="fp32",
+                                                  scaler=grad_scaler("fp32", CPU), label_smoothing=0.1)
+    assert not skipped and sums.dtype == torch.float32
+    assert sums[0].item() == pytest.approx(4 * F.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-5)
+    assert sums[1].item() == pytest.approx(4 * F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert sums[2].item() == (logits.argmax(1) == y).sum().item()
+    assert loss.item() == pytest.approx(sums[0].item() / 4, rel=1e-6)
+
+
+@pytest.mark.parametrize("model_channels_last, config_channels_last", [(True, False), (False, True)])
+def test_evaluation_feeds_the_model_in_its_own_memory_format(model_channels_last: bool,
+                                                            config_channels_last: bool) -> None:
+    """evaluate's inputs take the model's memory format (NHWC for a channels_last model), whatever the config says."""
+    model = build_model(channels_last=model_channels_last)
+    seen: list[bool] = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+    data = make_synthetic(n_train=4, n_test=4)
+    train_module.evaluate(model, torch.from_numpy(data.test_images), torch.from_numpy(data.test_labels),
+                          TrainConfig(channels_last=config_channels_last))
+    assert seen == [model_channels_last]
+
+
+def test_auto_augmentation_is_batched_on_cuda_only() -> None:
+    """--augment auto resolves by device type: "batched" on CUDA, the albumentations DataLoader elsewhere; an explicit
+    choice is kept."""
+    assert [resolve_augment("auto", torch.device(d)) for d in ("cuda", "cpu", "mps")] == \
+        ["batched", "albumentations", "albumentations"]
+    assert resolve_augment("albumentations", torch.device("cuda")) == "albumentations"
+
+
+def test_one_sync_cadence() -> None:
+    """The loop reads the device every step on a CPU and every 25 steps on a GPU or MPS."""
+    assert [host_sync_every(torch.device(d)) for d in ("cpu", "cuda", "mps")] == [1, 25, 25]
+
+
+@pytest.fixture
+def switches() -> Any:
+    """The process-wide switches backend_settings touches, as they are now; restored after the test."""
+    def now() -> tuple[Any, ...]:
+        return (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    before = now()
+    yield now
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[0], before[1]
+    torch.use_deterministic_algorithms(before[2])
+
+
+def test_deterministic_settings_hold_for_the_run_only(switches: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deterministic: deterministic algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8 and no cuDNN autotuning inside;
+    otherwise on CUDA, cuDNN autotuning inside. Either way the caller's settings come back after."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.backends.cudnn.benchmark = False
+    before = switches()
+    with backend_settings(torch.device("cuda"), deterministic=True):
+        assert switches() == (False, True, True, ":4096:8")
+    assert switches() == before
+    with backend_settings(torch.device("cuda")):
+        assert switches()[0] is True and switches()[2] is False
+    assert switches() == before
+    with backend_settings(CPU):
+        assert switches() == before  # no cuDNN on a CPU: nothing to switch
+
+
+@pytest.mark.slow
+def test_a_deterministic_fit_records_it_and_restores_the_process(tmp_path: Path, switches: Any) -> None:
+    """fit with deterministic=True records it in config.json and leaves deterministic algorithms off afterwards,
+    as they were; its run matches a second one bit for bit (model.pt)."""
+    before = switches()
+    data = make_synthetic(n_train=8, n_test=4)
+    for name in ("a", "b"):
+        cifarkit.fit(TrainConfig(out=str(tmp_path / name), epochs=1, batch_size=4, lr_min=1e-4, lr_max=1e-3,
+                                 device="cpu", precision="fp32", plots=False, deterministic=True),
+                     data=data, progress=False)
+    assert switches() == before
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["deterministic"] is True
+    a, b = (torch.load(tmp_path / n / "model.pt", weights_only=True) for n in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_help_offers_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cifarkit train --help` lists --deterministic (a flag from TrainConfig's field)."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "--deterministic" in capsys.readouterr().out
+
+
+def test_deterministic_must_be_a_bool() -> None:
+    """A non-bool `deterministic` (from a hand-edited config) is refused in one line naming the field."""
+    with pytest.raises(CifarkitError, match="deterministic must be true or false"):
+        TrainConfig(deterministic="yes").validate()  # type: ignore[arg-type]
