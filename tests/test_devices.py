@@ -264,3 +264,48 @@ def test_deterministic_must_be_a_bool() -> None:
     """A non-bool `deterministic` (from a hand-edited config) is refused in one line naming the field."""
     with pytest.raises(CifarkitError, match="deterministic must be true or false"):
         TrainConfig(deterministic="yes").validate()  # type: ignore[arg-type]
+
+
+def test_cv2_border_codes_are_cv2s() -> None:
+    """The border codes written out in transforms.py (so that importing it needs no cv2) are cv2's own."""
+    import cv2
+
+    from cifarkit.data.transforms import CV2_BORDERS
+    assert CV2_BORDERS == {"reflect": cv2.BORDER_REFLECT_101, "zero": cv2.BORDER_CONSTANT}
+
+
+@pytest.mark.slow
+def test_batched_training_needs_no_albumentations(tmp_path: Path) -> None:
+    """With albumentations and cv2 unimportable, `cifarkit train --augment batched` (no plots) still trains: a CUDA
+    machine with torch alone can run the GPU check."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    for name in ("albumentations", "cv2"):
+        (blocker / name).mkdir()
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "cifarkit", "train", "--data", "synthetic", "--epochs", "1",
+                             "--subset", "8", "--test-subset", "4", "--batch-size", "4", "--lr-min", "1e-4",
+                             "--lr-max", "1e-3", "--augment", "batched", "--no-plots", "--device", "cpu",
+                             "--precision", "fp32", "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_check_refuses_cleanly_without_cuda() -> None:
+    """bench/gpu_check.sh on a machine without CUDA prints one line saying so and exits 2, having run nothing."""
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run, not refuse")
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHON=sys.executable))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); nothing was run\n"
