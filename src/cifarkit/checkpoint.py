@@ -119,6 +119,9 @@ class PartialEpoch:
     seconds: float  # training time spent in the epoch so far
     skipped: int = 0  # steps the fp16 gradient scaler skipped (0 in checkpoints from before fp16)
     ce_sum: float = math.nan  # sum of per-image cross-entropies without label smoothing (unknown in older checkpoints)
+    # Each rank's own (loss, cross-entropy, correct, seen), float32 values: each rank resumes from its own, so the sums
+    # are added in the uninterrupted run's order and round alike (absent in older checkpoints: rank 0 takes the totals)
+    per_rank: list[list[float]] | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, float] | None) -> "PartialEpoch | None":

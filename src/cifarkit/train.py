@@ -252,17 +252,22 @@ def _train(r: _Run) -> None:
 
 def _epoch_sums(partial: PartialEpoch | None, ctx: D.DistContext, device: torch.device) -> torch.Tensor:
     """(loss sum, cross-entropy sum, correct, seen) to start an epoch from, float32 (MPS has no float64; the counts
-    are exact below 2^24 images). An interrupted epoch's sums were reduced over ranks into the checkpoint, so rank 0
-    carries them on (float32 -> checkpoint -> float32 is exact) and the other ranks start from zero."""
-    values = [partial.loss_sum, partial.ce_sum, partial.correct, partial.seen] if partial and ctx.is_main else [0.0] * 4
+    are exact below 2^24 images). An interrupted epoch carries on from each rank's own sums (float32 -> checkpoint ->
+    float32 is exact), so the epoch's figures are the uninterrupted run's to the bit; a checkpoint without them has
+    the totals, which rank 0 carries on while the other ranks start from zero."""
+    if partial and partial.per_rank:
+        values = partial.per_rank[ctx.rank]
+    else:
+        values = [partial.loss_sum, partial.ce_sum, partial.correct, partial.seen] if partial and ctx.is_main else [0.0] * 4
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _stop(r: _Run, epoch: int, step_in_epoch: int, sums: torch.Tensor, skipped: int, seconds: float,
           signum: int) -> None:
     """A signal: save the epoch so far at this step boundary, then stop."""
-    loss_sum, ce_sum, correct, seen = D.all_reduce_sum(sums, r.ctx).tolist()
-    _save(r, epoch, step_in_epoch, PartialEpoch(loss_sum, correct, seen, seconds, skipped, ce_sum))
+    per_rank = D.gather_rows(sums, r.ctx)
+    loss_sum, ce_sum, correct, seen = (sum(column) for column in zip(*per_rank))
+    _save(r, epoch, step_in_epoch, PartialEpoch(loss_sum, correct, seen, seconds, skipped, ce_sum, per_rank))
     raise TrainingInterrupted(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
                               f"{step_in_epoch}; checkpoint saved to {r.ckpt_path}; continue with: cifarkit train "
                               f"--resume --out {r.run}")
