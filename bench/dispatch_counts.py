@@ -6,6 +6,8 @@
     Reads inside optimizer.step are left out: Adam's step counters live on the CPU, whatever the device.
 
     PYTHONPATH=src python bench/dispatch_counts.py            # CPU, tiny synthetic data, a few minutes
+
+tests/test_devices.py loads `Count` and `step_reads` from here, and holds the counts to what they should be.
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ READ = torch.ops.aten._local_scalar_dense.default
 
 
 def origin() -> str:
-    """file:line of the innermost frame outside torch and this file."""
-    for frame in reversed(traceback.extract_stack()[:-3]):
-        if "/torch/" not in frame.filename and not frame.filename.endswith("dispatch_counts.py"):
+    """file:line of the innermost caller outside torch and this file: where a tensor was made or read."""
+    for frame in reversed(traceback.extract_stack()[:-2]):  # less origin() and __torch_dispatch__
+        if "/torch/" not in frame.filename and frame.filename != __file__:
             return f"{Path(frame.filename).name}:{frame.lineno}"
     return "?"
 
 
 class Count(TorchDispatchMode):
-    """float64 tensors made (by origin) and host reads outside optimizer.step (by origin)."""
+    """Every float64 tensor made (op and origin), and the host reads made outside optimizer.step (by origin), since
+    Adam reads its own step counters, CPU tensors on every device."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.float64: collections.Counter[str] = collections.Counter()
+        self.float64: list[str] = []
         self.reads: collections.Counter[str] = collections.Counter()
         self.in_step = False
 
@@ -59,7 +62,7 @@ class Count(TorchDispatchMode):
             self.reads[origin()] += 1
         if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64
                for t in (out if isinstance(out, (tuple, list)) else [out])):
-            self.float64[f"{func} at {origin()}"] += 1
+            self.float64.append(f"{func} at {origin()}")
         return out
 
 
@@ -80,7 +83,8 @@ def watching_fit(count: Count, config: TrainConfig, data: Any) -> None:
 
 
 def step_reads(precision: str, steps: int, project: bool) -> float:
-    """Host reads per step of `steps` steps of train_step (project) or of a bare GradScaler loop."""
+    """Host reads per step, outside optimizer.step, of `steps` training steps on two images: through train_step
+    (project), or through the bare loop torch documents for GradScaler (scale, backward, step, update)."""
     torch.manual_seed(0)
     model = build_model().train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -116,8 +120,8 @@ def main() -> None:
                 cifarkit.fit(TrainConfig(out=f"{tmp}/{augment}", augment=augment, precision="fp32", **config),
                              data=data, progress=False)
                 cifarkit.predict(f"{tmp}/{augment}", data.test_images, device="cpu", precision="fp32")
-            print(f"float64 tensors in fit ({augment}, plots) + predict: {sum(count.float64.values())}")
-            for where, n in count.float64.most_common():
+            print(f"float64 tensors in fit ({augment}, plots) + predict: {len(count.float64)}")
+            for where, n in collections.Counter(count.float64).most_common():
                 print(f"    {n:4d}  {where}")
         fit_reads = {}
         for precision in ("fp32", "fp16"):

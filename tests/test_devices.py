@@ -6,8 +6,8 @@ The dispatch-mode checks see every aten call made while they are on, on the CPU 
 
 from __future__ import annotations
 
-import collections
 import csv
+import importlib.util
 import json
 import os
 import traceback
@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import cifarkit
 import cifarkit.train as train_module
@@ -31,39 +30,20 @@ from cifarkit.models import build_model
 from cifarkit.schedule import one_cycle
 
 CPU = torch.device("cpu")
-READ = torch.ops.aten._local_scalar_dense.default  # .item(), float(t), bool(t), .tolist(): a sync on a GPU
 
 
-def origin() -> str:
-    """file:line of the innermost caller outside torch (and the watch): where a tensor was made or read."""
-    for frame in reversed(traceback.extract_stack()[:-2]):  # less origin() and __torch_dispatch__
-        if "/torch/" not in frame.filename:
-            return f"{Path(frame.filename).name}:{frame.lineno}"
-    return "?"
+def _dispatch_counts() -> Any:
+    """bench/dispatch_counts.py, the home of the counting dispatch mode (a script, not a package module)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "dispatch_counts.py"
+    spec = importlib.util.spec_from_file_location("dispatch_counts", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class Watch(TorchDispatchMode):
-    """Every float64 tensor made (op and origin), and the host reads made outside optimizer.step (whose Adam reads
-    its own step counters, CPU tensors on every device)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.float64: list[str] = []
-        self.reads: collections.Counter[str] = collections.Counter()
-        self.in_step = False
-
-    def watch(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.register_step_pre_hook(lambda *_: setattr(self, "in_step", True))
-        optimizer.register_step_post_hook(lambda *_: setattr(self, "in_step", False))
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        if func is READ and not self.in_step:
-            self.reads[origin()] += 1
-        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64
-               for t in (out if isinstance(out, (tuple, list)) else [out])):
-            self.float64.append(f"{func} at {origin()}")
-        return out
+counts = _dispatch_counts()
+Watch = counts.Count  # float64 tensors made (with op and line), host reads outside optimizer.step (by line)
 
 
 def test_the_watch_names_a_float64_tensor_and_a_host_read() -> None:
@@ -127,38 +107,13 @@ def test_history_records_the_train_cross_entropy_beside_the_smoothed_loss(
     assert float(rows["batched"]["train_ce"]) != float(rows["batched"]["train_loss"])
 
 
-def step_reads(precision: str, *, bare: bool, steps: int = 3) -> float:
-    """Host reads per step, outside optimizer.step, of `steps` training steps on two images: through train_step,
-    or through the bare loop torch documents for GradScaler (scale, backward, step, update)."""
-    torch.manual_seed(0)
-    model = build_model().train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-3, epochs=1, steps_per_epoch=steps + 1, peak_epoch=0.5)
-    scaler = grad_scaler(precision, CPU)
-    x, y = torch.randn(2, 3, 32, 32), torch.arange(2)
-    watch = Watch()
-    watch.watch(opt)
-    with watch:
-        for _ in range(steps):
-            if not bare:
-                train_module.train_step(model, opt, sched, x, y, precision=precision, scaler=scaler)
-                continue
-            opt.zero_grad()
-            with torch.autocast("cpu", torch.float16, enabled=precision == "fp16"):
-                loss = F.cross_entropy(model(x), y)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-    return sum(watch.reads.values()) / steps
-
-
 @pytest.mark.slow
 def test_fp16_steps_read_the_host_only_as_often_as_grad_scaler_itself() -> None:
     """A bare GradScaler loop reads the host once per step more in fp16 than in fp32 (GradScaler.step's check for
     inf gradients); train_step's fp16 steps read it no more often than that, beyond its fp32 steps."""
-    bare = step_reads("fp16", bare=True) - step_reads("fp32", bare=True)
+    bare = counts.step_reads("fp16", 3, project=False) - counts.step_reads("fp32", 3, project=False)
     assert bare == 1
-    assert step_reads("fp16", bare=False) - step_reads("fp32", bare=False) <= bare
+    assert counts.step_reads("fp16", 3, project=True) - counts.step_reads("fp32", 3, project=True) <= bare
 
 
 def test_train_step_returns_the_plain_cross_entropy_beside_the_smoothed_loss() -> None:
