@@ -56,8 +56,8 @@ class TrainConfig:
     device: str = opt("auto", 'auto (cuda, then mps, then cpu), cpu, cuda or mps')
     subset: int | None = opt(None, 'class-balanced number of training images; default: all (50,000)')
     test_subset: int | None = opt(None, 'class-balanced number of test images; default: all (10,000)')
-    augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: batched on '
-                       'CUDA; config.json records what ran')
+    augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: '
+                       'batched on CUDA; config.json records what ran')
     pad_mode: str = opt("reflect", 'padding for the 4-pixel pad before the random crop: "reflect" (as the reference: '
                         'the default of albumentations 1.x) or "zero" (the mean colour)')
     std: str = opt("true", 'normalisation std: "true" (dataset std) or "reference" (0.2023, 0.1994, 0.2010)')

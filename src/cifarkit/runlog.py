@@ -22,8 +22,8 @@ from cifarkit.lr_finder import LRFinderResult
 from cifarkit.system import cpu_model, usable_cpus
 
 # train_loss: what training minimises (with label smoothing, if any); train_ce: the plain cross-entropy, as test_loss
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr", "seconds",
-                   "images_per_second", "skipped_steps")
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr",
+                   "seconds", "images_per_second", "skipped_steps")
 STEP_COLUMNS = ("step", "epoch", "loss", "lr")  # steps.csv: 1-based optimiser step and epoch, rank 0's batch loss
 
 
@@ -46,7 +46,7 @@ def duration(seconds: float) -> str:
 def weights_checksum(model: nn.Module) -> float:
     """A position-weighted sum of every parameter and buffer: equal on two ranks only if their weights are. Summed in
     float32 on the weights' device (MPS has no float64), read once."""
-    tensors = [t for t in model.state_dict().values()]
+    tensors = list(model.state_dict().values())
     total = torch.zeros((), device=tensors[0].device)
     for i, t in enumerate(tensors):
         if t.is_floating_point():
@@ -159,9 +159,9 @@ class RunLog:
         """One epoch's row and line; `skipped`: its steps that the fp16 gradient scaler skipped; `train_ce`: the
         train cross-entropy without label smoothing (the test loss's measure)."""
         images_per_second = images / train_seconds
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_ce": train_ce, "train_acc": train_acc, "test_loss": test["loss"],
-               "test_acc": test["acc"], "test_acc_tta": test["acc_tta"], "lr": lr, "seconds": seconds,
-               "images_per_second": images_per_second, "skipped_steps": skipped}
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_ce": train_ce, "train_acc": train_acc,
+               "test_loss": test["loss"], "test_acc": test["acc"], "test_acc_tta": test["acc_tta"], "lr": lr,
+               "seconds": seconds, "images_per_second": images_per_second, "skipped_steps": skipped}
         self.rows.append(row)
         self.train_images += images
         self.train_seconds += train_seconds

@@ -255,10 +255,11 @@ def _epoch_sums(partial: PartialEpoch | None, ctx: D.DistContext, device: torch.
     are exact below 2^24 images). An interrupted epoch carries on from each rank's own sums (float32 -> checkpoint ->
     float32 is exact), so the epoch's figures are the uninterrupted run's to the bit; a checkpoint without them has
     the totals, which rank 0 carries on while the other ranks start from zero."""
+    values = [0.0] * 4
     if partial and partial.per_rank:
         values = partial.per_rank[ctx.rank]
-    else:
-        values = [partial.loss_sum, partial.ce_sum, partial.correct, partial.seen] if partial and ctx.is_main else [0.0] * 4
+    elif partial and ctx.is_main:
+        values = [partial.loss_sum, partial.ce_sum, partial.correct, partial.seen]
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
