@@ -116,6 +116,7 @@ def test_fp16_steps_read_the_host_only_as_often_as_grad_scaler_itself() -> None:
     assert counts.step_reads("fp16", 3, project=True) - counts.step_reads("fp32", 3, project=True) <= bare
 
 
+@pytest.mark.slow
 def test_train_step_returns_the_plain_cross_entropy_beside_the_smoothed_loss() -> None:
     """With label smoothing 0.1, train_step's sums are (loss x B, cross-entropy without smoothing x B, correct),
     each worked out by F.cross_entropy on the logits of an identical copy of the model (train mode, same batch)."""
