@@ -12,7 +12,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
 
 SAVED = TrainConfig(data="/data/cifar", out="runs/a", epochs=5, lr_min=1e-6, lr_max=5e-3, precision="fp16",
-                    workers=2, seed=3)
+                    workers=2, seed=3, augment="batched")
 
 # (field, value given on resume, the value the resumed run uses; None: refused)
 POLICY = [
@@ -29,6 +29,9 @@ POLICY = [
     ("lr_max", None, 5e-3),
     ("precision", "auto", "fp16"),  # auto keeps what ran
     ("precision", "fp32", None),  # another precision would train something else
+    ("augment", "auto", "batched"),  # auto keeps the pipeline that ran, on any device (a CPU runs "batched" too)
+    ("augment", "albumentations", None),  # another pipeline draws another random stream
+    ("deterministic", True, None),  # a run is deterministic from its first step or not at all
     ("epochs", 24, None),
     ("lr_max", 1e-2, None),
     ("seed", 4, None),

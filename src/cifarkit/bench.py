@@ -22,7 +22,7 @@ from torch import nn
 
 from cifarkit.config import TrainConfig
 from cifarkit.data.loaders import build_train_batches
-from cifarkit.device import AUTOCAST_DTYPES, autocast, grad_scaler, pick_device, resolve_precision
+from cifarkit.device import AUTOCAST_DTYPES, autocast, backend_settings, grad_scaler, pick_device, resolve_precision
 from cifarkit.flops import FLOPS_CONVENTION, count_macs, cpu_peak, device_seconds, matmul_peak
 from cifarkit.models import build_model
 from cifarkit.schedule import one_cycle
@@ -47,15 +47,20 @@ def run_bench(*, device: str = "auto", batch_size: int = 512, steps: int = 5, wa
               repeats: int = 3, precision: str = "auto") -> dict[str, Any]:
     """Measure and return every figure (images/s medians, GFLOP/s, CPU peak fraction, pipelines) as a dict.
 
-    precision: auto, bf16, fp16 or fp32, resolved as `cifarkit train` resolves it.
+    precision: auto, bf16, fp16 or fp32, resolved as `cifarkit train` resolves it. cuDNN autotunes (CUDA) for the
+    bench only, as for a run (device.backend_settings).
     """
     dev = pick_device(device)
+    with backend_settings(dev):
+        return _measure(dev, batch_size=batch_size, steps=steps, warmup=warmup, repeats=repeats, precision=precision)
+
+
+def _measure(dev: torch.device, *, batch_size: int, steps: int, warmup: int, repeats: int,
+             precision: str) -> dict[str, Any]:
     config = TrainConfig(batch_size=batch_size, lr_min=1e-4, lr_max=1e-3, precision=precision)
     config.validate()
     prec = resolve_precision(config.precision, dev)  # as train.py
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, 32, 32, generator=g).to(dev).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch_size,), generator=g).to(dev)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 import pickle
 import random
@@ -117,6 +118,10 @@ class PartialEpoch:
     seen: float  # images trained on
     seconds: float  # training time spent in the epoch so far
     skipped: int = 0  # steps the fp16 gradient scaler skipped (0 in checkpoints from before fp16)
+    ce_sum: float = math.nan  # sum of per-image cross-entropies without label smoothing (unknown in older checkpoints)
+    # Each rank's own (loss, cross-entropy, correct, seen), float32 values: each rank resumes from its own, so the sums
+    # are added in the uninterrupted run's order and round alike (absent in older checkpoints: rank 0 takes the totals)
+    per_rank: list[list[float]] | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, float] | None) -> "PartialEpoch | None":
@@ -130,13 +135,14 @@ RESUMABLE_FIELDS = frozenset({"data", "out", "device", "workers", "plots", "tens
 
 def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
     """The saved recipe, with only the fields that do not change what is trained taken from `given`. A field left at
-    its "find it" or "auto" value (lr_min/lr_max None, precision auto) keeps the saved one."""
+    its "find it" or "auto" value (lr_min/lr_max None, precision or augment auto) keeps the saved one: a run keeps
+    the augmentation pipeline that it recorded, whatever the device it resumes on."""
     merged = saved.to_dict()
     for key, value in given.to_dict().items():
         if key in RESUMABLE_FIELDS:
             merged[key] = value
         elif value != merged[key] and not (key in ("lr_min", "lr_max") and value is None) \
-                and not (key == "precision" and value == "auto"):
+                and not (key in ("precision", "augment") and value == "auto"):
             raise CifarkitError(f"cannot resume: {key} is {value!r} here but {merged[key]!r} in the checkpoint; "
                                 "a resumed run keeps its recipe (or start a new run with another --out)")
     return TrainConfig.from_dict(merged)

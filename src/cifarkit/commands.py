@@ -5,7 +5,6 @@ Each checks all its inputs first (weights, data, fingerprints), then says on std
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,6 @@ def evaluate_command(path: Path, *, data: str | None, device: str, precision: st
     note(f"{describe_data(dataset, data_fingerprint(full))}; {dev}, {precision}")
     images = torch.from_numpy(dataset.test_images).to(dev)
     labels = torch.from_numpy(dataset.test_labels).to(dev)
-    config = dataclasses.replace(config, channels_last=False)  # the loaded model is in the default memory format
     result = evaluate(model, images, labels, config, precision=precision, tta=tta)
     out: dict[str, Any] = {"test_accuracy": result["acc"], "test_loss": result["loss"]}
     if tta:

@@ -56,7 +56,8 @@ class TrainConfig:
     device: str = opt("auto", 'auto (cuda, then mps, then cpu), cpu, cuda or mps')
     subset: int | None = opt(None, 'class-balanced number of training images; default: all (50,000)')
     test_subset: int | None = opt(None, 'class-balanced number of test images; default: all (10,000)')
-    augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: batched on CUDA')
+    augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: '
+                       'batched on CUDA; config.json records what ran')
     pad_mode: str = opt("reflect", 'padding for the 4-pixel pad before the random crop: "reflect" (as the reference: '
                         'the default of albumentations 1.x) or "zero" (the mean colour)')
     std: str = opt("true", 'normalisation std: "true" (dataset std) or "reference" (0.2023, 0.1994, 0.2010)')
@@ -69,6 +70,9 @@ class TrainConfig:
                          'CPUs and MPS; config.json records what ran')
     channels_last: bool = opt(True, 'NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs')
     compile: bool = opt(False, 'torch.compile the model (CUDA)')
+    deterministic: bool = opt(False, 'deterministic algorithms (torch.use_deterministic_algorithms, '
+                              'CUBLAS_WORKSPACE_CONFIG, no cuDNN autotuning): two runs on one machine give the same '
+                              'bits, slower on CUDA')
     tta: bool = opt(False, 'also report flip test-time-augmented accuracy')
     sync_bn: bool = opt(False, 'SyncBatchNorm under torchrun')
     plots: bool = opt(True, 'write RUN/plots/*.png at the end')
@@ -115,6 +119,8 @@ class TrainConfig:
         check(self.augment in ("auto", "albumentations", "batched"),
               f"augment must be auto, albumentations or batched, got {self.augment!r}", "augment")
         check_pad_mode(self.pad_mode)
+        check(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}",
+              "deterministic")
         check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
               f"{self.precision!r}", "precision")
         cifar10_std(self.std)

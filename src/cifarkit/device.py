@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -82,10 +85,57 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: 
 
     fp16's scaler starts high and halves its scale at each step whose gradients overflow (inf or NaN), leaving
     the weights as they were: a skipped step is that search, not a failure. Off, it is backward() and step().
+    Whether the step ran is seen by an optimizer hook, on the host: no read of the device beyond the one that
+    GradScaler.step makes itself (its inf check) to decide.
     """
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    scale = scaler.get_scale()  # 1.0 without a device sync when the scaler is off
-    scaler.step(optimizer)
+    stepped: list[bool] = []
+    hook = optimizer.register_step_post_hook(lambda *_: stepped.append(True))
+    try:
+        scaler.step(optimizer)
+    finally:
+        hook.remove()
     scaler.update()
-    return scaler.get_scale() < scale  # update() lowers the scale exactly when step() found inf or NaN and skipped
+    return not stepped
+
+
+HOST_SYNC_EVERY = 25  # steps between the loop's reads of a GPU or MPS device
+
+
+def host_sync_every(device: torch.device) -> int:
+    """Steps between the training loop's reads of the device (loss check, stop check, progress bar), all at the same
+    steps: every step on the CPU, where a read costs nothing; every 25 elsewhere, since a read drains the queue."""
+    return 1 if device.type == "cpu" else HOST_SYNC_EVERY
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs to pick reproducible kernels (CUDA >= 10.2)
+
+
+@contextlib.contextmanager
+def backend_settings(device: torch.device, *, deterministic: bool = False) -> Iterator[None]:
+    """The process-wide switches of one run, set on entry and restored on exit, so a caller's process keeps its own.
+
+    deterministic: torch.use_deterministic_algorithms(True) (an op without a deterministic kernel raises),
+    CUBLAS_WORKSPACE_CONFIG (unless set already; it must be set before the process's first cuBLAS call) and no
+    cuDNN autotuning: two runs on the same machine and software give the same bits. Otherwise, on CUDA,
+    cudnn.benchmark: the shapes are fixed, so cuDNN times its kernels once and keeps the fastest.
+    """
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        if saved[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]

@@ -87,12 +87,16 @@ def barrier(ctx: DistContext) -> None:
 
 def gather_floats(value: float, ctx: DistContext, device: torch.device) -> list[float]:
     """`value` from every rank, in rank order (used to prove that every rank holds the same weights)."""
+    return [row[0] for row in gather_rows(torch.tensor([value], device=device), ctx)]  # float32: MPS has no float64
+
+
+def gather_rows(values: torch.Tensor, ctx: DistContext) -> list[list[float]]:
+    """Every rank's 1-D `values`, in rank order, on the host."""
     if not ctx.enabled:
-        return [value]
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    out = [torch.zeros_like(t) for _ in range(ctx.world_size)]
-    dist.all_gather(out, t)
-    return [float(o.item()) for o in out]
+        return [values.tolist()]
+    out = [torch.zeros_like(values) for _ in range(ctx.world_size)]
+    dist.all_gather(out, values)
+    return [o.tolist() for o in out]
 
 
 def split_batch(batch_size: int, ctx: DistContext) -> int:

@@ -22,8 +22,9 @@ from cifarkit.lr_finder import LRFinderResult
 from cifarkit.report.render import fmt_count, fmt_epoch
 from cifarkit.system import cpu_model, usable_cpus
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr", "seconds",
-                   "images_per_second", "skipped_steps")
+# train_loss: what training minimises (with label smoothing, if any); train_ce: the plain cross-entropy, as test_loss
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr",
+                   "seconds", "images_per_second", "skipped_steps")
 STEP_COLUMNS = ("step", "epoch", "loss", "lr")  # steps.csv: 1-based optimiser step and epoch, rank 0's batch loss
 
 
@@ -44,12 +45,14 @@ def duration(seconds: float) -> str:
 
 
 def weights_checksum(model: nn.Module) -> float:
-    """A position-weighted sum of every parameter and buffer: equal on two ranks only if their weights are."""
-    total = 0.0
-    for i, t in enumerate(model.state_dict().values()):
+    """A position-weighted sum of every parameter and buffer: equal on two ranks only if their weights are. Summed in
+    float32 on the weights' device (MPS has no float64), read once."""
+    tensors = list(model.state_dict().values())
+    total = torch.zeros((), device=tensors[0].device)
+    for i, t in enumerate(tensors):
         if t.is_floating_point():
-            total += float(t.double().sum()) * (i + 1)
-    return total
+            total += t.float().sum() * (i + 1)
+    return float(total)
 
 
 class RunLog:
@@ -63,7 +66,6 @@ class RunLog:
         self.train_images = 0.0
         self.metrics: dict[str, Any] = {}
         self.writer: Any = None
-        self.postfix_every = 1
         self.steps: list[list[float]] = []  # one STEP_COLUMNS row per optimiser step, on the host
         self.steps_per_epoch = 1
         self._losses: torch.Tensor | None = None  # step losses not yet on the host, kept on the device
@@ -119,7 +121,6 @@ class RunLog:
         self.lrs = lrs
         self.steps_per_epoch = steps_per_epoch
         self._losses = torch.zeros(steps_per_epoch, device=device) if self.enabled else None
-        self.postfix_every = 1 if device.type == "cpu" else 20  # reading the loss syncs with the GPU
         self.base = {"lr_min": self.config.lr_min, "lr_max": self.config.lr_max, "device": str(device),
                      "world_size": world, "hardware": hardware_info(device), "dataset": data.source,
                      "synthetic": data.synthetic, "train_images": len(data.train_labels),
@@ -147,22 +148,26 @@ class RunLog:
         return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
                     disable=not self.progress, dynamic_ncols=True)
 
-    def step(self, bar: tqdm, global_step: int, loss: torch.Tensor, sums: torch.Tensor) -> None:
+    def step(self, bar: tqdm, global_step: int, loss: torch.Tensor, sums: torch.Tensor, *, show: bool = True) -> None:
+        """One step; `show`: also update the bar's loss and accuracy, which reads the device (the loop says when).
+        `sums`: the epoch's (loss, cross-entropy, correct, seen) so far."""
         bar.update(1)
         if self._losses is not None:
             self._record_loss(global_step, loss)
-        if self.progress and (global_step % self.postfix_every == 0):
+        if self.progress and show:
             s = sums.tolist()
-            bar.set_postfix_str(f"loss {float(loss):.4f} acc {100 * s[1] / max(s[2], 1):.2f}% "
+            bar.set_postfix_str(f"loss {float(loss):.4f} acc {100 * s[-2] / max(s[-1], 1):.2f}% "
                                 f"lr {self.lrs[global_step]:.2e}")
 
     def epoch(self, epoch: int, *, train_loss: float, train_acc: float, test: dict[str, float], lr: float,
-              seconds: float, train_seconds: float, images: float, skipped: int = 0) -> None:
-        """One epoch's row and line; `skipped`: its steps that the fp16 gradient scaler skipped."""
+              seconds: float, train_seconds: float, images: float, skipped: int = 0,
+              train_ce: float = math.nan) -> None:
+        """One epoch's row and line; `skipped`: its steps that the fp16 gradient scaler skipped; `train_ce`: the
+        train cross-entropy without label smoothing (the test loss's measure)."""
         images_per_second = images / train_seconds
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test["loss"],
-               "test_acc": test["acc"], "test_acc_tta": test["acc_tta"], "lr": lr, "seconds": seconds,
-               "images_per_second": images_per_second, "skipped_steps": skipped}
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_ce": train_ce, "train_acc": train_acc,
+               "test_loss": test["loss"], "test_acc": test["acc"], "test_acc_tta": test["acc_tta"], "lr": lr,
+               "seconds": seconds, "images_per_second": images_per_second, "skipped_steps": skipped}
         self.rows.append(row)
         self.train_images += images
         self.train_seconds += train_seconds

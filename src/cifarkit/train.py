@@ -25,11 +25,12 @@ from cifarkit.checkpoint import (PartialEpoch, load_checkpoint, restore_weights,
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, normalization, subset
 from cifarkit.data.augment import normalize_batch
-from cifarkit.data.loaders import BatchSource, build_train_batches
-from cifarkit.device import autocast, backward_step, grad_scaler, pick_device, resolve_precision
+from cifarkit.data.loaders import BatchSource, build_train_batches, resolve_augment
+from cifarkit.device import (autocast, backend_settings, backward_step, grad_scaler, host_sync_every, pick_device,
+                             resolve_precision)
 from cifarkit.errors import CifarkitError
 from cifarkit.lr_finder import range_test
-from cifarkit.models import build_model, eval_mode
+from cifarkit.models import build_model, eval_mode, is_channels_last
 from cifarkit.report import write_plots, write_report
 from cifarkit.runlog import RunLog, weights_checksum
 from cifarkit.runstart import claim_run_folder, run_data
@@ -47,10 +48,11 @@ class History:  # what fit returns: the run folder, one dict per epoch (history.
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                x: torch.Tensor, y: torch.Tensor, *, precision: str, scaler: torch.amp.GradScaler,
                label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One optimizer step in `precision` through `scaler` (device.grad_scaler); returns the batch's mean loss and
-    number correct, as tensors left on the device, and whether the fp16 scaler skipped the step.
+    """One optimizer step in `precision` through `scaler` (device.grad_scaler); returns the batch's mean loss, its
+    sums (loss, cross-entropy without label smoothing, number correct: float32 [3]), both left on the device, and
+    whether the fp16 scaler skipped the step.
 
-        loss, correct, skipped = train_step(model, opt, sched, x, y, precision="fp16", scaler=grad_scaler("fp16", dev))
+        loss, sums, skipped = train_step(model, opt, sched, x, y, precision="fp16", scaler=grad_scaler("fp16", dev))
     """
     with autocast(precision, x.device):
         logits = model(x)
@@ -60,7 +62,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
         if skipped:  # torch reads a skipped first step as a scheduler stepped before its optimizer, and warns
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
         scheduler.step()
-    return loss.detach().float(), (logits.argmax(1) == y).sum(), skipped
+    loss, logits = loss.detach().float(), logits.detach()
+    plain = F.cross_entropy(logits.float(), y) if label_smoothing else loss  # comparable with the test loss
+    return loss, torch.stack([loss * len(y), plain * len(y), (logits.argmax(1) == y).sum().float()]), skipped
 
 
 @torch.no_grad()
@@ -68,13 +72,15 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, confi
              precision: str = "fp32", tta: bool = False, ctx: D.DistContext = D.DistContext()) -> dict[str, float]:
     """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode, forward passes under
     `precision` ("bf16"/"fp16"/"fp32", as resolved by device.resolve_precision). Under torchrun each rank takes a
-    contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy."""
+    contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy. Inputs take the
+    model's memory format; sums are float32 (counts exact below 2^24 images; MPS has no float64)."""
     lo, hi = D.shard_range(len(labels), ctx)
-    sums = torch.zeros(4, dtype=torch.float64, device=images.device)  # loss sum, correct, correct with TTA, count
+    sums = torch.zeros(4, device=images.device)  # loss sum, correct, correct with TTA, count
+    channels_last = is_channels_last(model)
     with eval_mode(model):
         for start in range(lo, hi, config.eval_batch_size):
             stop = min(start + config.eval_batch_size, hi)
-            x = normalize_batch(images[start:stop], *normalization(config.std), channels_last=config.channels_last)
+            x = normalize_batch(images[start:stop], *normalization(config.std), channels_last=channels_last)
             y = labels[start:stop]
             with autocast(precision, x.device):
                 logits = model(x).float()
@@ -107,7 +113,7 @@ def fit(config: TrainConfig, *, data: Cifar10 | str | None = None, resume: bool 
     run = Path(config.out)
     try:
         config, source = run_data(config, data, resume, run)  # checked before the run folder is made
-        with claim_run_folder(run, enabled=ctx.is_main):
+        with claim_run_folder(run, enabled=ctx.is_main), backend_settings(device, deterministic=config.deterministic):
             state = _setup(config, source, resume, progress, run, device, ctx)
             _train(state)
             return _finish(state)
@@ -157,11 +163,10 @@ def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run
                             "out", cli=f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then uses the fastest
     data = subset(data, config.subset, config.test_subset, seed=config.seed)
     model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
-    config = replace(config, precision=resolve_precision(config.precision, device))  # config.json: what ran, not auto
+    config = replace(config, precision=resolve_precision(config.precision, device),  # config.json: what ran, not auto
+                     augment=resolve_augment(config.augment, device))
     batches = build_train_batches(data.train_images, data.train_labels, config, device=device, rank=ctx.rank,
                                   world_size=ctx.world_size)
     D.check_setup(config.batch_size, config.sync_bn, ctx, device)
@@ -206,23 +211,23 @@ def _train(r: _Run) -> None:
     """The loop: forward -> loss -> backward -> step -> schedule, then evaluate and checkpoint each epoch."""
     c, steps = r.config, len(r.batches)
     test_x, test_y = torch.from_numpy(r.data.test_images).to(r.device), torch.from_numpy(r.data.test_labels).to(r.device)
-    check_every = 1 if r.device.type == "cpu" else 25  # reading the loss on the host waits for the GPU
+    every = host_sync_every(r.device)  # the loop reads the device (loss, stop, progress bar) at these steps only
     # open_bars: an error or a signal mid-epoch closes the bar first, so its message starts a line of its own
     with stop_on_signals() as stop, contextlib.ExitStack() as open_bars:
         for epoch in range(r.start_epoch, c.epochs):
             t0 = time.perf_counter() - (r.partial.seconds if r.partial else 0.0)
-            sums = _epoch_sums(r.partial, r.ctx, r.device)  # loss sum, correct, seen: on the device
+            sums = _epoch_sums(r.partial, r.ctx, r.device)  # loss, cross-entropy, correct, seen: on the device
             skipped = int(r.partial.skipped) if r.partial else 0  # steps the fp16 scaler skipped: alike on every rank
             bar = open_bars.enter_context(r.log.bar(epoch, steps, r.start_step))
             for step, (x, y) in enumerate(r.batches.epoch(epoch, r.start_step), start=r.start_step):
-                loss, correct, step_skipped = train_step(r.net, r.optimizer, r.scheduler, x, y, precision=c.precision,
-                                                         scaler=r.scaler, label_smoothing=c.label_smoothing)
+                loss, batch_sums, step_skipped = train_step(r.net, r.optimizer, r.scheduler, x, y,
+                                                            precision=c.precision, scaler=r.scaler,
+                                                            label_smoothing=c.label_smoothing)
                 skipped += step_skipped
-                sums[0] += loss.double() * len(y)  # in-place adds on the device: no step waits on the host
-                sums[1] += correct
-                sums[2] += len(y)
-                r.log.step(bar, epoch * steps + step, loss, sums)
-                nonfinite, stopping = check_step(step, loss, "signum" in stop, check_every, r.ctx, r.device)
+                sums[:3] += batch_sums  # in-place adds on the device: no step waits on the host
+                sums[3] += len(y)
+                r.log.step(bar, epoch * steps + step, loss, sums, show=step % every == 0)
+                nonfinite, stopping = check_step(step, loss, "signum" in stop, every, r.ctx, r.device)
                 if nonfinite:
                     raise non_finite(float(loss), epoch, epoch * steps + step + 1, r.ckpt_path, "at")
                 if stopping:
@@ -232,12 +237,13 @@ def _train(r: _Run) -> None:
             train_seconds = time.perf_counter() - t0
             if epoch == r.start_epoch:  # speak early: this process's first steps time the whole run
                 r.log.eta(epoch, steps - r.start_step, train_seconds - (r.partial.seconds if r.partial else 0.0))
-            train_loss, train_correct, count = D.all_reduce_sum(sums, r.ctx).tolist()
+            train_loss, train_ce, train_correct, count = D.all_reduce_sum(sums, r.ctx).tolist()
             if not math.isfinite(train_loss):  # a GPU reads the loss every 25 steps: never evaluate or save NaN weights
                 raise non_finite(train_loss, epoch, (epoch + 1) * steps, r.ckpt_path, "by")
             D.sync_buffers(r.model, r.ctx)
             test = evaluate(r.model, test_x, test_y, c, precision=c.precision, tta=c.tta, ctx=r.ctx)
-            r.log.epoch(epoch, train_loss=train_loss / count, train_acc=train_correct / count, test=test,
+            r.log.epoch(epoch, train_loss=train_loss / count, train_ce=train_ce / count,
+                        train_acc=train_correct / count, test=test,
                         lr=r.lrs[(epoch + 1) * steps - 1], seconds=time.perf_counter() - t0,
                         train_seconds=train_seconds, images=count, skipped=skipped)
             r.start_step, r.partial = 0, None
@@ -245,17 +251,24 @@ def _train(r: _Run) -> None:
 
 
 def _epoch_sums(partial: PartialEpoch | None, ctx: D.DistContext, device: torch.device) -> torch.Tensor:
-    """(loss sum, correct, seen) to start an epoch from. An interrupted epoch's sums were reduced over ranks into the
-    checkpoint, so rank 0 carries them on and the other ranks start from zero."""
-    values = [partial.loss_sum, partial.correct, partial.seen] if partial and ctx.is_main else [0.0, 0.0, 0.0]
-    return torch.tensor(values, dtype=torch.float64, device=device)
+    """(loss sum, cross-entropy sum, correct, seen) to start an epoch from, float32 (MPS has no float64; the counts
+    are exact below 2^24 images). An interrupted epoch carries on from each rank's own sums (float32 -> checkpoint ->
+    float32 is exact), so the epoch's figures are the uninterrupted run's to the bit; a checkpoint without them has
+    the totals, which rank 0 carries on while the other ranks start from zero."""
+    values = [0.0] * 4
+    if partial and partial.per_rank:
+        values = partial.per_rank[ctx.rank]
+    elif partial and ctx.is_main:
+        values = [partial.loss_sum, partial.ce_sum, partial.correct, partial.seen]
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _stop(r: _Run, epoch: int, step_in_epoch: int, sums: torch.Tensor, skipped: int, seconds: float,
           signum: int) -> None:
     """A signal: save the epoch so far at this step boundary, then stop."""
-    loss_sum, correct, seen = D.all_reduce_sum(sums, r.ctx).tolist()
-    _save(r, epoch, step_in_epoch, PartialEpoch(loss_sum, correct, seen, seconds, skipped))
+    per_rank = D.gather_rows(sums, r.ctx)
+    loss_sum, ce_sum, correct, seen = (sum(column) for column in zip(*per_rank))
+    _save(r, epoch, step_in_epoch, PartialEpoch(loss_sum, correct, seen, seconds, skipped, ce_sum, per_rank))
     raise TrainingInterrupted(signum, f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step "
                               f"{step_in_epoch}; checkpoint saved to {r.ckpt_path}; continue with: cifarkit train "
                               f"--resume --out {r.run}")

@@ -62,9 +62,11 @@ def _affine(mean: Sequence[float], std: Sequence[float], device: torch.device) -
 @functools.lru_cache(maxsize=16)
 def _affine_cached(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    m = torch.tensor(mean, dtype=torch.float64)
-    s = torch.tensor(std, dtype=torch.float64)
-    return (1.0 / (255.0 * s)).float().to(device), (-m / s).float().to(device)
+    # Python floats are doubles: the same values as float64 tensors, with no float64 tensor (MPS has none).
+    scale = [1.0 / (255.0 * s) for s in std]
+    shift = [-m / s for m, s in zip(mean, std)]
+    return (torch.tensor(scale, dtype=torch.float32, device=device),
+            torch.tensor(shift, dtype=torch.float32, device=device))
 
 
 def _source_index(out_pos: torch.Tensor, offset: torch.Tensor, size: int, pad_mode: str

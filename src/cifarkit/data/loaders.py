@@ -174,11 +174,18 @@ class DeviceBatches:
             yield x, self.labels.index_select(0, idx)
 
 
+def resolve_augment(asked: str, device: torch.device) -> str:
+    """The pipeline that runs for --augment `asked` on `device`: auto is "batched" on CUDA, "albumentations" elsewhere
+    (config.json records the result, and a resumed run keeps it: the two draw different random streams)."""
+    if asked != "auto":
+        return asked
+    return "batched" if device.type == "cuda" else "albumentations"
+
+
 def build_train_batches(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, device: torch.device,
                         rank: int = 0, world_size: int = 1) -> BatchSource:
     """The batch source named by config.augment ("auto": batched on CUDA, the DataLoader path elsewhere)."""
-    mode = config.augment if config.augment != "auto" else ("batched" if device.type == "cuda" else "albumentations")
-    if mode == "batched":
+    if resolve_augment(config.augment, device) == "batched":
         mean, std = normalization(config.std)
         return DeviceBatches(images, labels, batch_size=config.batch_size, mean=mean, std=std,
                              pad_mode=config.pad_mode, cutout_size=config.cutout_size, cutout_p=config.cutout_p,

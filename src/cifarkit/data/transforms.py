@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import albumentations as A
-import cv2
 import numpy as np
-from albumentations.pytorch import ToTensorV2
 
 from cifarkit.config import TrainConfig
 from cifarkit.data.stats import check_pad_mode, normalization
 
-CV2_BORDERS = {"reflect": cv2.BORDER_REFLECT_101, "zero": cv2.BORDER_CONSTANT}  # by the names of stats.PAD_MODES
+if TYPE_CHECKING:
+    import albumentations as A
+
+# albumentations (and cv2) are imported where a pipeline is built: a run with --augment batched needs neither.
+CV2_BORDERS = {"reflect": 4, "zero": 0}  # cv2.BORDER_REFLECT_101, cv2.BORDER_CONSTANT, by stats.PAD_MODES' names
 
 
 def build_train_transform(config: TrainConfig) -> A.Compose:
     """The training pipeline; its randomness comes from `seed_transform` before each call."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
     size = config.cutout_size
     mean, std = normalization(config.std)
     return A.Compose([
@@ -45,6 +50,9 @@ def build_train_transform(config: TrainConfig) -> A.Compose:
 
 def build_test_transform(mean: Sequence[float], std: Sequence[float]) -> A.Compose:
     """Normalise only."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
     return A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
 
 

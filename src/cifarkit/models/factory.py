@@ -15,3 +15,10 @@ def build_model(num_classes: int = 10, *, device: torch.device | str = "cpu",
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def is_channels_last(model: torch.nn.Module) -> bool:
+    """Whether `model` is in NHWC memory format (as build_model(channels_last=True) leaves it): inputs in the same
+    format spare each convolution a conversion."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()

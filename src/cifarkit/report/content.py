@@ -112,6 +112,10 @@ def _blocks(run_dir: Path) -> list[Block]:
     captions = dict(CAPTIONS, lr_finder=CAPTIONS["lr_finder"] + f" Rules: LRMIN = {rules[0]}; LRMAX = {rules[1]}.")
     if (run_dir / "steps.csv").is_file():
         captions["loss"] = LOSS_PER_STEP
+        if config.get("label_smoothing") and "train_ce" in history:
+            captions["loss"] += (f" Training used label smoothing {config['label_smoothing']:g}: the per-step curve is "
+                                 "the smoothed loss it minimises, which stays above the cross-entropy; the epoch means "
+                                 "and the test loss are both plain cross-entropy.")
     sections = [("", ["lr_finder", "lr_schedule"]), ("Training curves", ["loss", "accuracy"]),
                 ("Data and augmentation", ["samples"]), ("Errors", ["confusion_matrix", "misclassified", "gradcam"])]
     for title, names in sections:  # "": continues the section above

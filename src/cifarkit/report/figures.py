@@ -100,7 +100,10 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     if (run_dir / "history.csv").is_file():
         h = read_history(run_dir / "history.csv")
         if len(h.get("epoch", ())):
-            save(plots.plot_loss(h["epoch"], h["train_loss"], h["test_loss"], **step_losses(run_dir)), "loss")
+            # Like with like: the train cross-entropy without label smoothing, as the test loss (older runs: the loss)
+            plain = "train_ce" in h
+            save(plots.plot_loss(h["epoch"], h["train_ce" if plain else "train_loss"], h["test_loss"],
+                                 **step_losses(run_dir), smoothing=config.label_smoothing if plain else 0.0), "loss")
             save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
 
     model = model.to(device)

@@ -116,16 +116,20 @@ def plot_loss(
     *,
     step_epoch: Sequence[float] | None = None,
     step_loss: Sequence[float] | None = None,
+    smoothing: float = 0.0,
     ax: Axes | None = None,
 ) -> Figure:
     """Train and test loss per epoch; with the loss of every step (`step_loss`, at `step_epoch`: the epoch count at
     each step's end, step / steps_per_epoch), also that, faint, with its moving mean, on the same epoch axis.
+    `smoothing`: the label smoothing of the per-step losses, said in their legend (`train_loss` and `test_loss` are
+    plain cross-entropy), since they sit above the cross-entropy.
 
         plot_loss(h["epoch"], h["train_loss"], h["test_loss"], step_epoch=s["step"] / 98, step_loss=s["loss"])
     """
     fig, ax = _axes(ax, (8, 5))
     if step_epoch is not None and step_loss is not None and len(step_loss):
-        _loss_per_step(ax, epochs, train_loss, test_loss, np.asarray(step_epoch, float), np.asarray(step_loss, float))
+        _loss_per_step(ax, epochs, train_loss, test_loss, np.asarray(step_epoch, float), np.asarray(step_loss, float),
+                       smoothing)
     else:
         ax.plot(epochs, train_loss, "o-", color=TRAIN_COLOUR, label="train")
         ax.plot(epochs, test_loss, "s-", color=TEST_COLOUR, label="test")
@@ -137,12 +141,13 @@ def plot_loss(
 
 
 def _loss_per_step(ax: Axes, epochs: Sequence[int], train_loss: Sequence[float], test_loss: Sequence[float],
-                   x: np.ndarray, y: np.ndarray) -> None:
+                   x: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -> None:
     """plot_loss with the loss of every step `y` at epochs `x`: an axis from 0 to the last epoch."""
     window = len(y) // 40 | 1  # ~1/40 of the run: smooths batch noise, keeps the one-cycle's bends
-    ax.plot(x, y, color=TRAIN_COLOUR, alpha=0.25 if window > 1 else 0.6, linewidth=0.8, label="train, per step")
+    what = f"train with label smoothing {smoothing:g}" if smoothing else "train"
+    ax.plot(x, y, color=TRAIN_COLOUR, alpha=0.25 if window > 1 else 0.6, linewidth=0.8, label=f"{what}, per step")
     if window > 1:
-        ax.plot(x, moving_mean(y, window), color=TRAIN_COLOUR, linewidth=2, label=f"train, mean of {window} steps")
+        ax.plot(x, moving_mean(y, window), color=TRAIN_COLOUR, linewidth=2, label=f"{what}, mean of {window} steps")
     # An epoch's train loss is the mean over its steps: it belongs mid-epoch; the test loss is measured at its end.
     # clip_on=False: the last test point sits on the right edge of the axis, a whole square, not half of one.
     ax.plot(np.asarray(epochs, dtype=float) - 0.5, train_loss, "o", color=TRAIN_COLOUR, markeredgecolor="white",
