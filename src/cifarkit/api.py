@@ -20,75 +20,24 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifarkit.checkpoint import load_model as load_weights_into_model
 from cifarkit.config import TrainConfig
-from cifarkit.data import CLASSES, Cifar10, resolve_data, subset
+from cifarkit.data import CLASSES, Cifar10, normalization, resolve_data, subset
 from cifarkit.data.images import read_image, to_rgb32
 from cifarkit.data.loaders import build_train_batches
 from cifarkit.device import pick_device, resolve_precision
-from cifarkit.errors import CifarkitError, one_line
+from cifarkit.errors import CifarkitError
+from cifarkit.inference import OpenRun, open_run, predict_proba
 from cifarkit.lr_finder import LRFinderResult, range_test
 from cifarkit.models import CustomResNet, build_model
-from cifarkit.report import predict_proba
 
 ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
-
-# The first bytes of what torch.save writes: a zip archive (the format since PyTorch 1.6) or a pickle (older files).
-CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
-OTHER_FILES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"{": "JSON"}
 
 
 class LoadedModel(NamedTuple):
     """What `load_model` returns; unpacks as `model, config = load_model(run)`."""
 
     model: CustomResNet  # in eval mode, on the device asked for
-    config: TrainConfig  # the run's config (TrainConfig() for bare weights without a run folder)
-
-
-def find_weights(run_or_path: str | os.PathLike[str]) -> Path:
-    """The weights a path means: a run folder's model.pt, else its checkpoints/last.pt (a run not finished; also
-    found in the checkpoints folder itself), else the path itself when it is a file."""
-    path = Path(run_or_path)
-    if path.is_dir():
-        for weights in (path / "model.pt", path / "checkpoints" / "last.pt", path / "last.pt"):
-            if weights.is_file():
-                return weights
-        raise CifarkitError(f"{path} is a folder without model.pt or checkpoints/last.pt: not a cifarkit run folder")
-    if not path.is_file():
-        raise CifarkitError(f"no run folder or weights file at {path}")
-    return path
-
-
-def weights_note(weights: Path) -> str:
-    """One line that says which weights of a run are used."""
-    if weights.name == "last.pt" and weights.parent.name == "checkpoints":
-        return (f"weights: {weights} (the last checkpoint: {weights.parent.parent / 'model.pt'} is written when the "
-                "run finishes)")
-    return f"weights: {weights}"
-
-
-def check_weights_file(path: Path) -> None:
-    """Refuse, from its first bytes, a file that cannot be a PyTorch checkpoint (text, CSV, JSON, an image, empty), so
-    that torch.load never parses it."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.startswith(CHECKPOINT_MAGIC):
-        return
-    raise CifarkitError(f"cannot read {path}: truncated or not a PyTorch file (it is {_file_kind(head)}); give a run "
-                        "folder, its model.pt or checkpoints/last.pt")
-
-
-def _file_kind(head: bytes) -> str:
-    if not head:
-        return "empty"
-    kind = next((name for magic, name in OTHER_FILES.items() if head.lstrip().startswith(magic)), None)
-    if kind is None and b"\0" not in head:
-        try:
-            head.decode("utf-8")
-            kind = "text"
-        except UnicodeDecodeError:
-            pass
-    return kind or "neither a zip archive nor a pickle"
+    config: TrainConfig  # the run's config (from model.pt itself, or its run's config.json for an older file)
 
 
 def load_model(run_or_path: str | os.PathLike[str], device: str | torch.device = "auto") -> LoadedModel:
@@ -97,16 +46,8 @@ def load_model(run_or_path: str | os.PathLike[str], device: str | torch.device =
         model, config = load_model("runs/a")                 # model.pt, else checkpoints/last.pt
         model, config = load_model("runs/a/model.pt", device="cpu")
     """
-    dev = pick_device(device) if isinstance(device, str) else device
-    weights = find_weights(run_or_path)
-    check_weights_file(weights)
-    try:
-        model, config = load_weights_into_model(weights, dev)
-    except CifarkitError:
-        raise
-    except Exception as e:  # a damaged file that still starts like a checkpoint
-        raise CifarkitError(f"cannot read {weights}: truncated or not a PyTorch file ({one_line(e)})") from e
-    return LoadedModel(model, config)
+    opened = open_run(run_or_path, device=device)
+    return LoadedModel(opened.model, opened.config)
 
 
 def as_images(images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
@@ -135,29 +76,38 @@ def as_images(images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
     return np.stack(out)
 
 
-def predict(model_or_run: nn.Module | LoadedModel | str | os.PathLike[str], images: Any, *, top_k: int = 1,
-            classes: Sequence[str] | None = None, std: str | None = None, device: str = "auto",
+def predict(model_or_run: nn.Module | LoadedModel | OpenRun | str | os.PathLike[str], images: Any, *,
+            top_k: int = 1, classes: Sequence[str] | None = None, std: str | None = None, device: str = "auto",
             precision: str = "auto") -> list[list[tuple[str, float]]]:
     """Per image, its `top_k` classes with their probabilities, most likely first.
 
         predict("runs/a", "cat.png")                        # [[("cat", 0.91)]]
         predict(model, batch_nhwc_uint8, top_k=3)          # a model from load_model, an N x H x W x 3 array
 
-    `model_or_run`: a model, what load_model returns, or a run folder / weights file (loaded onto `device`).
-    `images`: paths, PIL images or uint8 arrays (HxWx3, or one NxHxWx3), resized to 32x32 when they are not.
-    `std`: the normalisation of training (TrainConfig.std); None: the run's own, or "true" for a bare model.
+    `model_or_run`: a run folder or weights file (opened on `device` in `precision`), what open_run or load_model
+    return, or a bare model. `images`: paths, PIL images or uint8 arrays (HxWx3, or one NxHxWx3), resized to 32x32
+    when they are not. `std`: the normalisation of training (TrainConfig.std); None: the run's own, or "true" for
+    a bare model.
     """
     if isinstance(model_or_run, (str, os.PathLike)):
-        model_or_run = load_model(model_or_run, device)
-    model, config = model_or_run if isinstance(model_or_run, LoadedModel) else (model_or_run, TrainConfig())
-    n = int(getattr(model, "num_classes", 10))
+        model_or_run = open_run(model_or_run, device=device, precision=precision)
+    if not isinstance(model_or_run, OpenRun):
+        model, config = model_or_run if isinstance(model_or_run, LoadedModel) else (model_or_run, TrainConfig())
+        dev = next(model.parameters()).device
+        n = int(getattr(model, "num_classes", len(CLASSES)))
+        names = CLASSES if n == len(CLASSES) else tuple(f"class{i}" for i in range(n))
+        model_or_run = OpenRun(model, config, Path(), None, names, *normalization(config.std), dev,
+                               resolve_precision(precision, dev))
+    opened = model_or_run
+    n = len(opened.classes)
     if not 1 <= top_k <= n:
         raise CifarkitError(f"top_k must be in 1..{n}, got {top_k}", cli=f"--top-k must be in 1..{n}, got {top_k}")
-    names = tuple(classes) if classes is not None else CLASSES if n == len(CLASSES) else \
-        tuple(f"class{i}" for i in range(n))
-    dev = next(model.parameters()).device
-    config = dataclasses.replace(config, std=std or config.std)
-    probs = predict_proba(model, as_images(images), config, dev, resolve_precision(precision, dev))
+    if classes is not None and len(classes) != n:
+        raise CifarkitError(f"classes has {len(classes)} names, the model {n} classes: give one name per class")
+    names = tuple(classes) if classes is not None else opened.classes
+    mean, std_values = (opened.mean, opened.std) if std is None else normalization(std)
+    probs = predict_proba(opened.model, as_images(images), mean, std_values, precision=opened.precision,
+                          batch_size=opened.config.eval_batch_size)
     best, index = torch.from_numpy(probs).topk(top_k, dim=1)
     return [[(names[j], float(p)) for p, j in zip(row_p.tolist(), row_i.tolist())] for row_p, row_i in zip(best, index)]
 

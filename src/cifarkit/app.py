@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from cifarkit.errors import CifarkitError, pip_install
 from cifarkit.explain import (GRADCAM_LAYERS, MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view,
                               load_explainer, misclassified_view, predict_view)
+from cifarkit.flags import check_address
 from cifarkit.uploads import BOUNDS, MAX_BYTES, MAX_FILES
 
 INSTALL = f"the app needs Gradio: {pip_install('app')}"
@@ -164,8 +165,12 @@ def launch(demo: Any, *, host: str = "127.0.0.1", port: int = 7860, block: bool 
     # The server's own process: a decompression-bomb warning from any image decoder must never reach the console
     # (uploads are checked before decoding; this covers the rest).
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                            show_error=True, max_file_size=MAX_BYTES, css=APP_CSS)
+    try:
+        _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                                show_error=True, max_file_size=MAX_BYTES, css=APP_CSS)
+    except OSError:  # taken since check_address tried it: Gradio's own advice names its environment variables
+        check_address(host, port)
+        raise CifarkitError(f"cannot serve on {host}:{port}: choose another --port") from None
     reach = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else f"every machine that reaches {host}"
     print(f"cifarkit app: {url} (bound to {host}:{port}, {reach}; Ctrl+C stops it)", flush=True)
     if block:
@@ -178,8 +183,7 @@ def launch(demo: Any, *, host: str = "127.0.0.1", port: int = 7860, block: bool 
 
 def app_command(weights: Path, *, data: str | None, device: str, host: str, port: int) -> int:
     """`cifarkit app`: load the run (or say in one line why not), write its examples, serve until Ctrl+C."""
-    if not 0 < port < 65536:
-        raise CifarkitError(f"--port must be in 1..65535, got {port}")
+    check_address(host, port)  # before the model and data load
     _gradio()
     ex = load_explainer(weights, data=data, device=device)
     with tempfile.TemporaryDirectory(prefix="cifarkit-app-") as folder:

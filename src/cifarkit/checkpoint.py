@@ -1,4 +1,4 @@
-"""Checkpoints that lose nothing: atomic writes, safe loads, every RNG state, and a lock per run folder.
+"""Checkpoints that lose nothing: atomic writes, safe loads, every RNG state, and what may change on resume.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 `torch.load(weights_only=True)`: a file whose unpickling would run code is refused, not executed.
@@ -6,14 +6,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import math
-import os
 import pickle
 import random
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarkit.atomic import TEMP_GLOB, atomic_write
+from cifarkit.atomic import atomic_write
 from cifarkit.config import TrainConfig
-from cifarkit.errors import CifarkitError
-from cifarkit.models import CustomResNet, build_model
+from cifarkit.errors import CifarkitError, write_error
+from cifarkit.run import CHECKPOINT, CONFIG, check_torch_file, read_config
 
 FORMAT = "cifarkit-checkpoint-v2"  # v2: the partial epoch as named fields
 
@@ -35,8 +31,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         with atomic_write(path) as f:
             torch.save(obj, f)
     except OSError as e:
-        reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise CifarkitError(f"cannot write {path}: {reason}; the previous file, if any, is intact") from e
+        raise write_error(path, e) from e
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -44,6 +39,7 @@ def safe_torch_load(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CifarkitError(f"no checkpoint at {path}")
+    check_torch_file(path)  # text, an image, empty: refused from its first bytes
     try:
         with warnings.catch_warnings():  # torch warns about a pickle's protocol before refusing it: keep one line
             warnings.simplefilter("ignore")
@@ -57,7 +53,7 @@ def safe_torch_load(path: Path) -> Any:
             raise CifarkitError(f"refused to load {path}: it holds objects other than tensors and plain data, "
                                 f"which could run code ({first[:160]})") from e
         raise CifarkitError(f"cannot read {path}: not a PyTorch checkpoint ({first[:160]})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, IndexError...: what a torn file raises varies
         raise CifarkitError(f"cannot read {path}: truncated or not a PyTorch file ({type(e).__name__})") from e
 
 
@@ -151,75 +147,10 @@ def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
 def saved_config(run: Path) -> TrainConfig:
     """The recipe of the run in `run`: its config.json or, when that is gone or damaged, the one in its checkpoint."""
     try:
-        return TrainConfig.load(run / "config.json")
-    except (OSError, ValueError, TypeError):  # missing, unreadable, or not JSON of a config
+        return read_config(run)
+    except CifarkitError:  # missing or damaged: the checkpoint holds the same recipe
         pass
-    if not (run / "checkpoints" / "last.pt").is_file():
-        raise CifarkitError(f"nothing to resume in {run}: no readable config.json and no checkpoint "
+    if not (run / CHECKPOINT).is_file():
+        raise CifarkitError(f"nothing to resume in {run}: no readable {CONFIG} and no checkpoint "
                             "(start the run without --resume)")
-    return TrainConfig.from_dict(load_checkpoint(run / "checkpoints" / "last.pt")["config"])
-
-
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], TrainConfig]:
-    """Weights and the run's config from a run folder, its model.pt, or a training checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    state: Any = safe_torch_load(path)
-    config = None
-    if isinstance(state, dict) and "model" in state and "config" in state:  # a training checkpoint
-        config, state = TrainConfig.from_dict(state["config"]), state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CifarkitError(f"{path} holds no model weights (expected a state dict or a cifarkit checkpoint)")
-    if config is None:
-        run_config = next((p / "config.json" for p in (path.parent, path.parent.parent)
-                           if (p / "config.json").is_file()), None)
-        config = TrainConfig.load(run_config) if run_config else TrainConfig()
-    return state, config
-
-
-def load_model(path: Path, device: torch.device) -> tuple[CustomResNet, TrainConfig]:
-    """The trained network (eval mode, on `device`) and its run's config, from what `load_weights` reads."""
-    state, config = load_weights(path)
-    fc = state.get("fc.weight")
-    model = build_model(int(fc.shape[0]) if fc is not None else 10)
-    restore_weights(model, state, path)
-    return model.to(device).eval(), config
-
-
-class RunLock:
-    """An exclusive flock on RUN/.lock: a second run on the same folder is refused; the kernel drops the lock when
-    its holder dies, even by kill -9, so a crash never leaves the folder stuck."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / ".lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:  # read-only or full disk, no permission: say so before any work is done
-            raise CifarkitError(f"cannot use {self.path.parent} as a run folder: {e.strerror or e}; "
-                                "choose a writable --out") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise CifarkitError(f"another cifarkit run (pid {holder}) is using {self.path.parent}; "
-                                "wait for it or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        # Temp files of a writer killed mid-write (kill -9, power loss): only a lock holder writes here, so any that
-        # exist now are orphans, and each can be a checkpoint's size.
-        for orphan in (*self.path.parent.glob(TEMP_GLOB), *self.path.parent.glob(f"checkpoints/{TEMP_GLOB}")):
-            orphan.unlink(missing_ok=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+    return TrainConfig.from_dict(load_checkpoint(run / CHECKPOINT)["config"])

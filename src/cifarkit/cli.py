@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from cifarkit import __version__
-from cifarkit.config import PRECISIONS, TrainConfig
-from cifarkit.errors import CifarkitError, pip_install
+from cifarkit import run as R
+from cifarkit.config import TrainConfig, check_device_name, check_precision_name
+from cifarkit.console import say
+from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
 from cifarkit.flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
-                             count, given_config)
+                             check_address, count, given_config)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cifarkit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cifarkit {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_help = "a run folder (its model.pt, else checkpoints/last.pt), or a weights file"
+    run_help = R.WEIGHTS_HELP
 
     p = sub.add_parser("summary", help="print the model's torchinfo table")
     p.add_argument("--batch-size", type=count(1), default=512, help="input batch of the table (default: 512)")
@@ -114,7 +116,7 @@ top-1 class is the same on every image. Needs: {pip_install('export')}."""
 def add_app_export_parsers(sub: Any) -> None:
     p = sub.add_parser("app", help="serve a local web app over a run: predict, Grad-CAM, misclassified images",
                        description=f"A Gradio app over a trained run (needs: {pip_install('app')}).")
-    p.add_argument("run", type=Path, help="run folder, RUN/model.pt, or RUN/checkpoints/last.pt")
+    p.add_argument("run", type=Path, help=R.WEIGHTS_HELP)
     p.add_argument("--port", type=int, default=7860, help="TCP port to serve on (default: 7860)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 serves every network)")
@@ -123,7 +125,7 @@ def add_app_export_parsers(sub: Any) -> None:
 
     p = sub.add_parser("export", help="export a run's model to ONNX (or TorchScript) and check it against PyTorch",
                        description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="run folder, RUN/model.pt, or RUN/checkpoints/last.pt")
+    p.add_argument("run", type=Path, help=R.WEIGHTS_HELP)
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"], help="file format (default: onnx)")
     p.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
     p.add_argument("--check-images", type=int, default=1000,
@@ -149,9 +151,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from cifarkit.summary import model_summary
 
     if args.precision is not None:
-        if args.precision not in PRECISIONS:
-            raise CifarkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
-        print(SUMMARY_PRECISION, file=sys.stderr)
+        say(SUMMARY_PRECISION)
     print(model_summary(args.batch_size))
     return 0
 
@@ -217,12 +217,45 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from cifarkit.bench import format_bench, run_bench
-    from cifarkit.device import pick_device, resolve_precision
 
-    precision = resolve_precision(args.precision, pick_device(args.device))
     print(format_bench(run_bench(device=args.device, batch_size=args.batch_size, steps=args.steps,
-                                 repeats=args.repeats, precision=precision)))
+                                 repeats=args.repeats, precision=args.precision)))
     return 0
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no torch, run before any command imports it: a mistake gets its line at once."""
+    for name, check in (("device", check_device_name), ("precision", check_precision_name)):
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                check(value)
+            except CifarkitError as e:
+                raise CifarkitError(e.cli_line()) from None
+    if args.command in ("train", "lr-find"):
+        given = given_config(args)
+        try:
+            TrainConfig(**given).validate()
+        except CifarkitError as e:
+            raise CifarkitError(e.cli_line()) from None
+        kind = "lr-find" if args.command == "lr-find" else "resume" if args.resume else "train"
+        R.check_run_out(given.get("out", TrainConfig.out), kind=kind)
+    elif args.command in ("evaluate", "predict"):
+        R.check_torch_file(R.find_weights(args.checkpoint))
+    elif args.command in ("report", "app", "export"):
+        R.find_weights(args.run)
+        if args.command == "app":
+            check_address(args.host, args.port)
+        if args.command == "export":
+            R.check_out_file(args.out, suffix=args.format)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocator's failure (torch.OutOfMemoryError on a GPU, "can't allocate memory" on a CPU), told by its words
+    so that the check needs no torch."""
+    text = str(e)
+    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text)
 
 
 COMMANDS = {"summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, "evaluate": cmd_evaluate,
@@ -236,24 +269,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help and --version print, then exit 0
         return e.code if isinstance(e.code, int) else 0
     except CifarkitError as e:
-        print(f"error: {e.cli_line()}", file=sys.stderr)
-        return 2
-    from cifarkit.stops import TrainingInterrupted  # imports torch: not for --help
-
+        return _error(e.cli_line())
     try:
+        check_args(args)  # no torch yet
         return COMMANDS[args.command](args)
     except CifarkitError as e:
-        print(f"error: {e.cli_line()}", file=sys.stderr)
-        return 2
+        return _error(e.cli_line())
     except OSError as e:  # a full disk, a read-only or vanished folder: not a bug
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _error(os_error_line(e))
     except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        say(f"interrupted: {e}")
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("interrupted")
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        batch = getattr(args, "batch_size", None)
+        return _error(f"a batch{f' of {batch} images' if batch else ''} does not fit in memory on this device; "
+                      "lower --batch-size")
+
+
+def _error(line: str) -> int:
+    say(f"error: {line}")
+    return 2
 
 
 if __name__ == "__main__":

@@ -24,6 +24,20 @@ def opt(default: Any, help: str) -> Any:
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision; what auto picks: device.choose_precision
+DEVICES = ("auto", "cpu", "cuda", "mps")  # --device; "cuda:N" names one GPU
+
+
+def check_precision_name(name: str) -> None:
+    """A precision name, checked without torch (the command line asks before loading it)."""
+    if name not in PRECISIONS:
+        raise named_error(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}", "precision")
+
+
+def check_device_name(name: str) -> None:
+    """A device name, checked without torch; whether the device is there is device.pick_device's question."""
+    index = name.partition(":")[2]
+    if name not in DEVICES and not (name.startswith("cuda:") and index.isdigit()):
+        raise named_error(f"device must be auto, cpu, cuda or mps, got {name!r}", "device")
 
 # The assignment's peak: epoch 5 of 24. Shortened runs keep the peak at the same fraction of the run.
 ASSIGNMENT_EPOCHS = 24
@@ -121,8 +135,8 @@ class TrainConfig:
         check_pad_mode(self.pad_mode)
         check(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}",
               "deterministic")
-        check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
-              f"{self.precision!r}", "precision")
+        check_precision_name(self.precision)
+        check_device_name(self.device)
         cifar10_std(self.std)
         check(0 <= self.cutout_p <= 1, f"cutout_p must be in [0, 1], got {self.cutout_p}", "cutout_p")
         check(0 <= self.cutout_size <= 32, f"cutout_size must be in [0, 32], got {self.cutout_size}", "cutout_size")

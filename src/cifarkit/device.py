@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 
 import torch
 
-from cifarkit.config import PRECISIONS
+from cifarkit.config import check_device_name, check_precision_name
+from cifarkit.console import say
 from cifarkit.errors import CifarkitError
 from cifarkit.system import cpu_flags as read_cpu_flags
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto": cuda, then mps, then cpu. Asking for a device that is not there is a user error."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CifarkitError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        raise CifarkitError(f"device={name!r} was asked for, but PyTorch sees no CUDA GPU here; use device='cpu'",
+                            cli=f"--device {name} was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise CifarkitError("--device mps was asked for, but MPS is not available here; use --device cpu")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise CifarkitError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+        raise CifarkitError("device='mps' was asked for, but MPS is not available here; use device='cpu'",
+                            cli="--device mps was asked for, but MPS is not available here; use --device cpu")
     return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
 
 
@@ -57,14 +58,13 @@ def choose_precision(device_type: str, *, cuda_capability: tuple[int, int] | Non
 def resolve_precision(asked: str, device: torch.device) -> str:
     """What runs for --precision `asked` on `device`: auto follows `choose_precision`; an explicit choice is kept, and
     bf16 where the hardware has no bf16 units gets a one-line warning on stderr, then runs."""
-    if asked not in PRECISIONS:
-        raise CifarkitError(f"--precision must be one of {', '.join(PRECISIONS)}, got {asked!r}")
+    check_precision_name(asked)
     best = choose_precision(device.type)
     if asked == "auto":
         return best
     if asked == "bf16" and best != "bf16":
-        print(f"warning: --precision bf16 on {device.type} without bf16 units runs emulated and slow; "
-              f"--precision auto picks {best} here", file=sys.stderr)
+        say(f"warning: precision bf16 on {device.type} without bf16 units runs emulated and slow; precision auto "
+            f"picks {best} here")
     return asked
 
 

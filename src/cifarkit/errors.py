@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -42,3 +43,28 @@ def one_line(exc: BaseException) -> str:
     CifarkitError built around it stays one line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def write_error(path: object, exc: OSError) -> CifarkitError:
+    """The one wording of a failed write (a full disk, a read-only folder): the file, why, and that an old one is
+    intact (every write is atomic: cifarkit.atomic)."""
+    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or one_line(exc))
+    return CifarkitError(f"cannot write {path}: {reason}; the previous file, if any, is intact")
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError that reached the command line, in one line: a full disk in write_error's words, else the file and
+    the system's reason, never a raw `[Errno N]`."""
+    if exc.errno == errno.ENOSPC:
+        return str(write_error(exc.filename or "a file", exc))
+    reason = exc.strerror or one_line(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped a run: at a step boundary with a checkpoint (`train --resume` continues it), or before
+    the first checkpoint, with nothing kept. The command line exits 128 + signum."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

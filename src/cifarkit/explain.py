@@ -15,25 +15,19 @@ to colour-blind eyes) with a colour bar from 0 (no evidence) to 1 (the image's s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
-from cifarkit.api import load_model
+from cifarkit import run as R
 from cifarkit.config import TrainConfig
-from cifarkit.data import normalization, subset
-from cifarkit.data.augment import normalize_batch
-from cifarkit.data.sources import data_of_run
-from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
+from cifarkit.inference import OpenRun, open_run
 from cifarkit.report.galleries import overlay_heatmap
 from cifarkit.report.gradcam import LAYERS, grad_cam
-from cifarkit.report.figures import predict_proba
 from cifarkit.report.interpret import top_losses
 from cifarkit.uploads import read_uploads
 
@@ -46,54 +40,41 @@ GRADCAM_LAYERS = ("layer3", "layer2", "layer1", "prep")  # coarse to fine, the o
 
 @dataclass
 class Explainer:
-    """A model in eval mode with its run's config, and the run's test split with the model's probabilities on it."""
+    """An opened run (model in eval mode, its config, normalisation and precision), its test split, and the model's
+    probabilities on it."""
 
-    model: torch.nn.Module
-    config: TrainConfig
-    device: torch.device
+    run: OpenRun
     classes: tuple[str, ...]
     test_images: np.ndarray  # uint8 [M, 32, 32, 3]
     test_labels: np.ndarray  # int64 [M]
     test_probs: np.ndarray  # float32 [M, C]
     header: str  # Markdown: what run this is
-    precision: str = "fp32"  # of the forward passes, as device.resolve_precision gives it
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities float32 [N, C] for uint8 [N, 32, 32, 3] RGB images."""
-        if not len(images):
-            return np.zeros((0, len(self.classes)), np.float32)
-        return predict_proba(self.model, images, self.config, self.device, self.precision)
+        return self.run.predict_proba(images)
 
     def gradcam(self, images: np.ndarray, layer: str) -> np.ndarray:
         """Grad-CAM heatmaps float32 [N, 32, 32] in [0, 1] for the predicted class of each image."""
-        return grad_cam(self.model, self._normalised(images), layer=layer)
+        return grad_cam(self.run.model, self.run.preprocess(images), layer=layer)
 
     def examples(self) -> list[tuple[str, np.ndarray]]:
         """(class, image): the first test image of each class, in class order."""
         return [(name, self.test_images[hits[0]]) for c, name in enumerate(self.classes)
                 if len(hits := np.flatnonzero(self.test_labels == c))]
 
-    def _normalised(self, images: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        return normalize_batch(batch, *normalization(self.config.std))
-
-
-def _run_file(weights: Path, name: str) -> Path | None:
-    """RUN/name for weights given as a run folder, RUN/model.pt or RUN/checkpoints/last.pt."""
-    folders = (weights,) if weights.is_dir() else (weights.parent, weights.parent.parent)
-    return next((f / name for f in folders if (f / name).is_file()), None)
-
 
 def describe_run(weights: Path, config: TrainConfig, test_source: str, test_accuracy: float, n_test: int) -> str:
     """The app's header: the run, its recorded accuracy and epochs, and the data it was trained on."""
     metrics: dict[str, Any] = {}
-    if (metrics_file := _run_file(weights, "metrics.json")) is not None:
+    if (run_dir := R.run_of(weights)) is not None and (run_dir / R.METRICS).is_file():
         try:
-            metrics = json.loads(metrics_file.read_text())
-        except (OSError, ValueError):  # unreadable or damaged: the header says so rather than the app not starting
+            metrics = R.read_metrics(run_dir)
+        except CifarkitError:  # unreadable or damaged: the header says so rather than the app not starting
             pass
     accuracy = metrics.get("final_test_accuracy")
-    recorded = f"test accuracy **{100 * accuracy:.2f}%**" if accuracy is not None else "no readable metrics.json"
+    recorded = (f"test accuracy **{100 * accuracy:.2f}%**" if accuracy is not None else
+                f"no readable {R.METRICS}")
     epochs = metrics.get("epochs_completed", config.epochs)
     fingerprint = getattr(config, "data_fingerprint", None) or metrics.get("data_fingerprint")
     data = (f"data fingerprint `{fingerprint}`" if fingerprint else
@@ -111,21 +92,13 @@ def describe_run(weights: Path, config: TrainConfig, test_source: str, test_accu
 def load_explainer(weights: str | Path, *, data: str | None = None, device: str = "auto") -> Explainer:
     """The model from a run folder or weights file and the run's test split (from `data`, else the run's own
     source; never downloaded), scored once here. Raises CifarkitError for a missing run or data."""
-    weights = Path(weights)
-    dev = pick_device(device)
-    model, config = load_model(weights, dev)
-    run_data = data_of_run(config.data, config.data_fingerprint, data, owner=f"run {weights}")
-    dataset = subset(run_data, None, config.test_subset, seed=config.seed)
-    if len(dataset.classes) != model.num_classes:
-        raise CifarkitError(f"the data has {len(dataset.classes)} classes and the model {model.num_classes}: "
-                            "pass the run's own data with --data")
-    explainer = Explainer(model, config, dev, tuple(dataset.classes), dataset.test_images, dataset.test_labels,
-                          np.zeros((0, model.num_classes), np.float32), "", resolve_precision("auto", dev))
-    explainer.test_probs = explainer.predict(dataset.test_images)
-    accuracy = float((explainer.test_probs.argmax(1) == dataset.test_labels).mean()) if len(dataset.test_labels) else 0
-    explainer.header = describe_run(weights, config, dataset.source or str(data or config.data), accuracy,
-                                    len(dataset.test_labels))
-    return explainer
+    run = open_run(weights, data=data, device=device)
+    dataset = run.test_data()
+    probs = run.predict_proba(dataset.test_images)
+    accuracy = float((probs.argmax(1) == dataset.test_labels).mean()) if len(dataset.test_labels) else 0
+    header = describe_run(Path(weights), run.config, dataset.source or str(data or run.config.data), accuracy,
+                          len(dataset.test_labels))
+    return Explainer(run, tuple(dataset.classes), dataset.test_images, dataset.test_labels, probs, header)
 
 
 # --------------------------------------------------------------------------------------------------- pictures
@@ -196,7 +169,7 @@ def gradcam_view(ex: Explainer, files: Sequence[str] | None, count: int, layer: 
                  opacity: float) -> list[tuple[np.ndarray, str]]:
     """(tile, caption) for `count` images (at most 16): the readable uploads first, then test images in order."""
     if layer not in GRADCAM_LAYERS or layer not in LAYERS:
-        raise ValueError(f"layer must be one of {GRADCAM_LAYERS}, got {layer!r}")
+        raise CifarkitError(f"layer must be one of {', '.join(GRADCAM_LAYERS)}, got {layer!r}")
     count = max(0, min(int(count), MAX_GRADCAM))
     uploads = read_uploads(files or [])
     n_up = min(len(uploads.names), count)

@@ -11,7 +11,7 @@ quietly wrong. Probabilities rather than logits, because every caller wants them
 class names are stored in the ONNX metadata ("classes", a JSON list).
 
 The file is checked before it is written: onnxruntime (CPU) runs it on the run's test images (or N of them) and
-every probability must lie within 1e-3 of PyTorch's (the model in eval mode on `normalize_batch` input) with the same
+every probability must lie within 1e-3 of PyTorch's (the model in eval mode on `inference.preprocess` input) with the same
 top-1 class on every image; otherwise it is an error and nothing is written. Needs the optional extra `export`
 (INSTALL says how):
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -40,11 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarkit.api import load_model
-from cifarkit.data import normalization, subset
-from cifarkit.data.augment import normalize_batch
-from cifarkit.data.sources import data_of_run
-from cifarkit.errors import CifarkitError, pip_install
+from cifarkit.atomic import atomic_write
+from cifarkit.errors import CifarkitError, pip_install, write_error
+from cifarkit.inference import open_run, predict_proba, preprocess
+from cifarkit.run import check_out_file
 
 PROB_BOUND = 1e-3  # max |probability difference| allowed between the exported file and PyTorch
 BATCH = 256  # images per call in the check and the speed figures
@@ -56,15 +54,10 @@ class ImagesToProbs(nn.Module):
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.model = model
-        # x / 255 - mean) / std == x * scale + shift, per channel (last axis of NHWC)
-        std_t = torch.tensor(std, dtype=torch.float32)
-        self.register_buffer("scale", 1.0 / (255.0 * std_t))
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32) / std_t)
+        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.to(torch.float32) * self.scale + self.shift).permute(0, 3, 1, 2)
-        return torch.softmax(self.model(x), dim=1)
+        return torch.softmax(self.model(preprocess(images, self.mean, self.std)), dim=1)
 
 
 @contextlib.contextmanager
@@ -149,11 +142,9 @@ def _timed(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> tuple
 
 def check_parity(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, images: np.ndarray,
                  mean: Sequence[float], std: Sequence[float]) -> Parity:
-    """Compare the exported runner with the PyTorch model (CPU, eval, normalize_batch input) on uint8 NHWC images."""
+    """Compare the exported runner with the PyTorch model (CPU, eval, inference.preprocess input) on uint8 NHWC images."""
     def reference(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = normalize_batch(torch.from_numpy(batch), mean, std)
-            return torch.softmax(model(x).float(), dim=1).numpy()
+        return predict_proba(model, batch, mean, std)
 
     exported, exported_rate = _timed(run, images)
     expected, torch_rate = _timed(reference, images)
@@ -167,31 +158,29 @@ def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 10
         raise CifarkitError(f"--format must be one of {sorted(EXPORTERS)}, got {fmt!r}")
     if check_images < 0:
         raise CifarkitError(f"--check-images must be 0 (all) or positive, got {check_images}")
-    if out.is_dir():
-        raise CifarkitError(f"--out {out} is a folder; give a file name such as {out / ('model.' + fmt)}")
-    model, config = load_model(Path(weights), torch.device("cpu"))
-    run_data = data_of_run(config.data, config.data_fingerprint, data, owner=f"run {weights}")
-    test = subset(run_data, None, config.test_subset, seed=config.seed)
+    out = check_out_file(out, suffix=fmt)
+    run = open_run(Path(weights), data=data, device="cpu", precision="fp32")
+    test = run.test_data()
     images = np.ascontiguousarray(test.test_images[:check_images or None])
-    if len(test.classes) != model.num_classes or not len(images):
-        raise CifarkitError(f"no test images with the model's {model.num_classes} classes to check the export on: "
+    if not len(images):
+        raise CifarkitError(f"no test images with the model's {len(run.classes)} classes to check the export on: "
                             "pass the run's own data with --data")
-    mean, std = normalization(config.std)
-    graph = ImagesToProbs(model, mean, std).eval()
+    graph = ImagesToProbs(run.model, run.mean, run.std).eval()
     with tempfile.TemporaryDirectory(prefix="cifarkit-export-") as folder:
         staged = Path(folder) / out.name
-        parity = check_parity(EXPORTERS[fmt](graph, staged, test.classes), model, images, mean, std)
+        parity = check_parity(EXPORTERS[fmt](graph, staged, run.classes), run.model, images, run.mean, run.std)
         name = "onnxruntime" if fmt == "onnx" else "TorchScript"
         figures = (f"max |prob difference| {parity.max_prob_diff:.2e} (bound {PROB_BOUND:g}), top-1 differs on "
                    f"{parity.top1_mismatches} of {parity.images} test images")
         if not parity.ok:
             raise CifarkitError(f"the exported model disagrees with PyTorch: {figures}; nothing written")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        part = out.with_name(out.name + ".part")
-        shutil.copyfile(staged, part)
-        os.replace(part, out)  # a reader never sees half a file
+        try:
+            with atomic_write(out) as f, open(staged, "rb") as src:
+                shutil.copyfileobj(src, f)  # a reader never sees half a file
+        except OSError as e:
+            raise write_error(out, e) from e
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): input images uint8 [B, 32, 32, 3] RGB, "
-          f"output probs float32 [B, {model.num_classes}] (softmax), normalisation inside")
+          f"output probs float32 [B, {len(run.classes)}] (softmax), normalisation inside")
     print(f"parity: {figures}")
     print(f"CPU images/s at batch {BATCH} on {parity.images} images: {name} {parity.exported_images_per_s:.0f}, "
           f"PyTorch eval {parity.torch_images_per_s:.0f}")

@@ -14,7 +14,6 @@ Rules, on the raw loss smoothed by a centred (zero-lag) moving average over 5% o
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -26,12 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifarkit.atomic import write_text
 from cifarkit.config import TrainConfig
 from cifarkit.data.loaders import BatchSource, repeat_epochs
 from cifarkit.device import autocast, backward_step, grad_scaler, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.models import train_mode
+from cifarkit.run import write_lr_finder
 
 LR_MIN_RULE = "first LR where the smoothed loss has fallen 10% of its total fall"
 LR_MAX_RULE = "half the LR where the smoothed loss has risen 10% of its fall above its minimum"
@@ -52,12 +51,9 @@ class LRFinderResult:
     lr_max_rule: str = LR_MAX_RULE
     skipped: int = 0  # steps the fp16 gradient scaler skipped: not on the curve
 
-    def save(self, path: Path) -> None:
-        write_text(path, json.dumps(asdict(self)) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> "LRFinderResult":
-        return cls(**json.loads(Path(path).read_text()))
+    def save(self, folder: Path) -> Path:
+        """Write the curve and its picks as FOLDER/lr_finder.json (cifarkit.run names it); returns its path."""
+        return write_lr_finder(folder, asdict(self))
 
 
 def smooth_centered(values: np.ndarray, window: int) -> np.ndarray:

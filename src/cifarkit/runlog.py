@@ -14,10 +14,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cifarkit.atomic import atomic_write, write_json
-from cifarkit.checkpoint import atomic_torch_save
+from cifarkit import run as R
 from cifarkit.config import TrainConfig
+from cifarkit.console import say
 from cifarkit.data import Cifar10
 from cifarkit.data.sources import describe_data
+from cifarkit.inference import save_model
 from cifarkit.lr_finder import LRFinderResult
 from cifarkit.report.render import fmt_count, fmt_epoch
 from cifarkit.system import cpu_model, usable_cpus
@@ -66,6 +68,7 @@ class RunLog:
         self.train_images = 0.0
         self.metrics: dict[str, Any] = {}
         self.writer: Any = None
+        self.classes: tuple[str, ...] = ()
         self.steps: list[list[float]] = []  # one STEP_COLUMNS row per optimiser step, on the host
         self.steps_per_epoch = 1
         self._losses: torch.Tensor | None = None  # step losses not yet on the host, kept on the device
@@ -84,9 +87,9 @@ class RunLog:
     def lr_finder(self, result: LRFinderResult) -> None:
         if self.enabled:
             self.run.mkdir(parents=True, exist_ok=True)
-            result.save(self.run / "lr_finder.json")
+            result.save(self.run)
             skipped = f" (+{result.skipped} skipped by the fp16 scaler)" if result.skipped else ""
-            tqdm.write(f"lr-find: {len(result.lrs)} steps{skipped}; LRMIN {result.lr_min:.3g} ({result.lr_min_rule}); "
+            say(f"lr-find: {len(result.lrs)} steps{skipped}; LRMIN {result.lr_min:.3g} ({result.lr_min_rule}); "
                        f"LRMAX {result.lr_max:.3g} ({result.lr_max_rule})")
 
     def header(self, data: Cifar10, fingerprint: str | None, device: torch.device, world: int) -> None:
@@ -94,15 +97,15 @@ class RunLog:
         self.hardware = "CPU" if device.type == "cpu" else "GPU"
         if not self.enabled:
             return
-        tqdm.write(describe_data(data, fingerprint))
+        say(describe_data(data, fingerprint))
         if data.synthetic:
-            tqdm.write(f"NOTE: training on {data.source}: results say nothing about CIFAR-10")
+            say(f"NOTE: training on {data.source}: results say nothing about CIFAR-10")
         info = hardware_info(device)
-        tqdm.write(f"device: {device} x{world} ({info.get('gpu') or info['cpu']}), precision {self.config.precision}")
+        say(f"device: {device} x{world} ({info.get('gpu') or info['cpu']}), precision {self.config.precision}")
         c = self.config
         if c.lr_min is None or c.lr_max is None:
             passes = c.lr_find_iters * c.batch_size / max(len(data.train_labels), 1)
-            tqdm.write(f"LR range test: {c.lr_find_iters} steps of {c.batch_size} images, {passes:.1f} passes over "
+            say(f"LR range test: {c.lr_find_iters} steps of {c.batch_size} images, {passes:.1f} passes over "
                        f"the {len(data.train_labels):,} training images (--lr-find-iters sets the steps)")
 
     def eta(self, epoch: int, steps: int, seconds: float) -> None:
@@ -111,13 +114,14 @@ class RunLog:
         if not self.enabled or steps <= 0 or left <= 0:
             return
         per_step = seconds / steps
-        tqdm.write(f"{self.config.epochs} epochs ≈ {duration(self.config.epochs * self.steps_per_epoch * per_step)} "
+        say(f"{self.config.epochs} epochs ≈ {duration(self.config.epochs * self.steps_per_epoch * per_step)} "
                    f"at {per_step:.{1 if per_step >= 1 else 3}f} s per step on this {self.hardware}; "
                    f"{duration(left * self.steps_per_epoch * per_step)} of training steps to go, plus evaluation")
 
     def start(self, config: TrainConfig, data: Cifar10, lrs: list[float], steps_per_epoch: int,
               device: torch.device, world: int) -> None:
         self.config = config  # now with the LRs the range test found
+        self.classes = tuple(data.classes)
         self.lrs = lrs
         self.steps_per_epoch = steps_per_epoch
         self._losses = torch.zeros(steps_per_epoch, device=device) if self.enabled else None
@@ -128,19 +132,19 @@ class RunLog:
         if not self.enabled:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        write_json(self.run / "config.json", self.config.to_dict())
-        write_json(self.run / "schedule.json", {"lrs": lrs, "steps_per_epoch": steps_per_epoch,
+        R.write_config(self.run, self.config)
+        write_json(self.run / R.SCHEDULE, {"lrs": lrs, "steps_per_epoch": steps_per_epoch,
                                                 "peak_epoch": self.config.peak_epoch, "epochs": self.config.epochs})
         c = self.config
         beta1 = f"; Adam beta1 {c.beta1_ends:g} -> {c.beta1_peak:g} -> {c.beta1_ends:g}" \
             if c.beta1_peak != c.beta1_ends else ""
-        tqdm.write(f"run {self.run}: {fmt_count(c.epochs, 'epoch')} x {fmt_count(steps_per_epoch, 'step')} of "
+        say(f"run {self.run}: {fmt_count(c.epochs, 'epoch')} x {fmt_count(steps_per_epoch, 'step')} of "
                    f"{c.batch_size}; one-cycle LR {c.lr_min:.3g} -> {c.lr_max:.3g} (peak at epoch "
                    f"{fmt_epoch(c.peak_epoch)}) -> {c.lr_min / c.final_div:.3g}{beta1}")
         if self.config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency
 
-            self.writer = SummaryWriter(str(self.run / "tensorboard"))
+            self.writer = SummaryWriter(str(self.run / R.TENSORBOARD))
             for step, lr in enumerate(lrs):
                 self.writer.add_scalar("lr", lr, step)
 
@@ -175,15 +179,15 @@ class RunLog:
             return
         tta = "" if math.isnan(test["acc_tta"]) else f" tta {100 * test['acc_tta']:6.2f}%"
         scaled = f" | {skipped:3d} skipped" if self.config.precision == "fp16" else ""  # only fp16 has a scaler
-        tqdm.write(f"epoch {epoch + 1:3d}/{self.config.epochs} | train loss {train_loss:.4f} acc "
+        say(f"epoch {epoch + 1:3d}/{self.config.epochs} | train loss {train_loss:.4f} acc "
                    f"{100 * train_acc:6.2f}% | test loss {test['loss']:.4f} acc {100 * test['acc']:6.2f}%{tta} | "
                    f"lr {lr:.3e} | {seconds:7.1f} s | {images_per_second:7.1f} img/s{scaled}")
-        with atomic_write(self.run / "history.csv", text=True) as f:
+        with atomic_write(self.run / R.HISTORY, text=True) as f:
             w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
             w.writeheader()
             w.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                         for r in self.rows)
-        write_json(self.run / "metrics.json", self.summary())
+        R.write_metrics(self.run, self.summary())
         self._write_steps()
         if self.writer is not None:
             for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
@@ -211,7 +215,7 @@ class RunLog:
     def _write_steps(self) -> None:
         """RUN/steps.csv: every step so far, rewritten whole (atomically) once per epoch."""
         self._flush_steps()
-        with atomic_write(self.run / "steps.csv", text=True) as f:
+        with atomic_write(self.run / R.STEPS, text=True) as f:
             w = csv.writer(f)
             w.writerow(STEP_COLUMNS)
             w.writerows(self.steps)
@@ -230,8 +234,8 @@ class RunLog:
     def finish(self, model: nn.Module, checksums: list[float]) -> list[dict[str, float]]:
         self.metrics = self.summary() | {"weights_checksum_per_rank": checksums}
         if self.enabled:
-            atomic_torch_save(model.state_dict(), self.run / "model.pt")
-            write_json(self.run / "metrics.json", self.metrics)
+            save_model(self.run / R.MODEL, model, self.config, self.classes)
+            R.write_metrics(self.run, self.metrics)
             if self.writer is not None:
                 self.writer.close()
         return self.rows

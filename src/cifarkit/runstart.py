@@ -1,19 +1,17 @@
-"""The start of a run: the data it trains on, checked against what a resumed run recorded, and a run folder that a
-failed start does not leave behind."""
+"""The start of a run: the data it trains on, checked against what a resumed run recorded (the run folder itself is
+claimed by cifarkit.run.claim_run_folder)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from cifarkit.checkpoint import RunLock, load_checkpoint
+from cifarkit.checkpoint import load_checkpoint
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, check_same_data, data_fingerprint, recorded_data, resolve_data
 from cifarkit.errors import CifarkitError
+from cifarkit.run import CHECKPOINT
 
 
 def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None, resume: bool,
@@ -29,7 +27,7 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
         source = data if isinstance(data, Cifar10) else resolve_data(data if data is not None else config.data)
         path = source.path if source.fingerprint else None  # a loader's whole set: its path gives these arrays back
         return replace(config, data=path, data_fingerprint=data_fingerprint(source)), source
-    checkpoint = run / "checkpoints" / "last.pt"
+    checkpoint = run / CHECKPOINT
     if not checkpoint.is_file():  # stopped before its first epoch ended: nothing to lose
         hint = "it is written at the end of the first epoch"
         raise CifarkitError(f"nothing to resume in {run}: no checkpoint yet ({hint}); start the run again without "
@@ -45,41 +43,3 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
         check_same_data(source, saved.data_fingerprint, owner=owner)
     path = source.path if source.fingerprint else saved.data  # the same data, perhaps moved: where it is now
     return replace(config, data=path, data_fingerprint=saved.data_fingerprint), source
-
-
-@contextlib.contextmanager
-def claim_run_folder(run: Path, *, enabled: bool = True) -> Iterator[None]:
-    """Hold RUN's lock (checkpoint.RunLock) for the block. If the block fails before the run's first checkpoint, remove
-    what this start made: the folder, with any parents made for it, when it did not exist before; else only the
-    entries it added. A folder with a checkpoint keeps everything, and so does one whose lock another run holds."""
-    if not enabled:  # under torchrun, only rank 0 writes the run folder
-        yield
-        return
-    run = Path(run).absolute()
-    made = not run.exists()
-    top = run  # the highest folder this start creates
-    while made and not top.parent.exists():
-        top = top.parent
-    before = set() if made or not run.is_dir() else set(os.listdir(run))
-    checkpoint = run / "checkpoints" / "last.pt"
-    with contextlib.ExitStack() as lock:
-        lock.enter_context(RunLock(run))  # refused (another run, no permission): nothing of ours to remove
-        try:
-            yield
-        except BaseException:
-            if not checkpoint.exists():
-                lock.close()  # release first, so the lock file goes with the rest
-                _remove_new(run, top if made else None, before)
-            raise
-
-
-def _remove_new(run: Path, made: Path | None, before: set[str]) -> None:
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
-        return
-    for name in set(os.listdir(run)) - before:
-        path = run / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)

@@ -11,15 +11,9 @@ from pathlib import Path
 import torch
 
 from cifarkit import distributed as D
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, TrainingInterrupted
 
-
-class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM: a checkpoint was written at a step boundary; `train --resume` continues from it."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = signum
+__all__ = ["NonFiniteLoss", "TrainingInterrupted", "check_step", "non_finite", "stop_on_signals"]
 
 
 class NonFiniteLoss(CifarkitError):

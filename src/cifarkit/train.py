@@ -11,6 +11,7 @@ import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,17 @@ from cifarkit.checkpoint import (PartialEpoch, load_checkpoint, restore_weights,
                                  set_rng_state)
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, normalization, subset
-from cifarkit.data.augment import normalize_batch
 from cifarkit.data.loaders import BatchSource, build_train_batches, resolve_augment
 from cifarkit.device import (autocast, backend_settings, backward_step, grad_scaler, host_sync_every, pick_device,
                              resolve_precision)
 from cifarkit.errors import CifarkitError
+from cifarkit.inference import preprocess
 from cifarkit.lr_finder import range_test
 from cifarkit.models import build_model, eval_mode, is_channels_last
 from cifarkit.report import write_plots, write_report
 from cifarkit.runlog import RunLog, weights_checksum
-from cifarkit.runstart import claim_run_folder, run_data
+from cifarkit.run import CHECKPOINT, check_run_out, claim_run_folder
+from cifarkit.runstart import run_data
 from cifarkit.schedule import one_cycle, schedule_lrs
 from cifarkit.stops import TrainingInterrupted, check_step, non_finite, stop_on_signals
 
@@ -69,18 +71,22 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
-             precision: str = "fp32", tta: bool = False, ctx: D.DistContext = D.DistContext()) -> dict[str, float]:
+             precision: str = "fp32", tta: bool = False, ctx: D.DistContext = D.DistContext(),
+             mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> dict[str, float]:
     """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode, forward passes under
     `precision` ("bf16"/"fp16"/"fp32", as resolved by device.resolve_precision). Under torchrun each rank takes a
     contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy. Inputs take the
-    model's memory format; sums are float32 (counts exact below 2^24 images; MPS has no float64)."""
+    model's memory format; sums are float32 (counts exact below 2^24 images; MPS has no float64). `mean`, `std`:
+    the normalisation a model file records (default: config.std's)."""
+    if mean is None or std is None:
+        mean, std = normalization(config.std)
     lo, hi = D.shard_range(len(labels), ctx)
     sums = torch.zeros(4, device=images.device)  # loss sum, correct, correct with TTA, count
     channels_last = is_channels_last(model)
     with eval_mode(model):
         for start in range(lo, hi, config.eval_batch_size):
             stop = min(start + config.eval_batch_size, hi)
-            x = normalize_batch(images[start:stop], *normalization(config.std), channels_last=channels_last)
+            x = preprocess(images[start:stop], mean, std, channels_last=channels_last)
             y = labels[start:stop]
             with autocast(precision, x.device):
                 logits = model(x).float()
@@ -112,6 +118,8 @@ def fit(config: TrainConfig, *, data: Cifar10 | str | None = None, resume: bool 
     device = pick_device(config.device, ctx.local_rank)
     run = Path(config.out)
     try:
+        if ctx.is_main:  # before the data loads: a folder that cannot take the run is refused first
+            check_run_out(run, kind="resume" if resume else "train")
         config, source = run_data(config, data, resume, run)  # checked before the run folder is made
         with claim_run_folder(run, enabled=ctx.is_main), backend_settings(device, deterministic=config.deterministic):
             state = _setup(config, source, resume, progress, run, device, ctx)
@@ -144,23 +152,20 @@ class _Run:
 
     @property
     def ckpt_path(self) -> Path:
-        return self.run / "checkpoints" / "last.pt"
+        return self.run / CHECKPOINT
 
 
 def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run: Path, device: torch.device,
            ctx: D.DistContext) -> _Run:
     """Model, LRs (from the range test unless given), optimizer and schedule on `data` (from run_data); on resume,
     the saved state."""
-    ckpt_path = run / "checkpoints" / "last.pt"
+    ckpt_path = run / CHECKPOINT
     state = load_checkpoint(ckpt_path) if resume else None
     if state is not None:
         config = resume_config(TrainConfig.from_dict(state["config"]), config)
         if state.get("world_size", 1) != ctx.world_size:  # each rank's data order depends on the world size
             raise CifarkitError(f"cannot resume: {ckpt_path} was written by {state.get('world_size', 1)} process(es), "
                                 f"this run has {ctx.world_size}; resume with as many (torchrun --nproc_per_node)")
-    elif ckpt_path.exists():
-        raise CifarkitError(f"{run} already holds a run: call fit with resume=True to continue it, or choose another "
-                            "out", cli=f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     data = subset(data, config.subset, config.test_subset, seed=config.seed)

@@ -4,6 +4,6 @@
 """
 
 from cifarkit.report.content import read_history, write_report
-from cifarkit.report.figures import augmented_views, predict_proba, samples_figure, write_plots
+from cifarkit.report.figures import augmented_views, samples_figure, write_plots
 
-__all__ = ["augmented_views", "predict_proba", "read_history", "samples_figure", "write_plots", "write_report"]
+__all__ = ["augmented_views", "read_history", "samples_figure", "write_plots", "write_report"]

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarkit import run as R
 from cifarkit.atomic import write_text
 from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
@@ -49,24 +49,19 @@ LOSS_PER_STEP = ("Training loss of every step (faint) with its moving mean, the 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:
     """history.csv (or steps.csv) as columns of floats (empty cells, e.g. test_acc_tta without --tta, become NaN)."""
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = R.read_rows(path)
     keys = rows[0].keys() if rows else ()
     return {k: np.array([float(r[k]) if r[k] not in ("", None) else math.nan for r in rows]) for k in keys}
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _blocks(run_dir: Path) -> list[Block]:
-    for name in ("config.json", "metrics.json"):
+    for name in (R.CONFIG, R.METRICS):
         if not (run_dir / name).is_file():
             raise CifarkitError(f"{run_dir} has no {name}: give the folder of a finished `cifarkit train` run")
-    config = json.loads((run_dir / "config.json").read_text())
-    m = json.loads((run_dir / "metrics.json").read_text())
-    finder, per_class = _read_json(run_dir / "lr_finder.json"), _read_json(run_dir / "per_class.json")
-    history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else {}
+    config = R.read_config(run_dir).to_dict()
+    m = R.read_metrics(run_dir)
+    finder, per_class = R.read_optional_json(run_dir / R.LR_FINDER), R.read_optional_json(run_dir / R.PER_CLASS)
+    history = read_history(run_dir / R.HISTORY) if (run_dir / R.HISTORY).is_file() else {}
     epochs = history.get("epoch", np.array([]))
     test_acc = history.get("test_acc", np.array([]))
     best_epoch = int(epochs[int(np.nanargmax(test_acc))]) if len(test_acc) and np.isfinite(test_acc).any() else None
@@ -107,10 +102,10 @@ def _blocks(run_dir: Path) -> list[Block]:
     rules = [finder.get(f"{k}_rule", "LR range test") if finder else "given by the user" for k in ("lr_min", "lr_max")]
     b += [("h2", "Learning rates"), ("table", ["", "value", "rule"], [
         ["LRMIN", fmt_lr(m.get("lr_min")), rules[0]], ["LRMAX", fmt_lr(m.get("lr_max")), rules[1]]]),
-          ("p", "Found by the LR range test (`lr_finder.json`)." if finder else
+          ("p", f"Found by the LR range test (`{R.LR_FINDER}`)." if finder else
            "The LRs were given in the configuration, so no LR range test was run.")]
     captions = dict(CAPTIONS, lr_finder=CAPTIONS["lr_finder"] + f" Rules: LRMIN = {rules[0]}; LRMAX = {rules[1]}.")
-    if (run_dir / "steps.csv").is_file():
+    if (run_dir / R.STEPS).is_file():
         captions["loss"] = LOSS_PER_STEP
         if config.get("label_smoothing") and "train_ce" in history:
             captions["loss"] += (f" Training used label smoothing {config['label_smoothing']:g}: the per-step curve is "
@@ -119,10 +114,10 @@ def _blocks(run_dir: Path) -> list[Block]:
     sections = [("", ["lr_finder", "lr_schedule"]), ("Training curves", ["loss", "accuracy"]),
                 ("Data and augmentation", ["samples"]), ("Errors", ["confusion_matrix", "misclassified", "gradcam"])]
     for title, names in sections:  # "": continues the section above
-        present = [n for n in names if (run_dir / "plots" / f"{n}.png").is_file()]
+        present = [n for n in names if (run_dir / R.PLOTS / f"{n}.png").is_file()]
         if present and title:
             b.append(("h2", title))
-        b += [("img", f"plots/{n}.png", n.replace("_", " "), captions[n]) for n in present]
+        b += [("img", f"{R.PLOTS}/{n}.png", n.replace("_", " "), captions[n]) for n in present]
 
     if len(epochs):
         b.append(("h2", "History"))
@@ -164,7 +159,7 @@ def _per_class_blocks(per_class: dict[str, Any] | None) -> list[Block]:
                      *(f"{macro[k]:.3f}" for k in ("precision", "recall", "f1"))])
     head = ["class", "correct", "images", "precision", "recall (accuracy)", "F1"] if has_prf else \
         ["class", "correct", "total", "accuracy"]
-    b: list[Block] = [("h3", "Per class (classification report, also in `classification_report.csv`)"),
+    b: list[Block] = [("h3", f"Per class (classification report, also in `{R.CLASSIFICATION_REPORT}`)"),
                       ("table", head, rows)]
     pairs = per_class.get("most_confused") or []
     if pairs:
@@ -192,7 +187,7 @@ def write_report(run_dir: Path) -> Path:
     """Write RUN/report.md (and the same as RUN/report.html) from the run folder's files; returns report.md."""
     run_dir = Path(run_dir)
     blocks = _blocks(run_dir)
-    write_text(run_dir / "report.html", to_html(blocks, f"cifarkit run {run_dir.name}"))
-    path = run_dir / "report.md"
+    write_text(run_dir / R.REPORT_HTML, to_html(blocks, f"cifarkit run {run_dir.name}"))
+    path = run_dir / R.REPORT
     write_text(path, to_markdown(blocks))
     return path

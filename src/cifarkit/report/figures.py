@@ -3,7 +3,6 @@ run's files. Each figure comes from a plot function of `plots` or `galleries`, w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -12,13 +11,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from cifarkit import run as R
 from cifarkit.atomic import write_json, write_text
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, normalization
-from cifarkit.data.augment import normalize_batch
 from cifarkit.data.transforms import build_train_transform, seed_transform
 from cifarkit.device import autocast
-from cifarkit.models import eval_mode
+from cifarkit.inference import predict_proba, preprocess
 from cifarkit.report import galleries, plots
 from cifarkit.report.content import read_history
 from cifarkit.report.gradcam import grad_cam
@@ -38,21 +37,6 @@ def augmented_views(images: np.ndarray, transform: Callable[..., dict[str, Any]]
         chw = np.asarray(transform(image=image)["image"], dtype=np.float32)
         views.append(np.clip((chw * std + mean) * 255, 0, 255).round().astype(np.uint8).transpose(1, 2, 0))
     return np.stack(views) if views else np.zeros((0, 32, 32, 3), np.uint8)
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, config: TrainConfig, device: torch.device,
-                  precision: str = "fp32") -> np.ndarray:
-    """Softmax probabilities [M, classes] of `model` (eval mode, forward under `precision`) on uint8 HWC images,
-    normalised as at test time."""
-    out = []
-    with eval_mode(model):
-        for start in range(0, len(images), config.eval_batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start: start + config.eval_batch_size])).to(device)
-            with autocast(precision, device):
-                logits = model(normalize_batch(batch, *normalization(config.std)))
-            out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def _train_transform(config: TrainConfig) -> Callable[..., dict[str, Any]]:
@@ -83,22 +67,20 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     averaged in fp32.
     """
     run_dir = Path(run_dir)
-    out, written = run_dir / "plots", []
+    out, written = run_dir / R.PLOTS, []
 
     def save(fig: Any, name: str) -> None:
         written.append(plots.save_figure(fig, out / f"{name}.png"))
 
     save(samples_figure(data, config), "samples")
 
-    if (run_dir / "lr_finder.json").is_file():
-        f = json.loads((run_dir / "lr_finder.json").read_text())
+    if (f := R.read_optional_json(run_dir / R.LR_FINDER)) is not None:
         save(plots.plot_lr_finder(f["lrs"], f["losses"], f["smoothed"], f.get("lr_min"), f.get("lr_max")),
              "lr_finder")
-    if (run_dir / "schedule.json").is_file():
-        s = json.loads((run_dir / "schedule.json").read_text())
+    if (s := R.read_optional_json(run_dir / R.SCHEDULE)) is not None:
         save(plots.plot_lr_schedule(s["lrs"], s["steps_per_epoch"], s.get("peak_epoch")), "lr_schedule")
-    if (run_dir / "history.csv").is_file():
-        h = read_history(run_dir / "history.csv")
+    if (run_dir / R.HISTORY).is_file():
+        h = read_history(run_dir / R.HISTORY)
         if len(h.get("epoch", ())):
             # Like with like: the train cross-entropy without label smoothing, as the test loss (older runs: the loss)
             plain = "train_ce" in h
@@ -107,7 +89,9 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
             save(plots.plot_accuracy(h["epoch"], h["train_acc"], h["test_acc"], h.get("test_acc_tta")), "accuracy")
 
     model = model.to(device)
-    probs = predict_proba(model, data.test_images, config, device, precision)
+    mean, std = normalization(config.std)
+    probs = predict_proba(model, data.test_images, mean, std, precision=precision,
+                          batch_size=config.eval_batch_size)
     true, pred = np.asarray(data.test_labels), probs.argmax(axis=1)
     conf = probs[np.arange(len(pred)), pred]
     matrix = confusion_matrix(true, pred, len(data.classes))
@@ -130,8 +114,7 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
     heat = np.zeros((0, 32, 32))
     if len(shown):
         with autocast(precision, device):
-            heat = grad_cam(model, normalize_batch(torch.from_numpy(data.test_images[shown]).to(device),
-                                                   *normalization(config.std)), pred[shown])
+            heat = grad_cam(model, preprocess(data.test_images[shown], mean, std, device=device), pred[shown])
     save(galleries.plot_gradcam(data.test_images[shown], heat, true[shown], pred[shown], data.classes, conf[shown],
                                 true_prob=true_prob[shown], title=title), "gradcam")
     return written
@@ -140,7 +123,7 @@ def write_plots(run_dir: Path, *, model: nn.Module, data: Cifar10, config: Train
 def step_losses(run_dir: Path) -> dict[str, np.ndarray]:
     """`plot_loss`'s per-step keywords from RUN/steps.csv ({} without it): each step's loss at the epoch count at
     its end, step / steps_per_epoch (the rows of the fullest epoch: every complete epoch has them all)."""
-    path = Path(run_dir) / "steps.csv"
+    path = Path(run_dir) / R.STEPS
     steps = read_history(path) if path.is_file() else {}
     if not len(steps.get("step", ())):
         return {}
@@ -154,7 +137,7 @@ def write_interpretation(run_dir: Path, true: np.ndarray, pred: np.ndarray, clas
     matrix = confusion_matrix(true, pred, len(classes))
     report = classification_report(true, pred, classes)
     correct, total = np.diag(matrix), matrix.sum(axis=1)
-    write_json(run_dir / "per_class.json", {
+    write_json(run_dir / R.PER_CLASS, {
         "classes": list(classes), "correct": correct.tolist(), "total": total.tolist(),
         "accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
         "precision": report.precision.tolist(), "recall": report.recall.tolist(), "f1": report.f1.tolist(),
@@ -162,4 +145,4 @@ def write_interpretation(run_dir: Path, true: np.ndarray, pred: np.ndarray, clas
         "confusion": matrix.tolist(),  # rows: true class, columns: predicted class
         "most_confused": [list(pair) for pair in most_confused(true, pred, classes, top=10)],
     })
-    write_text(run_dir / "classification_report.csv", report.to_csv())
+    write_text(run_dir / R.CLASSIFICATION_REPORT, report.to_csv())

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarkit.errors import CifarkitError
 from cifarkit.models import eval_mode
 from cifarkit.models.custom_resnet import STAGES
 
@@ -40,7 +41,7 @@ def grad_cam(
     device = next(model.parameters()).device
     x = images.to(device=device, dtype=torch.float32).detach().requires_grad_(True)  # a graph even without params
     if layer not in LAYERS:
-        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+        raise CifarkitError(f"layer must be one of {', '.join(LAYERS)}, got {layer!r}")
     with eval_mode(model), torch.enable_grad():  # callers often hold torch.no_grad(); Grad-CAM needs the graph
         logits, stages = model.forward_intermediates(x)
         features = stages[layer]
