@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from cifarkit.config import TrainConfig
+from cifarkit.console import say
 from cifarkit.data import CLASSES, Cifar10, normalization, resolve_data, subset
 from cifarkit.data.images import read_image, to_rgb32
 from cifarkit.data.loaders import build_train_batches
@@ -47,6 +48,8 @@ def load_model(run_or_path: str | os.PathLike[str], device: str | torch.device =
         model, config = load_model("runs/a/model.pt", device="cpu")
     """
     opened = open_run(run_or_path, device=device)
+    if opened.assumed:
+        say(opened.assumed)
     return LoadedModel(opened.model, opened.config)
 
 
@@ -91,6 +94,8 @@ def predict(model_or_run: nn.Module | LoadedModel | OpenRun | str | os.PathLike[
     """
     if isinstance(model_or_run, (str, os.PathLike)):
         model_or_run = open_run(model_or_run, device=device, precision=precision)
+        if model_or_run.assumed:
+            say(model_or_run.assumed)
     if not isinstance(model_or_run, OpenRun):
         model, config = model_or_run if isinstance(model_or_run, LoadedModel) else (model_or_run, TrainConfig())
         dev = next(model.parameters()).device

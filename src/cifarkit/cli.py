@@ -242,7 +242,9 @@ def check_args(args: argparse.Namespace) -> None:
         R.check_run_out(given.get("out", TrainConfig.out), kind=kind)
     elif args.command in ("evaluate", "predict"):
         R.check_torch_file(R.find_weights(args.checkpoint))
-    elif args.command in ("report", "app", "export"):
+    elif args.command == "report":
+        R.find_weights(R.report_folder(args.run))
+    elif args.command in ("app", "export"):
         R.find_weights(args.run)
         if args.command == "app":
             check_address(args.host, args.port)

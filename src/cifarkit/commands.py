@@ -52,7 +52,8 @@ def evaluate_command(path: Path, *, data: str | None, device: str, precision: st
     run = open_run(path, data=data, device=device, precision=precision)
     full = run.recorded_data()
     dataset = run.test_data(test_subset)
-    say(R.weights_note(run.weights))
+    for line in run.notes():
+        say(line)
     say(f"{describe_data(dataset, data_fingerprint(full))}; {run.device}, {run.precision}")
     images = torch.from_numpy(dataset.test_images).to(run.device)
     labels = torch.from_numpy(dataset.test_labels).to(run.device)
@@ -83,7 +84,8 @@ def predict_command(path: Path, images: list[str], *, device: str, precision: st
                                 f"{len(run.classes)}: give the data it was trained on")
         classes = names.classes
     results = predict(run, images, top_k=top_k, classes=classes)
-    say(R.weights_note(run.weights))
+    for line in run.notes():
+        say(line)
     if data is not None:
         say(f"class names: from {names.source}, given by --data")
     return list(zip(images, results))
@@ -97,24 +99,12 @@ def build_report(run_or_weights: Path, *, data_source: str | None = None, device
     weights file inside one. The data is the run's own, checked by fingerprint, unless `data_source` is given.
     """
     path = Path(run_or_weights)
-    if path.is_file():
-        R.check_torch_file(path)
-        run_dir = R.run_of(path)
-        if run_dir is None:
-            raise CifarkitError(f"{path} is not inside a run folder (no {R.CONFIG} beside it); give the run folder")
-    elif path.is_dir():
-        run_dir = path
-    else:
-        raise CifarkitError(f"no run folder at {path}: give the --out folder of a `cifarkit train` run")
-    for name in (R.CONFIG, R.METRICS):
-        if not (run_dir / name).is_file():
-            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a `cifarkit train` run that "
-                                "completed at least one epoch")
-    R.read_config(run_dir), R.read_metrics(run_dir)  # damaged: refused before any work
+    run_dir = R.report_folder(path)
     run = open_run(path, data=data_source, device=device, precision=precision)
     full = run.recorded_data()
     data = run.test_data()
-    say(R.weights_note(run.weights))
+    for line in run.notes():
+        say(line)
     say(f"{describe_data(data, data_fingerprint(full))}; {run.device}, {run.precision}")
     write_plots(run_dir, model=run.model, data=data, config=run.config, device=run.device, precision=run.precision)
     return write_report(run_dir)

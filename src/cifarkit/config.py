@@ -153,8 +153,10 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: Path) -> None:
+        """Write as JSON (atomically): a run's config.json (cifarkit.run.write_config)."""
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
+        """Read what `save` wrote; cifarkit.run.read_config adds one-line errors for a missing or damaged file."""
         return cls.from_dict(json.loads(Path(path).read_text()))

@@ -67,9 +67,9 @@ class Explainer:
 def describe_run(weights: Path, config: TrainConfig, test_source: str, test_accuracy: float, n_test: int) -> str:
     """The app's header: the run, its recorded accuracy and epochs, and the data it was trained on."""
     metrics: dict[str, Any] = {}
-    if (run_dir := R.run_of(weights)) is not None and (run_dir / R.METRICS).is_file():
+    if (metrics_file := R.run_file(weights, R.METRICS)) is not None:
         try:
-            metrics = R.read_metrics(run_dir)
+            metrics = R.read_metrics(metrics_file.parent)
         except CifarkitError:  # unreadable or damaged: the header says so rather than the app not starting
             pass
     accuracy = metrics.get("final_test_accuracy")

@@ -25,7 +25,6 @@ from torch import nn
 from cifarkit import run as R
 from cifarkit.checkpoint import atomic_torch_save, restore_weights, safe_torch_load
 from cifarkit.config import TrainConfig
-from cifarkit.console import say
 from cifarkit.data import CLASSES, Cifar10, normalization, subset
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.sources import data_of_run
@@ -158,7 +157,12 @@ class OpenRun:
     device: torch.device
     precision: str  # resolved: bf16, fp16 or fp32
     data_source: str | None = None  # --data, else the data the run recorded
+    assumed: str = ""  # for an older model file (a bare state dict): what was assumed, one line to say
     _data: Cifar10 | None = field(default=None, repr=False)
+
+    def notes(self) -> list[str]:
+        """What a command says about the weights it uses, once its checks have passed."""
+        return [R.weights_note(self.weights), *([self.assumed] if self.assumed else [])]
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, classes] for uint8 [N, 32, 32, 3] RGB images."""
@@ -189,7 +193,8 @@ class OpenRun:
 def open_run(path: str | os.PathLike[str], *, data: str | None = None, device: str | torch.device = "auto",
              precision: str = "auto") -> OpenRun:
     """Open a run folder, its model.pt or checkpoints/last.pt, or a model file on its own: device, precision, weights
-    and model, each checked in that order with one CifarkitError line. The data loads when first asked for.
+    and model, each checked in that order with one CifarkitError line. The data loads when first asked for. For an
+    older model file (a bare state dict) `assumed` says what was assumed; commands say it with `notes()`.
 
         run = open_run("runs/a", device="cpu")
         run.predict_proba(run.test_data().test_images).argmax(1)
@@ -198,7 +203,5 @@ def open_run(path: str | os.PathLike[str], *, data: str | None = None, device: s
     resolved = resolve_precision(precision, dev)
     weights = R.find_weights(path)
     model, found = load_model_file(weights, dev)
-    if found.assumed:
-        say(found.assumed)
     return OpenRun(model, found.config, weights, R.run_of(weights), found.classes, found.mean, found.std, dev,
-                   resolved, data)
+                   resolved, data, assumed=found.assumed)

@@ -119,7 +119,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def write_config(run: Path, config: TrainConfig) -> None:
-    write_json(Path(run) / CONFIG, config.to_dict())
+    config.save(Path(run) / CONFIG)
 
 
 def write_metrics(run: Path, metrics: dict[str, Any]) -> None:
@@ -148,12 +148,39 @@ def find_weights(run_or_path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def run_of(weights: Path) -> Path | None:
-    """The run folder that weights (a folder, RUN/model.pt or RUN/checkpoints/last.pt) belong to: the nearest of the
-    path, its folder and that folder's parent that holds a config.json; None for a file on its own."""
+def run_file(weights: Path, name: str) -> Path | None:
+    """RUN/name for weights given as a run folder, RUN/model.pt or RUN/checkpoints/last.pt: the nearest of the path,
+    its folder and that folder's parent that holds `name`; None when none does."""
     weights = Path(weights)
     folders = (weights,) if weights.is_dir() else (weights.parent, weights.parent.parent)
-    return next((f for f in folders if (f / CONFIG).is_file()), None)
+    return next((f / name for f in folders if (f / name).is_file()), None)
+
+
+def run_of(weights: Path) -> Path | None:
+    """The run folder that weights belong to (the one holding config.json); None for a file on its own."""
+    found = run_file(weights, CONFIG)
+    return found.parent if found is not None else None
+
+
+def report_folder(path: Path) -> Path:
+    """The run folder `cifarkit report PATH` writes into: PATH itself, or the run a weights file inside it belongs
+    to; it must hold config.json and metrics.json (one finished epoch)."""
+    path = Path(path)
+    if path.is_file():
+        check_torch_file(path)
+        run_dir = run_of(path)
+        if run_dir is None:
+            raise CifarkitError(f"{path} is not inside a run folder (no {CONFIG} beside it); give the run folder")
+    elif path.is_dir():
+        run_dir = path
+    else:
+        raise CifarkitError(f"no run folder at {path}: give the --out folder of a `cifarkit train` run")
+    for name in (CONFIG, METRICS):
+        if not (run_dir / name).is_file():
+            raise CifarkitError(f"{run_dir} has no {name}: give the folder of a `cifarkit train` run that "
+                                "completed at least one epoch")
+    read_config(run_dir), read_metrics(run_dir)  # damaged: refused before any work
+    return run_dir
 
 
 def is_checkpoint(weights: Path) -> bool:
@@ -200,8 +227,8 @@ def _file_kind(head: bytes) -> str:
 def _refuse(template: str, **values: object) -> CifarkitError:
     """A CifarkitError in the API's words (`out`, `resume=True`) with the command line's beside it (`--out`,
     `--resume`): `template` says {flag} and {resume} where they differ."""
-    return CifarkitError(template.format(flag="out", resume="resume=True", **values),
-                         cli=template.format(flag="--out", resume="--resume", **values))
+    return CifarkitError(template.format(flag="out", resume="call fit with resume=True", **values),
+                         cli=template.format(flag="--out", resume="pass --resume", **values))
 
 
 def _writable_ancestor(path: Path) -> None:
@@ -229,7 +256,7 @@ def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
             raise _refuse("{flag} {path} holds a training run ({name}); lr-find would replace its {finder}: choose "
                           "another {flag}", path=path, name=held[0], finder=LR_FINDER)
     if kind == "train" and (path / CHECKPOINT).exists():
-        raise _refuse("{path} already holds a run: pass {resume} to continue it, or choose another {flag}", path=path)
+        raise _refuse("{path} already holds a run: {resume} to continue it, or choose another {flag}", path=path)
     return path
 
 
