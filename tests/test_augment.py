@@ -178,7 +178,7 @@ def test_zero_padding_is_the_mean() -> None:
 
 def test_normalize_batch_equals_albumentations_test_transform() -> None:
     """normalize_batch (evaluation input) equals the albumentations test pipeline: Normalize -> ToTensorV2."""
-    from cifarkit.data.transforms import build_test_transform
+    from reference_pipelines import albumentations_test_transform as build_test_transform
 
     images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     expected = torch.stack([build_test_transform(MEAN, STD)(image=im)["image"] for im in images])

@@ -205,7 +205,7 @@ def test_a_deterministic_fit_records_it_and_restores_the_process(tmp_path: Path,
                      data=data, progress=False)
     assert switches() == before
     assert json.loads((tmp_path / "a" / "config.json").read_text())["deterministic"] is True
-    a, b = (torch.load(tmp_path / n / "model.pt", weights_only=True) for n in ("a", "b"))
+    a, b = (torch.load(tmp_path / n / "model.pt", weights_only=True)["weights"] for n in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -102,7 +102,8 @@ def history(run: Path) -> list[dict[str, str]]:
 
 
 def state_dict(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The weights of a model.pt (a dict of named fields)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["weights"]
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ import cifarkit.export as export_module
 from cifarkit.data.augment import normalize_batch
 from cifarkit.data.images import read_image
 from cifarkit.cli import main
-from cifarkit.checkpoint import load_model
+from cifarkit.inference import load_model_file
 from cifarkit.data import CLASSES, normalization
 
 SNIPPET = Path(__file__).parents[1] / "examples" / "onnx_classify.py"
@@ -39,10 +39,10 @@ def onnx_file(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 
 def _torch_probs(run: Path, images: np.ndarray) -> np.ndarray:
-    model, config = load_model(run, torch.device("cpu"))
+    model, found = load_model_file(run / "model.pt", torch.device("cpu"))
     with torch.no_grad():
         batch = torch.from_numpy(np.array(images))  # a writable copy (read_image may return a read-only view)
-        return model.predict_proba(normalize_batch(batch, *normalization(config.std))).numpy()
+        return torch.softmax(model(normalize_batch(batch, *normalization(found.config.std))), dim=1).numpy()
 
 
 def test_export_prints_parity_and_both_speeds(onnx_file: tuple[Path, str]) -> None:

@@ -28,10 +28,12 @@ import pytest
 import torch
 
 import cifarkit.data.sources
+import cifarkit.run
 import cifarkit.runlog
 import cifarkit.train
 from cifarkit import cli
-from cifarkit.checkpoint import RunLock, load_checkpoint, safe_torch_load
+from cifarkit.checkpoint import load_checkpoint, safe_torch_load
+from cifarkit.run import RunLock
 
 ARGS = ["--data", "synthetic", "--subset", "16", "--test-subset", "8", "--batch-size", "8", "--epochs", "2",
         "--lr-min", "1e-4", "--lr-max", "1e-3", "--no-plots"]
@@ -64,7 +66,8 @@ def error_line(err: str) -> str:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return safe_torch_load(path)
+    """The weights of a model.pt (a dict of named fields: "weights")."""
+    return safe_torch_load(path)["weights"]
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -419,11 +422,11 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, reference: Path, mo
 @pytest.mark.slow
 def test_disk_full_in_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    """ENOSPC while writing epoch 2's metrics.json (simulated in runlog.write_json), before epoch 2's checkpoint: one
-    `error:` line (no traceback), exit 2; last.pt is still epoch 1's, history.csv is whole, no temp file is left
+    """ENOSPC while writing epoch 2's metrics.json (simulated in run.write_json), before epoch 2's checkpoint: one
+    `error:` line in the checkpoint's disk-full words (no traceback, no raw errno), exit 2; last.pt is still epoch 1's, history.csv is whole, no temp file is left
     beside the checkpoint."""
     run = tmp_path / "run"
-    real_write_json = cifarkit.runlog.write_json
+    real_write_json = cifarkit.run.write_json
     calls = [0]
 
     def full_disk(path: Path, obj: Any) -> None:
@@ -432,10 +435,10 @@ def test_disk_full_in_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write_json(path, obj)
 
-    monkeypatch.setattr(cifarkit.runlog, "write_json", full_disk)
+    monkeypatch.setattr(cifarkit.run, "write_json", full_disk)
     code, err = main(train_argv(run), capsys)
     assert code == 2
-    assert error_line(err) == f"error: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: '{run}/metrics.json'"
+    assert error_line(err) == f"error: cannot write {run}/metrics.json: disk full; the previous file, if any, is intact"
     assert checkpoint_position(run) == (1, 0)
     assert [row["epoch"] for row in history(run)] == ["1", "2"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]

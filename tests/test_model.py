@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,11 +52,16 @@ def test_residual_stage_adds_its_input() -> None:
 
 
 def test_forward_returns_logits_and_predict_proba_softmax() -> None:
-    """forward gives unnormalised logits; predict_proba gives rows summing to 1 and keeps the training mode."""
+    """forward gives unnormalised logits; inference.predict_proba (uint8 images in) gives rows summing to 1, equal to
+    the softmax of the eval-mode logits of the normalised images, and keeps the training mode."""
+    from cifarkit.inference import predict_proba
+
     model = CustomResNet().train()
-    x = torch.randn(4, 3, 32, 32)
-    probs = model.predict_proba(x)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    probs = torch.from_numpy(predict_proba(model, images, mean, std))
     assert model.training
     assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-5)
     model.eval()
-    assert torch.allclose(probs, torch.softmax(model(x), 1), atol=1e-6)
+    x = (torch.from_numpy(images).float() / 255 - torch.tensor(mean)) / torch.tensor(std)  # by hand, NHWC
+    assert torch.allclose(probs, torch.softmax(model(x.permute(0, 3, 1, 2)), 1), atol=1e-5)

@@ -8,7 +8,8 @@ import torch
 
 from cifarkit.config import TrainConfig
 from cifarkit.data import normalization
-from cifarkit.data.transforms import build_test_transform, build_train_transform, sample_seed, seed_transform
+from cifarkit.data.transforms import build_train_transform, sample_seed, seed_transform
+from reference_pipelines import albumentations_test_transform as build_test_transform
 
 
 def flat_image(value: int = 200) -> np.ndarray:

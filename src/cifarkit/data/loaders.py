@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from cifarkit.config import TrainConfig
 from cifarkit.data.augment import apply_params, params_to, sample_params
 from cifarkit.data.stats import check_pad_mode, normalization
-from cifarkit.data.transforms import build_train_transform, sample_seed, seed_transform
+from cifarkit.data.transforms import AugmentSpec, build_train_transform, sample_seed, seed_transform
 from cifarkit.errors import CifarkitError
 from cifarkit.system import usable_cpus
 
@@ -32,10 +31,19 @@ class BatchSource(Protocol):
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+class BatchSpec(AugmentSpec, Protocol):
+    """The batch source's settings beyond the augmentation's (TrainConfig has them all)."""
+
+    batch_size: int  # global, split across ranks
+    augment: str  # "auto", "albumentations" or "batched"
+    channels_last: bool
+    workers: int | None
+
+
 class AugmentedImages(Dataset):
     """uint8 HWC images through an albumentations pipeline; items are indexed by (index, augmentation seed)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, config: AugmentSpec) -> None:
         self.images, self.labels = images, labels
         self.transform = build_train_transform(config)
 
@@ -78,7 +86,7 @@ def default_workers(device: torch.device) -> int:
 class LoaderBatches:
     """The reference path: per-image albumentations in a DataLoader."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, device: torch.device,
+    def __init__(self, images: np.ndarray, labels: np.ndarray, config: BatchSpec, *, device: torch.device,
                  rank: int = 0, world_size: int = 1) -> None:
         self.device = device
         self.channels_last = config.channels_last
@@ -182,7 +190,7 @@ def resolve_augment(asked: str, device: torch.device) -> str:
     return "batched" if device.type == "cuda" else "albumentations"
 
 
-def build_train_batches(images: np.ndarray, labels: np.ndarray, config: TrainConfig, *, device: torch.device,
+def build_train_batches(images: np.ndarray, labels: np.ndarray, config: BatchSpec, *, device: torch.device,
                         rank: int = 0, world_size: int = 1) -> BatchSource:
     """The batch source named by config.augment ("auto": batched on CUDA, the DataLoader path elsewhere)."""
     if resolve_augment(config.augment, device) == "batched":

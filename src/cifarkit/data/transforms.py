@@ -15,12 +15,10 @@ Choices (both configurable, see TrainConfig):
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from cifarkit.config import TrainConfig
 from cifarkit.data.stats import check_pad_mode, normalization
 
 if TYPE_CHECKING:
@@ -30,7 +28,17 @@ if TYPE_CHECKING:
 CV2_BORDERS = {"reflect": 4, "zero": 0}  # cv2.BORDER_REFLECT_101, cv2.BORDER_CONSTANT, by stats.PAD_MODES' names
 
 
-def build_train_transform(config: TrainConfig) -> A.Compose:
+class AugmentSpec(Protocol):
+    """The augmentation's settings (TrainConfig has them all): data takes this instead of importing the config."""
+
+    std: str  # normalisation std name (stats.cifar10_std)
+    pad_mode: str  # stats.PAD_MODES
+    cutout_p: float
+    cutout_size: int
+    seed: int
+
+
+def build_train_transform(config: AugmentSpec) -> A.Compose:
     """The training pipeline; its randomness comes from `seed_transform` before each call."""
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
@@ -46,14 +54,6 @@ def build_train_transform(config: TrainConfig) -> A.Compose:
                         fill=0, p=config.cutout_p),
         ToTensorV2(),
     ])
-
-
-def build_test_transform(mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    """Normalise only."""
-    import albumentations as A
-    from albumentations.pytorch import ToTensorV2
-
-    return A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
 
 
 def seed_transform(transform: A.Compose, seed: int) -> None:
