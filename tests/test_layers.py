@@ -110,3 +110,70 @@ def test_a_planted_cycle_is_named() -> None:
     graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b": 1}, "b": {}}) is None
+
+
+def package_of(module: str) -> str:
+    """cifarkit.data.loaders -> cifarkit.data; a top-level module (cifarkit.config) is a node of its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def package_graph(graph: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The import graph between packages and top-level modules: an edge a -> b when some module of a imports one
+    of b (imports inside a package are left out)."""
+    packages: dict[str, dict[str, int]] = {}
+    for module, edges in graph.items():
+        here = packages.setdefault(package_of(module), {})
+        for target, line in edges.items():
+            if package_of(target) != package_of(module):
+                here.setdefault(package_of(target), line)
+    return packages
+
+
+def test_no_import_cycle_between_packages() -> None:
+    """No package reaches itself through another: data never imports config while config imports data.stats
+    (data takes an AugmentSpec instead), and so on for every pair."""
+    packages = package_graph(GRAPH)
+    assert "cifarkit.data" in packages["cifarkit.config"]  # the reader sees the edge the rule is about
+    cycle = find_cycle(packages)
+    assert cycle is None, "package cycle: " + " -> ".join(cycle)
+
+
+def test_a_planted_package_cycle_is_named() -> None:
+    """Two packages that import each other through different modules form a cycle at the package level, though
+    the module graph has none (the check above can fail)."""
+    graph = {"cifarkit.data.loaders": {"cifarkit.config": 1}, "cifarkit.config": {"cifarkit.data.stats": 2},
+             "cifarkit.data.stats": {}}
+    assert find_cycle(graph) is None
+    assert find_cycle(package_graph(graph)) in (["cifarkit.data", "cifarkit.config", "cifarkit.data"],
+                                                ["cifarkit.config", "cifarkit.data", "cifarkit.config"])
+
+
+def spelled_names(path: Path, names: tuple[str, ...]) -> list[str]:
+    """Where a module's string literals (f-string parts included, docstrings left out) spell one of `names`."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [f"{path.name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and any(name in node.value for name in names)]
+
+
+def test_only_the_run_module_spells_run_folder_file_names() -> None:
+    """Every file name of a run folder that cifarkit.run owns (config.json, metrics.json, model.pt, last.pt, ...) is
+    spelled in run.py alone; every other module uses its constants."""
+    from cifarkit import run
+
+    names = run.FILE_NAMES
+    assert {"config.json", "metrics.json", "model.pt", "last.pt", "lr_finder.json", "history.csv"} <= set(names)
+    bad = [hit for path in sorted(PACKAGE.rglob("*.py")) if path.name != "run.py"
+           for hit in spelled_names(path, names)]
+    assert not bad, bad
+
+
+def test_the_name_guard_sees_a_literal(tmp_path: Path) -> None:
+    """A module that writes "metrics.json" in code is caught; the same words in its docstring are not."""
+    module = tmp_path / "m.py"
+    module.write_text('"""Reads metrics.json."""\nPATH = "runs/a/metrics.json"\n')
+    assert spelled_names(module, ("metrics.json",)) == ["m.py:2 'runs/a/metrics.json'"]

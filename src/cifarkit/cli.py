@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data set whose class names to print (default: CIFAR-10's)")
     add_run_flags(p, "prediction")
 
-    p = sub.add_parser("report", help="(re)draw a run's plots and write RUN/report.md")
+    p = sub.add_parser("report", help=f"(re)draw a run's plots and write RUN/{R.REPORT}")
     p.add_argument("run", type=Path, metavar="RUN", help=run_help + " inside a run folder")
     p.add_argument("--data", default=None, help="data to draw from (default: the data the run recorded, checked by "
                    "its fingerprint)")

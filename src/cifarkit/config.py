@@ -71,7 +71,7 @@ class TrainConfig:
     subset: int | None = opt(None, 'class-balanced number of training images; default: all (50,000)')
     test_subset: int | None = opt(None, 'class-balanced number of test images; default: all (10,000)')
     augment: str = opt("auto", '"albumentations" (DataLoader, the reference), "batched" (on the device), auto: '
-                       'batched on CUDA; config.json records what ran')
+                       'batched on CUDA; the config of the run records what ran')
     pad_mode: str = opt("reflect", 'padding for the 4-pixel pad before the random crop: "reflect" (as the reference: '
                         'the default of albumentations 1.x) or "zero" (the mean colour)')
     std: str = opt("true", 'normalisation std: "true" (dataset std) or "reference" (0.2023, 0.1994, 0.2010)')
@@ -81,7 +81,7 @@ class TrainConfig:
     eval_batch_size: int = opt(1024, 'batch size for evaluation (no gradients, so it can be larger)')
     precision: str = opt("auto", 'auto|bf16|fp16|fp32; auto: bf16 on CUDA >= 8.0 and on CPUs with bf16 units '
                          '(AVX512-BF16 or AMX), fp16 with a gradient scaler on older CUDA (T4, V100), fp32 on other '
-                         'CPUs and MPS; config.json records what ran')
+                         'CPUs and MPS; the config of the run records what ran')
     channels_last: bool = opt(True, 'NHWC memory format: faster convolutions on GPUs and on oneDNN CPUs')
     compile: bool = opt(False, 'torch.compile the model (CUDA)')
     deterministic: bool = opt(False, 'deterministic algorithms (torch.use_deterministic_algorithms, '

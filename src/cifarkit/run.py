@@ -46,6 +46,8 @@ REPORT_HTML = "report.html"
 PLOTS = "plots"
 TENSORBOARD = "tensorboard"
 LOCK = ".lock"
+FILE_NAMES = (CONFIG, METRICS, HISTORY, STEPS, SCHEDULE, LR_FINDER, LR_FINDER_PLOT, MODEL, CHECKPOINT_NAME, PER_CLASS,
+              CLASSIFICATION_REPORT, REPORT, REPORT_HTML, LOCK)  # spelled here only (tests/test_layers.py)
 TRAINING_FILES = (CONFIG, METRICS, MODEL, CHECKPOINT)  # any of them: a training run's folder
 WEIGHTS_HELP = f"a run folder (its {MODEL}, else {CHECKPOINT}), or a weights file"
 

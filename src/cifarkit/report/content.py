@@ -145,7 +145,8 @@ def _per_class_blocks(per_class: dict[str, Any] | None) -> list[Block]:
     """The classification report (precision, recall = per-class accuracy, F1, macro averages) and the most-confused
     pairs, from RUN/per_class.json."""
     if not per_class:
-        return [("h3", "Per class"), ("p", "No per_class.json in the run folder: run `cifarkit report RUN` to compute it.")]
+        return [("h3", "Per class"), ("p", f"No {R.PER_CLASS} in the run folder: run `cifarkit report RUN` to compute "
+                                       "it.")]
     has_prf = "precision" in per_class  # written by cifarkit since the classification report exists
     rows = []
     for i, name in enumerate(per_class["classes"]):
