@@ -197,7 +197,7 @@ def test_header_before_the_range_test_and_eta_after_the_first_epoch(tmp_path: Pa
     code, out, err = cli(["train", *TINY, "--epochs", "2", "--lr-find-iters", "10", "--out", str(tmp_path / "r")],
                          capsys)
     assert code == 0, err
-    lines = out.splitlines()
+    lines = err.splitlines()  # what the run tells the user: on stderr, results on stdout
     first = {key: next(i for i, line in enumerate(lines) if line.startswith(key))
              for key in ("data: ", "NOTE: ", "device: ", "lr-find: ", "2 epochs ≈ ")}
     assert first["data: "] < first["NOTE: "] < first["device: "] < first["lr-find: "] < first["2 epochs ≈ "]

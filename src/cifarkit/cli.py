@@ -18,7 +18,7 @@ from typing import Any
 from cifarkit import __version__
 from cifarkit import run as R
 from cifarkit.config import TrainConfig, check_device_name, check_precision_name
-from cifarkit.console import say
+from cifarkit.console import route_logging, say
 from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
 from cifarkit.flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
                              check_address, count, given_config)
@@ -272,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     except CifarkitError as e:
         return _error(e.cli_line())
+    route_logging()
     try:
         check_args(args)  # no torch yet
         return COMMANDS[args.command](args)

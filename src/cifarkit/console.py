@@ -3,6 +3,7 @@ progress bar. Results (what a command computes) go to stdout with print; everyth
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from tqdm import tqdm
@@ -12,3 +13,22 @@ def say(line: str) -> None:
     """One line for the user on stderr: what a command uses, what it found, a warning."""
     tqdm.write(line, file=sys.stderr)
     sys.stderr.flush()
+
+
+class ConsoleHandler(logging.Handler):
+    """Library warnings (cifarkit.data logs through `logging`, so that Python users can filter them) as `say` lines
+    on the command line: one channel, never glued to a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            say(f"{record.levelname.lower()}: {record.getMessage()}")
+        except Exception:  # a handler never raises into the code that logged
+            self.handleError(record)
+
+
+def route_logging() -> None:
+    """Send cifarkit's log records at WARNING and above through `say` (once per process)."""
+    logger = logging.getLogger("cifarkit")
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        handler = ConsoleHandler(logging.WARNING)
+        logger.addHandler(handler)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from cifarkit.config import TrainConfig
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, one_line
 
 NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
 LR_FIND_FIELDS = ("data", "out", "batch_size", "weight_decay", "label_smoothing", "seed", "device", "subset",
@@ -94,8 +94,9 @@ def check_address(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as e:
-        raise CifarkitError(f"--host {host} is not a name or address this machine can resolve ({e}); use 127.0.0.1, "
-                            "or 0.0.0.0 to serve every network") from None
+        reason = e.strerror if isinstance(e, socket.gaierror) and e.strerror else one_line(e)
+        raise CifarkitError(f"--host {host} is not a name or address this machine can resolve ({reason}); use "
+                            "127.0.0.1, or 0.0.0.0 to serve every network") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -233,15 +233,16 @@ def _refuse(template: str, **values: object) -> CifarkitError:
                          cli=template.format(flag="--out", resume="pass --resume", **values))
 
 
-def _writable_ancestor(path: Path) -> None:
-    """The nearest existing folder at or above `path` must be a folder this process may write into."""
+def _writable_ancestor(path: Path, shown: Path) -> None:
+    """The nearest existing folder at or above `path` must be a folder this process may write into (`shown`: the
+    output the user named)."""
     here = path
     while not here.exists() and here != here.parent:
         here = here.parent
     if not here.is_dir():
-        raise _refuse("{flag} {path}: {here} is a file, not a folder; choose another {flag}", path=path, here=here)
+        raise _refuse("{flag} {path}: {here} is a file, not a folder; choose another {flag}", path=shown, here=here)
     if not os.access(here, os.W_OK | os.X_OK):
-        raise _refuse("{flag} {path}: {here} is not writable; choose another {flag}", path=path, here=here)
+        raise _refuse("{flag} {path}: {here} is not writable; choose another {flag}", path=shown, here=here)
 
 
 def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
@@ -251,7 +252,7 @@ def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise _refuse("{flag} {path} is a file: give a folder for the run's files", path=path)
-    _writable_ancestor(path)
+    _writable_ancestor(path, path)
     if kind == "lr-find" and path.is_dir():
         held = [name for name in TRAINING_FILES if (path / name).exists()]
         if held:
@@ -268,7 +269,7 @@ def check_out_file(out: str | os.PathLike[str], *, suffix: str) -> Path:
     if path.is_dir():
         raise _refuse("{flag} {path} is a folder; give a file name such as {example}", path=path,
                       example=path / f"model.{suffix}")
-    _writable_ancestor(path.parent)
+    _writable_ancestor(path.parent, path)
     if path.exists() and not os.access(path, os.W_OK):
         raise _refuse("{flag} {path} exists and is not writable; choose another {flag}", path=path)
     return path
