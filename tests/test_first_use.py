@@ -201,9 +201,9 @@ def test_a_run_says_its_range_test_epochs_and_peak_in_words(tmp_path: Path, tiny
     log = RunLog(tmp_path / "run", config, enabled=True, progress=False)
     data = subset(tiny_data, 100, 50)
     log.header(data, None, torch.device("cpu"), 1)
-    assert "LR range test: 32 steps of 128 images, 41.0 passes over the 100 training images" in capsys.readouterr().out
+    assert "LR range test: 32 steps of 128 images, 41.0 passes over the 100 training images" in capsys.readouterr().err
     log.start(dataclasses.replace(config, lr_min=1e-4, lr_max=1e-3), data, [1e-4], 1, torch.device("cpu"), 1)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # what the run tells the user: stderr
     assert ": 1 epoch x 1 step of 128; one-cycle LR 0.0001 -> 0.001 (peak at epoch 0.21) -> 0.0001" in out, out
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from cifarkit.errors import CifarkitError
 from cifarkit.report import galleries, plots
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.report.gradcam import grad_cam
@@ -266,5 +267,5 @@ def test_gradcam_on_custom_resnet() -> None:
     # An explicit class may have no positive evidence at all (ReLU): then the map is all zero, never NaN.
     explicit = grad_cam(model, images, [3, 4])
     assert explicit.shape == (2, 32, 32) and np.isfinite(explicit).all() and explicit.max() <= 1
-    with pytest.raises(ValueError):
+    with pytest.raises(CifarkitError, match="layer must be one of prep, layer1, layer2, layer3, got 'fc'"):
         grad_cam(model, images, layer="fc")

@@ -88,8 +88,10 @@ def test_resolve_keeps_explicit_choices_and_warns_once_for_emulated_bf16(
     assert capsys.readouterr().err == ""
     assert resolve_precision("bf16", CPU) == "bf16"
     assert len(capsys.readouterr().err.splitlines()) == 1
-    with pytest.raises(CifarkitError, match="--precision must be one of auto, bf16, fp16, fp32, got 'fp8'"):
+    with pytest.raises(CifarkitError) as info:  # the API's words; the command line's beside them
         resolve_precision("fp8", CPU)
+    assert str(info.value) == "precision must be one of auto, bf16, fp16, fp32, got 'fp8'"
+    assert info.value.cli_line() == "--precision must be one of auto, bf16, fp16, fp32, got 'fp8'"
 
 
 def test_config_accepts_every_precision_and_names_them_in_its_help() -> None:

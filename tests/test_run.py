@@ -238,7 +238,7 @@ def test_bf16_without_units_warns_once_in_predict(run: Path, tmp_path: Path, mon
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(run), str(image), "--device", "cpu", "--precision", "bf16"]) == 0
     out, err = capsys.readouterr()
-    assert sum(line.startswith("warning: precision bf16") for line in err.splitlines()) == 1, err
+    assert sum(line.startswith("warning: --precision bf16") for line in err.splitlines()) == 1, err
     assert out.startswith(str(image))
 
 

@@ -19,7 +19,7 @@ import pytest
 
 import cifarkit.data.archive as archive
 import cifarkit.data.download as download
-from cifarkit.data.archive import restricted_loads, safe_extract
+from cifarkit.data.archive import extract_cached, restricted_loads
 from cifarkit.data import Cifar10, load_cifar10
 from cifarkit.data.download import download_cifar10
 from cifarkit.errors import CifarkitError
@@ -124,9 +124,9 @@ def _everything_under(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "hardlink", "device", "fifo"])
-def test_unsafe_member_is_refused_before_writing(tmp_path: Path, case: str) -> None:
+def test_unsafe_member_is_refused_before_writing(tmp_path: Path, case: str, cifar_cache: Path) -> None:
     """A member with ../, an absolute path, a symlink, a hardlink, a device or a fifo is refused, naming the archive
-    and the member; nothing is written, not even the harmless member before it, and nothing outside the target."""
+    and the member; nothing is written, not even the harmless member before it, and nothing outside the cache."""
     outside = tmp_path / "outside"
     bad = {
         "dotdot": _file("data/../../outside"),
@@ -137,12 +137,11 @@ def test_unsafe_member_is_refused_before_writing(tmp_path: Path, case: str) -> N
         "fifo": _special("data/fifo", tarfile.FIFOTYPE),
     }[case]
     tgz = _tar(tmp_path / "evil.tar.gz", [_file("data/ok.txt"), bad])
-    target = tmp_path / "deep" / "target"
     with pytest.raises(CifarkitError) as info:
-        safe_extract(tgz, target)
+        extract_cached(tgz)
     message = str(info.value)
     assert str(tgz) in message and bad[0].name in message and "\n" not in message
-    assert not outside.exists() and not target.exists() and not (tmp_path / "deep").exists()
+    assert not outside.exists() and _everything_under(cifar_cache) == []
 
 
 def test_unsafe_archive_leaves_cache_clean(tmp_path: Path, cifar_cache: Path) -> None:
@@ -159,8 +158,8 @@ def test_size_bomb_is_refused(tmp_path: Path, cifar_cache: Path, monkeypatch: py
     through the parameter and through the module constant that load_cifar10 uses."""
     tgz = _tar(tmp_path / "big.tar.gz", [_file(f"d/{i}", b"\0" * 600) for i in range(3)])
     with pytest.raises(CifarkitError, match="bomb"):
-        safe_extract(tgz, tmp_path / "t", max_bytes=1000)
-    assert not (tmp_path / "t").exists()
+        extract_cached(tgz, max_bytes=1000)
+    assert _everything_under(cifar_cache) == []
     monkeypatch.setattr(archive, "MAX_EXTRACT_BYTES", 1000)
     with pytest.raises(CifarkitError, match="bomb") as info:
         load_cifar10(tgz)
@@ -168,14 +167,14 @@ def test_size_bomb_is_refused(tmp_path: Path, cifar_cache: Path, monkeypatch: py
     assert _everything_under(cifar_cache) == []
 
 
-def test_member_count_bomb_is_refused(tmp_path: Path) -> None:
+def test_member_count_bomb_is_refused(tmp_path: Path, cifar_cache: Path) -> None:
     """More members than the count cap are refused before anything is written."""
     tgz = _tar(tmp_path / "many.tar.gz", [_file(f"d/{i}", b"x") for i in range(6)])
     with pytest.raises(CifarkitError, match="members"):
-        safe_extract(tgz, tmp_path / "t", max_members=5)
-    assert not (tmp_path / "t").exists()
-    safe_extract(tgz, tmp_path / "t", max_members=6)  # at the cap is fine
-    assert len(list((tmp_path / "t" / "d").iterdir())) == 6
+        extract_cached(tgz, max_members=5)
+    assert _everything_under(cifar_cache) == []
+    entry = extract_cached(tgz, max_members=6)  # at the cap is fine
+    assert len(list((entry / "d").iterdir())) == 6
 
 
 def test_duplicate_member_is_refused(tmp_path: Path, cifar_cache: Path) -> None:
@@ -183,7 +182,7 @@ def test_duplicate_member_is_refused(tmp_path: Path, cifar_cache: Path) -> None:
     into the cache leaves no partial entry (the temporary folder is removed)."""
     tgz = _tar(tmp_path / "dup.tar.gz", [_file("d/a", b"1"), _file("d/a", b"2")])
     with pytest.raises(CifarkitError, match="dup.tar.gz"):
-        safe_extract(tgz, tmp_path / "t")
+        extract_cached(tgz)
     with pytest.raises(CifarkitError, match="dup.tar.gz"):
         load_cifar10(tgz)
     assert (cifar_cache / "extracted").is_dir() and _everything_under(cifar_cache / "extracted") == []

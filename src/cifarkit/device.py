@@ -63,8 +63,8 @@ def resolve_precision(asked: str, device: torch.device) -> str:
     if asked == "auto":
         return best
     if asked == "bf16" and best != "bf16":
-        say(f"warning: precision bf16 on {device.type} without bf16 units runs emulated and slow; precision auto "
-            f"picks {best} here")
+        say(f"warning: --precision bf16 on {device.type} without bf16 units runs emulated and slow; "
+            f"--precision auto picks {best} here")
     return asked
 
 

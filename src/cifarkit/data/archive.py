@@ -144,18 +144,6 @@ def _open_checked(archive: Path, max_bytes: int | None, max_members: int | None
         raise
 
 
-def safe_extract(archive: Path, target: Path, *, max_bytes: int | None = None, max_members: int | None = None) -> None:
-    """Extract `archive` into `target` after checking every member; on refusal nothing at all has been written."""
-    tf, members = _open_checked(archive, max_bytes, max_members)
-    with tf:
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            _extract_checked(tf, members, target)
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise CifarkitError(f"{archive}: extraction into {target} failed ({one_line(exc)}); "
-                                "check free disk space, or download the archive again") from exc
-
-
 def extract_cached(archive: Path, *, max_bytes: int | None = None, max_members: int | None = None) -> Path:
     """The folder holding `archive`'s contents in the cache, extracting it the first time.
 
