@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import cifarkit.data.sources
-import cifarkit.run
+import cifarkit.run.files
 import cifarkit.runlog
 import cifarkit.train
 from cifarkit import cli
@@ -422,11 +422,11 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, reference: Path, mo
 @pytest.mark.slow
 def test_disk_full_in_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    """ENOSPC while writing epoch 2's metrics.json (simulated in run.write_json), before epoch 2's checkpoint: one
+    """ENOSPC while writing epoch 2's metrics.json (simulated in run.files.write_json), before epoch 2's checkpoint: one
     `error:` line in the checkpoint's disk-full words (no traceback, no raw errno), exit 2; last.pt is still epoch 1's, history.csv is whole, no temp file is left
     beside the checkpoint."""
     run = tmp_path / "run"
-    real_write_json = cifarkit.run.write_json
+    real_write_json = cifarkit.run.files.write_json
     calls = [0]
 
     def full_disk(path: Path, obj: Any) -> None:
@@ -435,7 +435,7 @@ def test_disk_full_in_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write_json(path, obj)
 
-    monkeypatch.setattr(cifarkit.run, "write_json", full_disk)
+    monkeypatch.setattr(cifarkit.run.files, "write_json", full_disk)
     code, err = main(train_argv(run), capsys)
     assert code == 2
     assert error_line(err) == f"error: cannot write {run}/metrics.json: disk full; the previous file, if any, is intact"
