@@ -153,10 +153,10 @@ def test_two_process_gloo_training(ddp_run: Callable, augment: str) -> None:
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["world_size"]) == (EPOCHS, 0, WORLD)
     assert all(torch.equal(ckpt["model"][k], v) for k, v in state_dict(run / "model.pt").items())
 
-    # Rank 0 alone prints: the run's header and each epoch's line appear once.
-    assert proc.stdout.count(f"run {run}:") == 1, tail(proc)
+    # Rank 0 alone prints: the run's header and each epoch's line appear once (on stderr, with every message).
+    assert proc.stderr.count(f"run {run}:") == 1, tail(proc)
     for epoch in range(1, EPOCHS + 1):
-        assert proc.stdout.count(f"epoch {epoch:3d}/{EPOCHS} |") == 1, tail(proc)
+        assert proc.stderr.count(f"epoch {epoch:3d}/{EPOCHS} |") == 1, tail(proc)
 
     schedule = json.loads((run / "schedule.json").read_text())
     assert metrics["steps_per_epoch"] == schedule["steps_per_epoch"] == STEPS_PER_EPOCH

@@ -231,7 +231,7 @@ def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         return real_step(model, *args, **kwargs)
 
     stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(stdout):  # the run's lines: stderr
         mp.setattr(train_module, "train_step", overflow_on_step_2)
         mp.setattr(train_module, "grad_scaler",
                    lambda precision, device: torch.amp.GradScaler(device.type, init_scale=2.0**10,

@@ -149,7 +149,7 @@ def test_every_route_records_path_and_fingerprint(route: str, tmp_path: Path, ci
     path, fingerprint = recorded(tmp_path / "run")
     assert path == str(source.resolve()) and Path(path).is_absolute()
     assert fingerprint == arrays_fingerprint(source)
-    header = out.splitlines()[0]
+    header = next(line for line in err.splitlines() if line.startswith("data: "))  # messages go to stderr
     assert header.startswith("data: ") and str(source) in header and short(fingerprint) in header
 
 
@@ -209,7 +209,8 @@ def test_resume_keeps_its_data_and_given_data_must_match(trees: SimpleNamespace,
     monkeypatch.setenv("CIFARKIT_DATA", str(trees.b))
     code, out, err = cli(["train", "--resume", "--out", str(run)], capsys)
     assert code == 0, err
-    assert f"from {trees.a}, recorded by the run; fingerprint {short(fingerprint)}" in out.splitlines()[0]
+    header = next(line for line in err.splitlines() if line.startswith("data: "))  # messages go to stderr
+    assert f"from {trees.a}, recorded by the run; fingerprint {short(fingerprint)}" in header
     assert recorded(run) == (path, fingerprint) and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
     code, out, err = cli(["train", "--resume", "--out", str(run), "--data", str(trees.copy)], capsys)
     assert code == 0, err

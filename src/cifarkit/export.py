@@ -41,7 +41,7 @@ from torch import nn
 
 from cifarkit.atomic import atomic_write
 from cifarkit.errors import CifarkitError, pip_install, write_error
-from cifarkit.inference import open_run, predict_proba, preprocess
+from cifarkit.inference import Preprocess, open_run, predict_proba
 from cifarkit.run import check_out_file
 
 PROB_BOUND = 1e-3  # max |probability difference| allowed between the exported file and PyTorch
@@ -54,10 +54,10 @@ class ImagesToProbs(nn.Module):
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+        self.model, self.preprocess = model, Preprocess(mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(preprocess(images, self.mean, self.std)), dim=1)
+        return torch.softmax(self.model(self.preprocess(images)), dim=1)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from cifarkit import run as R
 from cifarkit.checkpoint import atomic_torch_save, restore_weights, safe_torch_load
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, Cifar10, normalization, subset
-from cifarkit.data.augment import normalize_batch
+from cifarkit.data.augment import affine, normalize_affine, normalize_batch
 from cifarkit.data.sources import data_of_run
 from cifarkit.device import autocast, pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
@@ -45,6 +45,20 @@ def preprocess(images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Se
     if device is not None:
         batch = batch.to(device)
     return normalize_batch(batch, mean, std, channels_last=channels_last)
+
+
+class Preprocess(nn.Module):
+    """`preprocess` as a module, its scale and shift held as buffers: the same step inside a traced or exported
+    graph (cifarkit.export), where constants made during the first call would differ from later calls."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        scale, shift = affine(mean, std)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize_affine(images, self.scale, self.shift)
 
 
 @torch.no_grad()

@@ -151,9 +151,21 @@ def normalize_batch(images_uint8_nhwc: torch.Tensor, mean: Sequence[float], std:
                     channels_last: bool = False) -> torch.Tensor:
     """Evaluation input: uint8 NHWC -> normalised float32 [B, 3, H, W] (no augmentation)."""
     _check_images(images_uint8_nhwc)
-    scale, shift = _affine(mean, std, images_uint8_nhwc.device)
+    return normalize_affine(images_uint8_nhwc, *_affine(mean, std, images_uint8_nhwc.device),
+                            channels_last=channels_last)
+
+
+def normalize_affine(images_uint8_nhwc: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *,
+                     channels_last: bool = False) -> torch.Tensor:
+    """normalize_batch with its (scale, shift) given (`affine`): what a traced graph holds as buffers."""
     out = torch.addcmul(shift, images_uint8_nhwc.to(torch.float32), scale).permute(0, 3, 1, 2)
     return out if channels_last else out.contiguous()
+
+
+def affine(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), float32 [3] on the CPU, with (v / 255 - mean) / std = v * scale + shift."""
+    scale, shift = _affine(mean, std, torch.device("cpu"))
+    return scale.clone(), shift.clone()
 
 
 def _check_images(images: torch.Tensor) -> None:
