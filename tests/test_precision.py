@@ -248,7 +248,7 @@ def test_fp16_cpu_run_trains_to_finite_weights_and_records_fp16(fp16_run: tuple[
     gradient scaler's state."""
     run, _ = fp16_run
     assert TrainConfig.load(run / "config.json").precision == "fp16"
-    weights = torch.load(run / "model.pt", weights_only=True)
+    weights = torch.load(run / "model.pt", weights_only=True)["weights"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     scaler = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["scaler"]
     assert scaler["scale"] == 2.0**9 and scaler["growth_interval"] == 2000

@@ -26,7 +26,8 @@ def tiny_config(out: Path, **kw) -> TrainConfig:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "model.pt", weights_only=True)
+    """The weights of RUN/model.pt (a dict of named fields)."""
+    return torch.load(run / "model.pt", weights_only=True)["weights"]
 
 
 @pytest.fixture(scope="module")
