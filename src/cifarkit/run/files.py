@@ -63,8 +63,7 @@ def read_config(run_or_file: str | os.PathLike[str]) -> TrainConfig:
     """The TrainConfig of a run folder (or of a config.json given itself)."""
     path = Path(run_or_file)
     path = path / CONFIG if path.is_dir() else path
-    fix = (f"it records the run's settings; restore it from a copy, or give the weights file alone "
-           f"({MODEL} holds its own settings)")
+    fix = "it records the run's settings: restore it from a copy"
     values = read_json(path, fix)
     try:
         if not isinstance(values, dict):
