@@ -11,9 +11,9 @@ quietly wrong. Probabilities rather than logits, because every caller wants them
 class names are stored in the ONNX metadata ("classes", a JSON list).
 
 The file is checked before it is written: onnxruntime (CPU) runs it on the run's test images (or N of them) and
-every probability must lie within 1e-3 of PyTorch's (the model in eval mode on `inference.preprocess` input) with the same
-top-1 class on every image; otherwise it is an error and nothing is written. Needs the optional extra `export`
-(INSTALL says how):
+every probability must lie within 1e-3 of PyTorch's (the model in eval mode on `inference.preprocess` input) with
+the same top-1 class on every image; otherwise it is an error and nothing is written. Needs the optional extra
+`export` (INSTALL says how):
 
     >>> from cifarkit.export import export_command
     >>> export_command(Path("runs/baseline"), fmt="onnx", out=Path("model.onnx"), check_images=1000)
@@ -142,7 +142,7 @@ def _timed(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> tuple
 
 def check_parity(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, images: np.ndarray,
                  mean: Sequence[float], std: Sequence[float]) -> Parity:
-    """Compare the exported runner with the PyTorch model (CPU, eval, inference.preprocess input) on uint8 NHWC images."""
+    """Compare the exported runner with the PyTorch model (CPU, eval, preprocessed input) on uint8 NHWC images."""
     def reference(batch: np.ndarray) -> np.ndarray:
         return predict_proba(model, batch, mean, std)
 

@@ -1,7 +1,7 @@
 """A trained model at work: the model file that describes itself, the one preprocessing step, probabilities, and
 `open_run`, the one handle on a trained run that evaluate, report, predict, the app and export all use.
 
-    run = open_run("runs/a")                       # a run folder, its model.pt, checkpoints/last.pt, or a model.pt alone
+    run = open_run("runs/a")                       # a run folder, model.pt, checkpoints/last.pt, or model.pt alone
     run.model, run.config, run.weights, run.device, run.precision
     probs = run.predict_proba(images_uint8_nhwc)   # float32 [N, classes]
     test = run.test_data()                         # the data the run recorded, checked by its fingerprint
