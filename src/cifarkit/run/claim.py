@@ -24,16 +24,39 @@ def _refuse(template: str, **values: object) -> CifarkitError:
                          cli=template.format(flag="--out", resume="pass --resume", **values))
 
 
-def _writable_ancestor(path: Path, shown: Path) -> None:
+def _writable_ancestor(path: Path, shown: Path, *, folder: bool) -> None:
     """The nearest existing folder at or above `path` must be a folder this process may write into (`shown`: the
-    output the user named)."""
+    output the user named; `folder`: a run folder, said in RunLock's words)."""
     here = path
     while not here.exists() and here != here.parent:
         here = here.parent
     if not here.is_dir():
         raise _refuse("{flag} {path}: {here} is a file, not a folder; choose another {flag}", path=shown, here=here)
     if not os.access(here, os.W_OK | os.X_OK):
+        if folder:
+            raise _refuse("cannot use {path} as a run folder: {here} is not writable; choose a writable {flag}",
+                          path=shown, here=here)
         raise _refuse("{flag} {path}: {here} is not writable; choose another {flag}", path=shown, here=here)
+
+
+def _check_not_in_use(run: Path) -> None:
+    """A live run holds RUN/.lock: say so (with its pid) before anything else is said about the folder."""
+    lock = run / LOCK
+    if not lock.is_file():
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return  # unreadable: RunLock says why when the run starts
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        raise _refuse("another cifarkit run (pid {holder}) is using {run}; wait for it or choose another {flag}",
+                      holder=holder, run=run) from None
+    finally:
+        os.close(fd)
 
 
 def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
@@ -43,7 +66,9 @@ def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise _refuse("{flag} {path} is a file: give a folder for the run's files", path=path)
-    _writable_ancestor(path, path)
+    _writable_ancestor(path, path, folder=True)
+    if kind in ("train", "resume"):
+        _check_not_in_use(path)
     if kind == "lr-find" and path.is_dir():
         held = [name for name in TRAINING_FILES if (path / name).exists()]
         if held:
@@ -60,7 +85,7 @@ def check_out_file(out: str | os.PathLike[str], *, suffix: str) -> Path:
     if path.is_dir():
         raise _refuse("{flag} {path} is a folder; give a file name such as {example}", path=path,
                       example=path / f"model.{suffix}")
-    _writable_ancestor(path.parent, path)
+    _writable_ancestor(path.parent, path, folder=False)
     if path.exists() and not os.access(path, os.W_OK):
         raise _refuse("{flag} {path} exists and is not writable; choose another {flag}", path=path)
     return path
