@@ -17,6 +17,7 @@ _EXPORTS = {
     "find_lr": "cifarkit.lr_finder", "CustomResNet": "cifarkit.models", "one_cycle": "cifarkit.schedule",
     "History": "cifarkit.train", "evaluate": "cifarkit.train", "fit": "cifarkit.train",
     "LoadedModel": "cifarkit.api", "load_model": "cifarkit.api", "predict": "cifarkit.api", "lr_find": "cifarkit.api",
+    "OpenRun": "cifarkit.inference", "open_run": "cifarkit.inference",
     "samples_figure": "cifarkit.report", "plot_lr_finder": "cifarkit.report.plots", "model_summary": "cifarkit.summary",
 }
 __all__ = sorted(_EXPORTS)
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from cifarkit.config import TrainConfig
     from cifarkit.data import Cifar10, load_cifar10, resolve_data
     from cifarkit.errors import CifarkitError
+    from cifarkit.inference import OpenRun, open_run
     from cifarkit.lr_finder import LRFinderResult, find_lr
     from cifarkit.models import CustomResNet
     from cifarkit.report import samples_figure
