@@ -51,9 +51,10 @@ class LRFinderResult:
     lr_max_rule: str = LR_MAX_RULE
     skipped: int = 0  # steps the fp16 gradient scaler skipped: not on the curve
 
-    def save(self, folder: Path) -> Path:
-        """Write the curve and its picks as FOLDER/lr_finder.json (cifarkit.run names it); returns its path."""
-        return write_lr_finder(folder, asdict(self))
+    def save(self, path: Path) -> Path:
+        """Write the curve and its picks as JSON: to RUN/lr_finder.json when `path` is a run folder, else to the file
+        `path`; returns the file written."""
+        return write_lr_finder(path, asdict(self))
 
 
 def smooth_centered(values: np.ndarray, window: int) -> np.ndarray:

@@ -112,8 +112,12 @@ def write_metrics(run: Path, metrics: dict[str, Any]) -> None:
     write_json(Path(run) / METRICS, metrics)
 
 
-def write_lr_finder(folder: Path, values: dict[str, Any]) -> Path:
-    path = Path(folder) / LR_FINDER
+def write_lr_finder(path: Path, values: dict[str, Any]) -> Path:
+    """The range test's curve and picks as JSON: into FOLDER/lr_finder.json when `path` is a folder (or has no
+    suffix), else into the file `path`; returns the file written."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / LR_FINDER
     write_text(path, json.dumps(values) + "\n")
     return path
 
