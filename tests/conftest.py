@@ -1,32 +1,75 @@
-"""Shared test setup: one torch thread (a training job may share the 2 cores), tiny data, a private cache, a skip for
-real-data tests, and writers that put a Cifar10 on disk in each layout `load_cifar10` reads."""
+"""Shared test setup: one torch thread per process (pytest-xdist runs one process per core), the pytest base temp on
+tmpfs, the CPU policy a run asks for (--cpu-flags), `slow` marks by fixture and a guard that fails an unmarked test
+that trains, tiny data, a private cache, a skip for real-data tests, and writers that put a Cifar10 on disk in each
+layout `load_cifar10` reads."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import pickle
+import shutil
 import struct
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cifarkit.data import Cifar10, make_synthetic
+from helpers import SLOW_ATTRIBUTE, slow_fixture
 
 # OMP_NUM_THREADS cannot take effect once torch is imported, so limit torch's own pool instead.
 torch.set_num_threads(1)
 
+# Checkpoints are fsync'd: on tmpfs that costs nothing. Set before pytest first asks for its base temp; an explicit
+# $PYTEST_DEBUG_TEMPROOT or --basetemp wins.
+if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
 
+# --cpu-flags: the flags `device.read_cpu_flags` returns in this test process (and its forks): the precision policy of
+# a CPU with only AVX2, or of one with AVX512-BF16, whatever CPU runs the tests. A CLI started as a new interpreter
+# reads the real CPU, so such tests pin --precision.
+CPU_FLAG_SETS = {
+    "avx2": frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}),
+    "avx512_bf16": frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"}),
+}
+
+# Where training goes through: in a test not marked slow, a call of one of these with a network (a module of more than
+# NETWORK_PARAMETERS parameters, or none passed: it builds its own) raises UnmarkedTestTrains, as does any optimizer
+# step over a network and a Python interpreter started by the test, so `-m "not slow"` provably trains nothing.
+# Each is "module.attribute"; modules that imported the attribute by name are patched too.
+TRAINING_ENTRY_POINTS = ("cifarkit.train.train_step", "cifarkit.lr_finder.find_lr", "cifarkit.bench.run_bench")
+NETWORK_PARAMETERS = 10_000  # the network has 6.57M; a test's toy model (a Linear layer, a tiny conv) far fewer
+TESTS = Path(__file__).resolve().parent
+
+
+class UnmarkedTestTrains(RuntimeError):
+    """A test that is not marked slow trained a network, or started a Python interpreter."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-flags", choices=("machine", *CPU_FLAG_SETS), default="machine",
+                     help="CPU flags the precision policy sees: this machine's, or those of an AVX2-only or an "
+                          "AVX512-BF16 CPU (default: machine)")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `slow` every test that trains the session's `tiny_run` (a training run is slow by this suite's rule);
-    skip tests marked `realdata` unless $CIFARKIT_DATA names the real set."""
+    """Mark `slow` every test that requests a fixture made with `helpers.slow_fixture`, directly or through another
+    fixture (a test is slow by what it does, not by its name); skip tests marked `realdata` unless $CIFARKIT_DATA
+    names the real set."""
     for item in items:
-        if "tiny_run" in getattr(item, "fixturenames", ()):
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(getattr(d.func, SLOW_ATTRIBUTE, False) for chain in defs.values() for d in chain):
             item.add_marker(pytest.mark.slow)
     if os.environ.get("CIFARKIT_DATA"):
         return
@@ -34,6 +77,96 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_policy(request: pytest.FixtureRequest) -> Iterator[frozenset[str] | None]:
+    """The CPU flags --cpu-flags forces on `device.read_cpu_flags` for the session (None: the machine's own)."""
+    name = request.config.getoption("--cpu-flags")
+    if name == "machine":
+        yield None
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cifarkit.device.read_cpu_flags", lambda: CPU_FLAG_SETS[name])
+        yield CPU_FLAG_SETS[name]
+
+
+def _refuse(what: str) -> None:
+    raise UnmarkedTestTrains(f"{what} in a test not marked slow: mark it pytest.mark.slow, or make the fixture that "
+                             "trains with helpers.slow_fixture")
+
+
+def _parameters(values: Iterator[object]) -> int | None:
+    """The parameters of the biggest torch module among `values` (None: no module among them)."""
+    sizes = [sum(p.numel() for p in v.parameters()) for v in values if isinstance(v, torch.nn.Module)]
+    return max(sizes) if sizes else None
+
+
+def _guarded(target: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: object, **kwargs: object) -> Any:
+        n = _parameters(iter([*args, *kwargs.values()]))
+        if n is None or n > NETWORK_PARAMETERS:
+            _refuse(f"{target} ({'its own network' if n is None else f'{n:,} parameters'})")
+        return function(*args, **kwargs)
+    return guarded
+
+
+class _NoPythonFromTests(subprocess.Popen):  # type: ignore[type-arg]
+    """Popen that refuses a Python interpreter started by test code (the product's own helper processes pass)."""
+
+    def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+        program = args[0] if isinstance(args, (list, tuple)) and args else args
+        if isinstance(program, (str, Path)) and (Path(program).name.startswith("python") or program == sys.executable):
+            frame = sys._getframe(1)
+            while frame and frame.f_code.co_filename in (subprocess.__file__, __file__):
+                frame = frame.f_back
+            if frame and Path(frame.f_code.co_filename).resolve().is_relative_to(TESTS):
+                _refuse(f"started {program}")
+        super().__init__(args, *rest, **kwargs)
+
+
+@contextlib.contextmanager
+def _training_refused(test_module: object) -> Iterator[None]:
+    """The guard above, for one phase of one test."""
+    with pytest.MonkeyPatch.context() as mp:
+        holders = [m for name, m in list(sys.modules.items()) if name.startswith("cifarkit") or m is test_module]
+        for target in TRAINING_ENTRY_POINTS:
+            module_name, _, attribute = target.rpartition(".")
+            original = getattr(importlib.import_module(module_name), attribute)
+            for module in holders:
+                for name, value in list(vars(module).items()):
+                    if value is original:
+                        mp.setattr(module, name, _guarded(target, original))
+        mp.setattr(subprocess, "Popen", _NoPythonFromTests)
+
+        def step_hook(optimizer: torch.optim.Optimizer, *_: object) -> None:
+            n = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+            if n > NETWORK_PARAMETERS:
+                _refuse(f"an optimizer step over {n:,} parameters")
+
+        handle = register_optimizer_step_pre_hook(step_hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Fixtures of a test not marked slow, module- and session-scoped ones included, set up under the guard."""
+    if item.get_closest_marker("slow"):
+        return (yield)
+    with _training_refused(getattr(item, "module", None)):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test not marked slow runs under the guard."""
+    if item.get_closest_marker("slow"):
+        return (yield)
+    with _training_refused(getattr(item, "module", None)):
+        return (yield)
 
 
 @pytest.fixture
@@ -151,13 +284,24 @@ def cifar_files() -> SimpleNamespace:
 
 # ------------------------------------------------------------------------------- a trained run (app, export)
 
-@pytest.fixture(scope="session")
+@slow_fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run folder trained once per session: 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100."""
+    """One run folder trained once per session, shared by every pytest-xdist worker (the first trains it under a file
+    lock, the others read it): 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100. Tests read it and
+    never change it (copy it first)."""
+    from filelock import FileLock
+
     from cifarkit.config import TrainConfig
     from cifarkit.train import fit
 
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    fit(TrainConfig(data="synthetic", out=str(out), epochs=1, subset=200, test_subset=100, lr_min=1e-4, lr_max=1e-3,
-                    batch_size=64, plots=False), progress=False)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the controller's base temp: one per session, above each worker's own
+    out, done = shared / "tiny-run" / "run", shared / "tiny-run" / "trained"
+    with FileLock(str(shared / "tiny-run.lock")):
+        if not done.is_file():  # not yet, or a worker failed half-way
+            shutil.rmtree(out, ignore_errors=True)
+            fit(TrainConfig(data="synthetic", out=str(out), epochs=1, subset=200, test_subset=100, lr_min=1e-4,
+                            lr_max=1e-3, batch_size=64, plots=False), progress=False)
+            done.touch()
     return out

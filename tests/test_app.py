@@ -12,6 +12,7 @@ from PIL import Image
 from cifarkit.cli import main
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_import_cifarkit_and_its_cli_loads_no_optional_extra() -> None:
     """`import cifarkit`, `import cifarkit.cli` and building the parser import neither gradio nor onnx(runtime)."""
     code = ("import sys, cifarkit, cifarkit.cli; cifarkit.cli.build_parser(); "

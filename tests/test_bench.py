@@ -12,9 +12,10 @@ import torch
 from cifarkit.bench import format_bench, run_bench
 from cifarkit.flops import count_macs, cpu_peak, matmul_peak
 from cifarkit.models import CustomResNet
+from helpers import slow_fixture
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def small_result() -> dict:
     """One tiny CPU run (batch 8, 1 step, no warm-up, 1 repeat), shared by the tests below (a few seconds)."""
     return run_bench(device="cpu", batch_size=8, steps=1, warmup=0, repeats=1)

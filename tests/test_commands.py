@@ -18,12 +18,14 @@ from PIL import Image
 import cifarkit
 import cifarkit.data.sources
 import cifarkit.train
-from cifarkit.cli import SUMMARY_PRECISION, build_parser, main
+from cifarkit.cli import SUMMARY_PRECISION, build_parser
 from cifarkit.config import TrainConfig
 from cifarkit.data import normalization, resolve_data
 from cifarkit.data.augment import normalize_batch
+from cifarkit.device import choose_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet
+from helpers import run_cli as cli
 
 TINY = ["--device", "cpu", "--no-plots", "--batch-size", "8", "--subset", "8", "--test-subset", "8"]
 
@@ -34,13 +36,6 @@ def _tiny_synthetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (20, 10))
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CIFARKIT_DATA", "synthetic")
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -193,7 +188,8 @@ def test_every_command_accepts_precision_fp16(tmp_path: Path, capsys: pytest.Cap
 def test_header_before_the_range_test_and_eta_after_the_first_epoch(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """The data (source, short fingerprint, image counts), the synthetic note, device and precision are printed
-    before the range test starts; after epoch 1's steps, one line estimates the whole run's time."""
+    before the range test starts, the precision being the one `choose_precision` picks for this CPU; after epoch 1's
+    steps, one line estimates the whole run's time."""
     code, out, err = cli(["train", *TINY, "--epochs", "2", "--lr-find-iters", "10", "--out", str(tmp_path / "r")],
                          capsys)
     assert code == 0, err
@@ -203,7 +199,8 @@ def test_header_before_the_range_test_and_eta_after_the_first_epoch(tmp_path: Pa
     assert first["data: "] < first["NOTE: "] < first["device: "] < first["lr-find: "] < first["2 epochs ≈ "]
     fingerprint = resolve_data("synthetic").fingerprint
     assert f"fingerprint {fingerprint[:12]}; 8 train / 8 test images" in lines[first["data: "]]
-    assert re.fullmatch(r"device: cpu x1 \(.+\), precision fp32", lines[first["device: "]])
+    expected = choose_precision("cpu")  # the policy's choice for this CPU (or the one --cpu-flags stands for)
+    assert re.fullmatch(rf"device: cpu x1 \(.+\), precision {expected}", lines[first["device: "]])
     assert re.fullmatch(r"2 epochs ≈ \d+ (s|min)( \d+ min)? at [\d.]+ s per step on this CPU; .+ to go, plus "
                         r"evaluation", lines[first["2 epochs ≈ "]]), lines[first["2 epochs ≈ "]]
 

@@ -20,13 +20,14 @@ from cifarkit.data.images import read_image
 from cifarkit.cli import main
 from cifarkit.checkpoint import load_model
 from cifarkit.data import CLASSES, normalization
+from helpers import slow_fixture
 
 SNIPPET = Path(__file__).parents[1] / "examples" / "onnx_classify.py"
 # PyTorch deprecates torch.jit; --format torchscript still serves runtimes that load it (LibTorch)
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\..*` is deprecated:DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def onnx_file(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The tiny run exported once as ONNX, checked on 40 test images; the command's stdout."""
     pytest.importorskip("onnxruntime")

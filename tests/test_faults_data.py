@@ -30,6 +30,7 @@ from PIL import Image
 import cifarkit.data.sources
 from cifarkit import cli
 from cifarkit.data import Cifar10
+from helpers import assert_one_error_line, slow_fixture
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
         "--lr-max", "1e-3", "--no-plots"]
@@ -51,15 +52,6 @@ def main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return code, capsys.readouterr().err
 
 
-def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
-    """Exit code 2 and stderr exactly one `error: ...` line holding every fragment, no traceback."""
-    assert code == 2, err
-    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` with its sha256: to prove nothing was written or overwritten."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -72,7 +64,7 @@ def _small_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch run on synthetic data (64/32 images drawn; 8/8 used): config.json and last.pt."""
     run = tmp_path_factory.mktemp("faults-data") / "run"

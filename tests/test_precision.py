@@ -32,6 +32,7 @@ from cifarkit.models import CustomResNet
 from cifarkit.report import write_plots
 from cifarkit.system import cpu_flags
 from cifarkit.train import evaluate, fit
+from helpers import slow_fixture
 
 CPU = torch.device("cpu")
 
@@ -215,7 +216,7 @@ def test_range_test_under_fp16_leaves_skipped_steps_off_the_curve(tiny_data) -> 
     assert np.isfinite(result.losses).all() and 0 < result.lr_min < result.lr_max
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """An fp16 run on the CPU, 2 epochs of one 4-image step, the second step's gradients forced to overflow. Its
     scaler starts at 2^10, low enough that these steps never overflow by themselves. (run folder, stdout)."""

@@ -21,6 +21,7 @@ from cifarkit.errors import CifarkitError
 from cifarkit.models.custom_resnet import CustomResNet
 from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP
 from cifarkit.report.figures import step_losses
+from helpers import slow_fixture
 
 PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
 LR_MIN, LR_MAX = 2.5e-4, 3.2e-2
@@ -58,7 +59,7 @@ def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = Tr
     return config
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder processed by build_report (which runs write_plots and write_report), data patched to be tiny."""
     run = tmp_path_factory.mktemp("runs") / "demo"

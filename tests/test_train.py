@@ -17,6 +17,7 @@ from cifarkit.data import make_synthetic
 from cifarkit.device import grad_scaler
 from cifarkit.errors import CifarkitError
 from cifarkit.train import TrainingInterrupted, fit
+from helpers import slow_fixture
 
 
 def tiny_config(out: Path, **kw) -> TrainConfig:
@@ -34,7 +35,7 @@ def data():
     return make_synthetic(64, 32)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def reference_run(tmp_path_factory, data) -> Path:
     """One uninterrupted 2-epoch run that the other tests compare against."""
     out = tmp_path_factory.mktemp("ref") / "run"
