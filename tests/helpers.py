@@ -56,3 +56,27 @@ def drawn_lines(ax: Any) -> list[tuple[Any, Any]]:
     import numpy as np
 
     return [(np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)) for line in ax.lines]
+
+
+def predictions_by_hand(run: Any, images: Any) -> Any:
+    """The classes a run's model.pt gives `images` (uint8 N x 32 x 32 x 3), by a forward pass written here rather
+    than the product's: the weights in a fresh CustomResNet in eval mode, each pixel (x / 255 - mean) / std with the
+    run's normalisation, autocast in the run's precision (auto: what `choose_precision` picks for this CPU), argmax."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from cifarkit.data import normalization
+    from cifarkit.device import choose_precision
+    from cifarkit.models import CustomResNet
+
+    config = json.loads((run / "config.json").read_text())
+    model = CustomResNet()
+    model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    mean, std = (np.asarray(v, dtype=np.float32) for v in normalization(config["std"]))
+    x = torch.from_numpy(((np.asarray(images, dtype=np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
+    precision = choose_precision("cpu") if config["precision"] == "auto" else config["precision"]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        return model.eval()(x).float().argmax(1).numpy()
