@@ -80,3 +80,20 @@ def predictions_by_hand(run: Any, images: Any) -> Any:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         return model.eval()(x).float().argmax(1).numpy()
+
+
+def untrained_run(folder: Any, seed: int = 0) -> Any:
+    """A run folder without training: model.pt holds a seeded, untrained CustomResNet and config.json records
+    `--data synthetic`. For tests whose promise is about arguments, refusals or files, not the network's numbers."""
+    import torch
+
+    from cifarkit.config import TrainConfig
+    from cifarkit.data import resolve_data
+    from cifarkit.models import CustomResNet
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    torch.save(CustomResNet().state_dict(), folder / "model.pt")
+    TrainConfig(data="synthetic", data_fingerprint=resolve_data("synthetic").fingerprint, out=str(folder),
+                test_subset=4).save(folder / "config.json")
+    return folder

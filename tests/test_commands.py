@@ -25,7 +25,7 @@ from cifarkit.data.augment import normalize_batch
 from cifarkit.device import choose_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet
-from helpers import run_cli as cli
+from helpers import run_cli as cli, untrained_run
 
 TINY = ["--device", "cpu", "--no-plots", "--batch-size", "8", "--subset", "8", "--test-subset", "8"]
 
@@ -41,16 +41,6 @@ def _tiny_synthetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def subcommands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-
-
-def fake_run(folder: Path, seed: int = 0) -> Path:
-    """A run folder with untrained weights (seeded) whose config records `--data synthetic` (20/10 images)."""
-    folder.mkdir(parents=True)
-    torch.manual_seed(seed)
-    torch.save(CustomResNet().state_dict(), folder / "model.pt")
-    TrainConfig(data="synthetic", data_fingerprint=resolve_data("synthetic").fingerprint, out=str(folder),
-                test_subset=4).save(folder / "config.json")
-    return folder
 
 
 def test_version_and_help_for_every_argument(capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,7 +82,7 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
         if acc != acc_tta:
             break
     assert acc != acc_tta
-    run = fake_run(tmp_path / "run", seed)
+    run = untrained_run(tmp_path / "run", seed)
     code, out, err = cli(["evaluate", "--checkpoint", str(run), "--tta", "--device", "cpu"], capsys)
     assert code == 0, err
     values = dict(pair.split("=") for pair in out.split())
@@ -114,7 +104,7 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
 def test_evaluate_report_prints_the_classification_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """evaluate --report prints, after the metrics, precision/recall/F1 for every class with the macro average, and
     the most-confused pairs; its recall column is the per-class accuracy of the same predictions."""
-    run = fake_run(tmp_path / "run", 3)
+    run = untrained_run(tmp_path / "run", 3)
     code, out, err = cli(["evaluate", "--checkpoint", str(run), "--report", "--device", "cpu"], capsys)
     assert code == 0, err
     first, *table = out.splitlines()
@@ -135,7 +125,7 @@ def test_evaluate_report_prints_the_classification_report(tmp_path: Path, capsys
 def test_predict_top_k_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """predict --top-k 3 prints, per image, three classes with falling probabilities; --json gives the same as
     machine-readable data; a run folder and its model.pt give the same answer."""
-    run = fake_run(tmp_path / "run")
+    run = untrained_run(tmp_path / "run")
     images = []
     for i, size in enumerate(((32, 32), (64, 48))):
         images.append(str(tmp_path / f"img{i}.png"))
