@@ -53,6 +53,13 @@ def test_cpu_choice_follows_the_bf16_flags(flags: str, expected: str) -> None:
     assert choose_precision("cpu", cpu_flags=cpu_flags(f"processor : 0\nflags : {flags}\n")) == expected
 
 
+def test_the_cpu_policy_of_this_session(cpu_policy: frozenset[str] | None) -> None:
+    """`choose_precision("cpu")` reads the flags this session runs under: the machine's, or the set --cpu-flags names
+    (an AVX2-only CPU trains in fp32, one with AVX512-BF16 in bf16)."""
+    flags = cpu_flags() if cpu_policy is None else cpu_policy
+    assert choose_precision("cpu") == ("bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "fp32")
+
+
 def test_mps_and_other_devices_train_in_fp32() -> None:
     """MPS (and any device the table does not name) gets fp32, whatever flags or capability are passed."""
     assert choose_precision("mps") == "fp32"
