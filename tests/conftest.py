@@ -30,10 +30,11 @@ from helpers import SLOW_ATTRIBUTE, slow_fixture
 # OMP_NUM_THREADS cannot take effect once torch is imported, so limit torch's own pool instead.
 torch.set_num_threads(1)
 
-# Checkpoints are fsync'd: on tmpfs that costs nothing. Set before pytest first asks for its base temp; an explicit
-# $PYTEST_DEBUG_TEMPROOT or --basetemp wins.
-if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", "/dev/shm")
+# Checkpoints are fsync'd: on tmpfs that costs nothing. /dev/shm when it is there with room for the runs (a container's
+# is often 64 MB), set before pytest first asks for its base temp; $PYTEST_DEBUG_TEMPROOT or --basetemp wins.
+TMPFS, TMPFS_NEEDED = "/dev/shm", 4 << 30
+if os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK) and shutil.disk_usage(TMPFS).free >= TMPFS_NEEDED:
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", TMPFS)
 
 # --cpu-flags: the flags `device.read_cpu_flags` returns in this test process (and its forks): the precision policy of
 # a CPU with only AVX2, or of one with AVX512-BF16, whatever CPU runs the tests. A CLI started as a new interpreter
