@@ -18,8 +18,8 @@ from training_guard import NETWORK_PARAMETERS, TRAINING_ENTRY_POINTS, UnmarkedTe
 
 def test_a_test_not_marked_slow_cannot_train_or_start_python() -> None:
     """Here (not marked slow) an optimizer step over the network, train_step and the range test's find_lr given the
-    network, the bench (which builds its own) and a Python interpreter started by the test each raise
-    UnmarkedTestTrains before any work; a toy model's step, below the threshold, runs."""
+    network, the bench (which builds its own) and a Python interpreter started by the test, directly or through a
+    library, each raise UnmarkedTestTrains before any work; a toy model's step, below the threshold, runs."""
     assert TRAINING_ENTRY_POINTS == ("cifarkit.train.train_step", "cifarkit.lr_finder.find_lr",
                                      "cifarkit.bench.run_bench")
     model = CustomResNet()
@@ -42,6 +42,9 @@ def test_a_test_not_marked_slow_cannot_train_or_start_python() -> None:
     assert sum(p.numel() for p in toy.parameters()) < NETWORK_PARAMETERS
     toy(torch.ones(1, 4)).sum().backward()
     torch.optim.SGD(toy.parameters(), lr=0.1).step()
+    launcher = pytest.importorskip("jupyter_client.launcher", reason="jupyter_client comes with the dev extra")
+    with pytest.raises(UnmarkedTestTrains, match="started"):  # through a library: how nbclient starts a kernel
+        launcher.launch_kernel([sys.executable, "-c", "pass"])
 
 
 @pytest.mark.slow

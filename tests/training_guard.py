@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+import cifarkit
+
 # Where training goes through: in a test not marked slow, a call of one of these with a network (a module of more than
 # NETWORK_PARAMETERS parameters, or none passed: it builds its own) raises UnmarkedTestTrains, as does any optimizer
 # step over a network and a Python interpreter started by the test, so `-m "not slow"` provably trains nothing.
@@ -21,6 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 TRAINING_ENTRY_POINTS = ("cifarkit.train.train_step", "cifarkit.lr_finder.find_lr", "cifarkit.bench.run_bench")
 NETWORK_PARAMETERS = 10_000  # the network has 6.57M; a test's toy model (a Linear layer, a tiny conv) far fewer
 TESTS = Path(__file__).resolve().parent
+PRODUCT = Path(cifarkit.__file__).resolve().parent
 
 
 class UnmarkedTestTrains(RuntimeError):
@@ -48,16 +51,20 @@ def _guarded(target: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _NoPythonFromTests(subprocess.Popen):  # type: ignore[type-arg]
-    """Popen that refuses a Python interpreter started by test code (the product's own helper processes pass)."""
+    """Popen that refuses a Python interpreter started on a test's behalf: by test code directly or through a library
+    (a notebook kernel from nbclient, torchrun from subprocess); the product's own helper processes pass."""
 
     def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
         program = args[0] if isinstance(args, (list, tuple)) and args else args
         if isinstance(program, (str, Path)) and (Path(program).name.startswith("python") or program == sys.executable):
             frame = sys._getframe(1)
-            while frame and frame.f_code.co_filename in (subprocess.__file__, __file__):
+            while frame:  # the nearest caller that is the product's or a test's decides
+                path = Path(frame.f_code.co_filename).resolve()
+                if path.is_relative_to(PRODUCT):
+                    break
+                if path.is_relative_to(TESTS) and path != Path(__file__).resolve():
+                    _refuse(f"started {program}")
                 frame = frame.f_back
-            if frame and Path(frame.f_code.co_filename).resolve().is_relative_to(TESTS):
-                _refuse(f"started {program}")
         super().__init__(args, *rest, **kwargs)
 
 
