@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,22 +51,26 @@ def _guarded(target: str, function: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-class _NoPythonFromTests(subprocess.Popen):  # type: ignore[type-arg]
-    """Popen that refuses a Python interpreter started on a test's behalf: by test code directly or through a library
-    (a notebook kernel from nbclient, torchrun from subprocess); the product's own helper processes pass."""
+def _no_python_from_tests(execute_child: Callable[..., Any]) -> Callable[..., Any]:
+    """Popen's process start, refusing a Python interpreter started on a test's behalf: by test code directly or
+    through a library (a notebook kernel from jupyter_client, torchrun from subprocess), however the library imported
+    Popen; the product's own helper processes pass."""
 
-    def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+    def start(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> Any:  # type: ignore[type-arg]
         program = args[0] if isinstance(args, (list, tuple)) and args else args
-        if isinstance(program, (str, Path)) and (Path(program).name.startswith("python") or program == sys.executable):
+        if isinstance(program, (str, bytes, Path)) and (Path(os.fsdecode(program)).name.startswith("python")
+                                                        or program == sys.executable):
             frame = sys._getframe(1)
             while frame:  # the nearest caller that is the product's or a test's decides
                 path = Path(frame.f_code.co_filename).resolve()
                 if path.is_relative_to(PRODUCT):
                     break
                 if path.is_relative_to(TESTS) and path != Path(__file__).resolve():
-                    _refuse(f"started {program}")
+                    _refuse(f"started {os.fsdecode(program)}")
                 frame = frame.f_back
-        super().__init__(args, *rest, **kwargs)
+        return execute_child(self, args, *rest, **kwargs)
+
+    return start
 
 
 @contextlib.contextmanager
@@ -80,7 +85,7 @@ def training_refused(test_module: object) -> Iterator[None]:
                 for name, value in list(vars(module).items()):
                     if value is original:
                         mp.setattr(module, name, _guarded(target, original))
-        mp.setattr(subprocess, "Popen", _NoPythonFromTests)
+        mp.setattr(subprocess.Popen, "_execute_child", _no_python_from_tests(subprocess.Popen._execute_child))
 
         def step_hook(optimizer: torch.optim.Optimizer, *_: object) -> None:
             n = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
