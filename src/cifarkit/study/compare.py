@@ -1,0 +1,136 @@
+"""`cifarkit compare`: runs grouped by config (everything but the seed), the statistics of each group's final test
+accuracy, and Welch's t-test of each group against a baseline. The statistics come from scipy.
+
+For a group of n runs: the mean, the sample standard deviation (n - 1 in the denominator), the 95% t-interval of the
+mean (mean +- t(0.975, n - 1) * std / sqrt(n)), min and max; the median epoch of the best test accuracy and the mean
+train time. With a baseline: Welch's two-sided p-value (scipy.stats.ttest_ind, equal_var=False), which does not
+assume equal spreads. A group of one run has no spread, interval or p-value.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifarkit.atomic import atomic_write
+from cifarkit.errors import CifarkitError
+from cifarkit.study.runs import RunRow, collect, write_runs_csv
+
+COLUMNS = ("config", "n", "mean", "std", "ci_low", "ci_high", "min", "max", "best_epoch", "train_seconds", "p_value")
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Group:
+    """The statistics of one config's runs (accuracies in %)."""
+
+    config: str
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    min: float
+    max: float
+    best_epoch: float
+    train_seconds: float
+    p_value: float = math.nan
+
+
+def group_stats(config: str, finals: list[float], best_epochs: list[int] | None = None,
+                train_seconds: list[float] | None = None) -> Group:
+    from scipy import stats
+
+    n = len(finals)
+    mean = statistics.fmean(finals)
+    std = statistics.stdev(finals) if n > 1 else math.nan
+    low, high = (stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n)) if n > 1 and std > 0
+                 else (mean, mean) if n > 1 else (math.nan, math.nan))
+    return Group(config, n, mean, std, float(low), float(high), min(finals), max(finals),
+                 statistics.median(best_epochs) if best_epochs else math.nan,
+                 statistics.fmean(train_seconds) if train_seconds else math.nan)
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided p-value for equal means of a and b; NaN when either has fewer than two runs."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def compare(rows: list[RunRow], baseline: str | None = None) -> list[Group]:
+    """One Group per config, in the order the configs first appear; p-values against `baseline` when given."""
+    by_config: dict[str, list[RunRow]] = {}
+    for r in rows:
+        by_config.setdefault(r.config, []).append(r)
+    if baseline is not None and baseline not in by_config:
+        raise CifarkitError(f"--baseline {baseline!r} is none of the configs: {', '.join(map(repr, by_config))}")
+    groups = []
+    for config, runs in by_config.items():
+        g = group_stats(config, [r.final for r in runs], [r.best_epoch for r in runs if r.best_epoch is not None],
+                        [r.train_seconds for r in runs if r.train_seconds is not None])
+        if baseline is not None and config != baseline:
+            g.p_value = welch_p([r.final for r in runs], [r.final for r in by_config[baseline]])
+        groups.append(g)
+    return groups
+
+
+def _fmt(value: float | int, digits: int = 2) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def table_rows(groups: list[Group]) -> list[list[str]]:
+    """compare.csv's rows as text: accuracies with 2 decimals, p with 3 significant digits."""
+    return [[g.config, str(g.n), _fmt(g.mean), _fmt(g.std), _fmt(g.ci_low), _fmt(g.ci_high), _fmt(g.min), _fmt(g.max),
+             _fmt(g.best_epoch, 1), _fmt(g.train_seconds, 1), "" if math.isnan(g.p_value) else f"{g.p_value:.3g}"]
+            for g in groups]
+
+
+def format_table(groups: list[Group], baseline: str | None) -> str:
+    """The table as aligned text for the terminal."""
+    header = list(COLUMNS if baseline is not None else COLUMNS[:-1])
+    body = [row[:len(header)] for row in table_rows(groups)]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [header, *body]]
+    return "\n".join(lines)
+
+
+def write_csv(groups: list[Group], path: Path) -> None:
+    with atomic_write(path, text=True) as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(COLUMNS)
+        w.writerows(table_rows(groups))
+
+
+def compare_command(paths: list[Path], *, out: Path | None, baseline: str | None, plots: bool = True) -> str:
+    """Read the runs, write OUT/compare.csv, OUT/runs.csv, OUT/compare.png and OUT/compare.md; return the table.
+
+    OUT is --out, else the sweep folder given (the folder of the runs when all are in one)."""
+    rows, notes = collect(paths)
+    groups = compare(rows, baseline)
+    if out is None:
+        parents = {p if p.is_dir() and not (p / "config.json").is_file() else p.parent for p in paths}
+        if len(parents) != 1:
+            raise CifarkitError("the runs come from several folders: say where to write with --out")
+        out = parents.pop()
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(groups, out / "compare.csv")
+    write_runs_csv(rows, out / "runs.csv")
+    if plots:
+        from cifarkit.study.figures import write_compare_md, write_compare_png
+
+        write_compare_png(rows, groups, out / "compare.png")
+        write_compare_md(groups, baseline, out / "compare.md", notes, image="compare.png")
+    for note in notes:
+        print(note, file=sys.stderr)
+    written = "compare.csv, runs.csv" + (", compare.png, compare.md" if plots else "")
+    return format_table(groups, baseline) + f"\n\nfinal test accuracy in %, 95% t-interval; wrote {written} in {out}"
