@@ -65,14 +65,17 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
 
 def compare(rows: list[RunRow], baseline: str | None = None) -> list[Group]:
-    """One Group per config, in the order the configs first appear; p-values against `baseline` when given."""
+    """One Group per config: the baseline first, then the others in the order they first appear; p-values against
+    `baseline` when given."""
     by_config: dict[str, list[RunRow]] = {}
     for r in rows:
         by_config.setdefault(r.config, []).append(r)
     if baseline is not None and baseline not in by_config:
         raise CifarkitError(f"--baseline {baseline!r} is none of the configs: {', '.join(map(repr, by_config))}")
     groups = []
-    for config, runs in by_config.items():
+    order = [baseline] * (baseline is not None) + [c for c in by_config if c != baseline]
+    for config in order:
+        runs = by_config[config]
         g = group_stats(config, [r.final for r in runs], [r.best_epoch for r in runs if r.best_epoch is not None],
                         [r.train_seconds for r in runs if r.train_seconds is not None])
         if baseline is not None and config != baseline:

@@ -38,7 +38,8 @@ def _retry() -> Callable[[optuna.Study, FrozenTrial], None]:
     from optuna import storages
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # the old name's deprecation
+        warnings.simplefilter("ignore", ExperimentalWarning)
         cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
         return cls(max_retry=None)
 

@@ -46,7 +46,7 @@ def compare_figure(rows: list[RunRow], groups: list[Group]) -> Figure:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title("test accuracy per epoch: mean over seeds, band from min to max", fontsize=10)
+        ax.set_title("test accuracy per epoch:\nmean over runs, band from min to max", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax = axes[1]
@@ -61,7 +61,7 @@ def compare_figure(rows: list[RunRow], groups: list[Group]) -> Figure:
     ax.set_yticks(range(len(order)), [f"{g.config}  (n={g.n})" for g in order], fontsize=8)
     ax.set_ylim(-0.7, len(order) - 0.3)
     ax.set_xlabel("final test accuracy (%)")
-    ax.set_title("final test accuracy: one point per run; mean (tick) and its 95% t-interval (bar)", fontsize=10)
+    ax.set_title("final test accuracy per run;\nmean (tick), 95% t-interval (bar)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return fig
 

@@ -66,7 +66,8 @@ class Sweep:
         engine.hand_out_dead(self.storage, self.study)
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
-        mode = f"{total} trials ({len(self.plan.seeds)} seeds)" if not self.plan.search else f"{total} search trials"
+        seeds = len(self.plan.seeds)
+        mode = f"{total} search trials" if self.plan.search else f"{total} trials ({seeds} seed{'s' * (seeds > 1)} each)"
         tqdm.write(f"sweep {self.out}: {mode}, {done} already finished; {self.workers} at once "
                    f"({len(self.slices[0])} CPU thread{'s' * (len(self.slices[0]) > 1)} each); study "
                    f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
