@@ -16,7 +16,8 @@ from cifarkit.config import TrainConfig
 
 stats = pytest.importorskip("scipy.stats", reason="cifarkit[sweep] is not installed")
 
-from cifarkit.study.compare import compare, group_stats, welch_p  # noqa: E402
+from cifarkit.study.compare import compare  # noqa: E402
+from cifarkit.study.stats import group_stats, welch_p  # noqa: E402
 from cifarkit.study.runs import RunRow, collect  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -26,7 +27,8 @@ def fake_run(folder: Path, *, final: float, curve: list[float], found_lrs: bool 
     """A finished run folder as `cifarkit train` leaves it (config, metrics, history, weights), without training:
     accuracies as fractions."""
     folder.mkdir(parents=True)
-    config = TrainConfig(out=str(folder), epochs=len(curve), lr_min=1e-5, lr_max=1e-3, **fields)  # type: ignore[arg-type]
+    config = TrainConfig(out=str(folder), epochs=len(curve), lr_min=1e-5, lr_max=1e-3,
+                         **fields)  # type: ignore[arg-type]
     (folder / "config.json").write_text(json.dumps(config.to_dict() | {"data_fingerprint": "ab" * 32}))
     (folder / "metrics.json").write_text(json.dumps({
         "final_test_accuracy": final, "best_test_accuracy": max(curve), "epochs_completed": len(curve),

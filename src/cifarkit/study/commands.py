@@ -32,8 +32,8 @@ min, max, best_epoch, train_seconds, p_value), runs.csv (one row per run), compa
 def add_study_parsers(sub: Any) -> None:
     p = sub.add_parser("sweep", help="train many runs (seeds, a grid, an Optuna search), resumable, several at once",
                        description=SWEEP_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", dest="sweep_out", type=Path, required=True, metavar="SWEEP", help="the sweep's folder; its name is the "
-                   "study's name")
+    p.add_argument("--out", dest="sweep_out", type=Path, required=True, metavar="SWEEP",
+                   help="the sweep's folder; its name is the study's name")
     p.add_argument("--seeds", default=None, help="seeds of every config: 0,1,2 or 0-9 (default: 0)")
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a field's values (any training field, e.g. label_smoothing=0,0.1); repeat for the cross "
@@ -44,8 +44,8 @@ def add_study_parsers(sub: Any) -> None:
     p.add_argument("--trials", type=count(1), default=None, metavar="N", help="trials of a --search")
     p.add_argument("--workers", dest="sweep_workers", type=count(1), default=1, metavar="N",
                    help="runs at once on this machine, the CPUs split between them (default: 1)")
-    p.add_argument("--storage", default=None, metavar="URL", help="database URL of the study, shared by several machines "
-                   "(default: sqlite in SWEEP)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="database URL of the study, shared by several machines (default: sqlite in SWEEP)")
     add_config_flags(p, [n for n in _train_fields() if n not in ("out", "seed", "workers")])
     p.add_argument("--loader-workers", dest="workers", type=count(0), default=argparse.SUPPRESS, metavar="N",
                    help="DataLoader workers of each run (train's --workers); default: fitted to the run's CPUs")

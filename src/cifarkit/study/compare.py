@@ -1,11 +1,5 @@
-"""`cifarkit compare`: runs grouped by config (everything but the seed), the statistics of each group's final test
-accuracy, and Welch's t-test of each group against a baseline. The statistics come from scipy.
-
-For a group of n runs: the mean, the sample standard deviation (n - 1 in the denominator), the 95% t-interval of the
-mean (mean +- t(0.975, n - 1) * std / sqrt(n)), min and max; the median epoch of the best test accuracy and the mean
-train time. With a baseline: Welch's two-sided p-value (scipy.stats.ttest_ind, equal_var=False), which does not
-assume equal spreads. A group of one run has no spread, interval or p-value.
-"""
+"""`cifarkit compare`: runs grouped by config (everything but the seed), each group's statistics (study.stats), a
+p-value against a baseline, and the files: compare.csv, runs.csv, compare.png, compare.md."""
 
 from __future__ import annotations
 
@@ -13,55 +7,14 @@ import csv
 import math
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from cifarkit.atomic import atomic_write
 from cifarkit.errors import CifarkitError
 from cifarkit.study.runs import RunRow, collect, write_runs_csv
+from cifarkit.study.stats import Group, group_stats, welch_p
 
 COLUMNS = ("config", "n", "mean", "std", "ci_low", "ci_high", "min", "max", "best_epoch", "train_seconds", "p_value")
-CONFIDENCE = 0.95
-
-
-@dataclass
-class Group:
-    """The statistics of one config's runs (accuracies in %)."""
-
-    config: str
-    n: int
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    min: float
-    max: float
-    best_epoch: float
-    train_seconds: float
-    p_value: float = math.nan
-
-
-def group_stats(config: str, finals: list[float], best_epochs: list[int] | None = None,
-                train_seconds: list[float] | None = None) -> Group:
-    from scipy import stats
-
-    n = len(finals)
-    mean = statistics.fmean(finals)
-    std = statistics.stdev(finals) if n > 1 else math.nan
-    low, high = (stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n)) if n > 1 and std > 0
-                 else (mean, mean) if n > 1 else (math.nan, math.nan))
-    return Group(config, n, mean, std, float(low), float(high), min(finals), max(finals),
-                 statistics.median(best_epochs) if best_epochs else math.nan,
-                 statistics.fmean(train_seconds) if train_seconds else math.nan)
-
-
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Welch's two-sided p-value for equal means of a and b; NaN when either has fewer than two runs."""
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def compare(rows: list[RunRow], baseline: str | None = None) -> list[Group]:
@@ -131,8 +84,10 @@ def compare_command(paths: list[Path], *, out: Path | None, baseline: str | None
     if plots:
         from cifarkit.study.figures import write_compare_md, write_compare_png
 
+        header = list(COLUMNS if baseline is not None else COLUMNS[:-1])
         write_compare_png(rows, groups, out / "compare.png")
-        write_compare_md(groups, baseline, out / "compare.md", notes, image="compare.png")
+        write_compare_md(header, [r[:len(header)] for r in table_rows(groups)], baseline, out / "compare.md", notes,
+                         image="compare.png", curves=any(r.curve for r in rows))
     for note in notes:
         print(note, file=sys.stderr)
     written = "compare.csv, runs.csv" + (", compare.png, compare.md" if plots else "")

@@ -17,8 +17,8 @@ from matplotlib.ticker import MaxNLocator
 from cifarkit.atomic import write_text
 from cifarkit.report.plots import save_figure
 from cifarkit.report.render import to_markdown
-from cifarkit.study.compare import COLUMNS, Group, table_rows
 from cifarkit.study.runs import RunRow
+from cifarkit.study.stats import Group
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
            "tab:cyan", "tab:gray")
@@ -70,20 +70,21 @@ def write_compare_png(rows: list[RunRow], groups: list[Group], path: Path) -> Pa
     return save_figure(compare_figure(rows, groups), path)
 
 
-def write_compare_md(groups: list[Group], baseline: str | None, path: Path, notes: list[str], *,
-                     image: str) -> Path:
-    header = list(COLUMNS if baseline is not None else COLUMNS[:-1])
-    n_runs = sum(g.n for g in groups)
+def write_compare_md(header: list[str], rows: list[list[str]], baseline: str | None, path: Path, notes: list[str], *,
+                     image: str, curves: bool) -> Path:
+    """compare.md: what the columns mean, compare.csv's table, the figure, and the runs left out."""
+    n_runs = sum(int(r[header.index("n")]) for r in rows)
+    caption = ("Left: test accuracy per epoch (mean over runs, band from min to max). Right: " if curves else "") + \
+        "final test accuracy of every run, with each config's mean and 95% t-interval."
     blocks = [("h1", "Comparison of runs"),
-              ("p", f"{n_runs} runs in {len(groups)} configs. Final test accuracy in %: n runs, their mean and sample "
+              ("p", f"{n_runs} runs in {len(rows)} configs. Final test accuracy in %: n runs, their mean and sample "
                     "standard deviation, the 95% t-interval of the mean (`ci_low`, `ci_high`), min and max; "
                     "`best_epoch` is the median epoch of the best test accuracy, `train_seconds` the mean training "
                     "time. A config of one run has no spread or interval."
                     + (f" `p_value`: Welch's t-test of each config's final accuracies against `{baseline}` "
                        "(two-sided, unequal variances)." if baseline is not None else "")),
-              ("table", header, [row[:len(header)] for row in table_rows(groups)]),
-              ("img", image, "accuracy by config", "Left: test accuracy per epoch (mean over runs, band from min to "
-               "max). Right: final test accuracy of every run, with each config's mean and 95% t-interval.")]
+              ("table", header, rows),
+              ("img", image, "accuracy by config", caption)]
     if notes:
         blocks.append(("p", "Left out: " + "; ".join(notes)))
     write_text(path, to_markdown(blocks))

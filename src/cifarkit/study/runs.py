@@ -120,7 +120,8 @@ def read_runs_csv(path: Path) -> list[RunRow]:
                 try:
                     rows.append(RunRow(run=r["run"], config=r["config"], seed=_number(r["seed"], int),
                                        final=float(r["final"]), best=_number(r.get("best")),
-                                       best_epoch=_number(r.get("best_epoch"), int), epochs=_number(r.get("epochs"), int),
+                                       best_epoch=_number(r.get("best_epoch"), int),
+                                       epochs=_number(r.get("epochs"), int),
                                        train_seconds=_number(r.get("train_seconds")),
                                        extra={k: v for k, v in r.items() if k not in CORE_COLUMNS}))
                 except (TypeError, ValueError) as e:

@@ -67,7 +67,8 @@ class Sweep:
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
         seeds = len(self.plan.seeds)
-        mode = f"{total} search trials" if self.plan.search else f"{total} trials ({seeds} seed{'s' * (seeds > 1)} each)"
+        each = f"{seeds} seed{'s' * (seeds > 1)} each"
+        mode = f"{total} search trials" if self.plan.search else f"{total} trials ({each})"
         tqdm.write(f"sweep {self.out}: {mode}, {done} already finished; {self.workers} at once "
                    f"({len(self.slices[0])} CPU thread{'s' * (len(self.slices[0]) > 1)} each); study "
                    f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
