@@ -159,7 +159,7 @@ def test_search_prunes_a_trial_with_a_huge_lr(tmp_path: Path, data: Path, capsys
     """A search whose first trial (LRMAX 1e-3, enqueued as Optuna users seed a search) trains well and whose second
     has LRMAX 5: the median pruner stops the second at an epoch end, before its last epoch, and records it pruned."""
     out = tmp_path / "lr"
-    args = [*tiny(data, "--lr-min", "1e-4", "--subset", "256", epochs=4), "--search", "lr_max=1e-4:5:log",
+    args = [*tiny(data, "--lr-min", "1e-4", "--subset", "256", epochs=4), "--search", "lr_max=1e-3:5:log",
             "--trials", "2"]
     out.mkdir()
     parsed = cli.build_parser().parse_args(["sweep", "--out", str(out), *args])

@@ -64,10 +64,19 @@ def open_storage(url: str) -> RDBStorage:
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # several sweep processes on one sqlite file wait in turn
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=_retry())
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                      grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry())
+            except Exception as e:  # noqa: BLE001 - narrowed below
+                # Two processes that start on a new database both create Optuna's tables; one loses with an
+                # IntegrityError, and finds the tables there when it tries again.
+                if type(e).__name__ != "IntegrityError" or attempt == 2:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
     except ModuleNotFoundError as e:
         raise CifarkitError(f"--storage {shown_url(url)}: its database driver is not installed ({e.name}); for "
                             "PostgreSQL: pip install 'psycopg[binary]'") from e
