@@ -261,6 +261,22 @@ def test_bad_input_is_one_error_line_before_any_run(tmp_path: Path, data: Path, 
     assert not out.exists()
 
 
+def test_another_plan_on_an_existing_study_is_refused(tmp_path: Path, data: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The same --out with another --grid: one error line naming --grid, exit 2, and the study keeps its trials."""
+    out = tmp_path / "ls"
+    out.mkdir()
+    parsed = cli.build_parser().parse_args(["sweep", "--out", str(out), *tiny(data)])
+    plan = make_plan(cli.given_config(parsed), seeds="0", grid=["label_smoothing=0,0.1"], search=[], trials=None)
+    engine.open_study(engine.open_storage(engine.default_storage(out)), out.name, plan, 0)
+    code, stdout, err = sweep(capsys, out, *tiny(data), "--grid", "label_smoothing=0,0.2", "--seeds", "0")
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == (f"error: study 'ls' was made by a sweep with other --grid: rerun it with "
+                                            "the same flags, or give another --out")
+    assert sorted(t.user_attrs["run"] for t in trials_of(out)) == ["label_smoothing=0-seed0",
+                                                                   "label_smoothing=0.1-seed0"]
+
+
 def test_train_loads_neither_optuna_nor_scipy() -> None:
     """`cifarkit train`'s modules (and the CLI, with sweep and compare among its commands) import without optuna or
     scipy: those load only when sweep or compare runs."""

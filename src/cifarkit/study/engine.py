@@ -108,7 +108,8 @@ def open_study(storage: RDBStorage, name: str, plan: Plan, sampler_seed: int) ->
         time.sleep(0.5)
     theirs = study.user_attrs.get("plan")
     if theirs is not None and theirs != signature:
-        diff = sorted(k for k in signature if signature[k] != theirs.get(k))
+        names = {"base": "train flags", "seeds": "--seeds", "grid": "--grid", "search": "--search", "trials": "--trials"}
+        diff = [names[k] for k in names if signature.get(k) != theirs.get(k)]
         raise CifarkitError(f"study {name!r} was made by a sweep with other {', '.join(diff)}: rerun it with the same "
                             "flags, or give another --out")
     if "ready" not in study.user_attrs:  # its creator died while enqueueing: finish its work
