@@ -52,21 +52,24 @@ def _guarded(target: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _no_python_from_tests(execute_child: Callable[..., Any]) -> Callable[..., Any]:
-    """Popen's process start, refusing a Python interpreter started on a test's behalf: by test code directly or
-    through a library (a notebook kernel from jupyter_client, torchrun from subprocess), however the library imported
-    Popen; the product's own helper processes pass."""
+    """Popen's process start, refusing a Python interpreter started on a test's behalf (by test code, directly or
+    through a library: a notebook kernel from jupyter_client, torchrun from subprocess, however the library imported
+    Popen) and one the product starts that runs the product or torch (`-m cifarkit...`: a training worker). The
+    product's other helpers (an isolated image decoder) pass."""
 
     def start(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> Any:  # type: ignore[type-arg]
-        program = args[0] if isinstance(args, (list, tuple)) and args else args
-        if isinstance(program, (str, bytes, Path)) and (Path(os.fsdecode(program)).name.startswith("python")
-                                                        or program == sys.executable):
+        argv = [os.fsdecode(a) for a in args] if isinstance(args, (list, tuple)) else [os.fsdecode(args)]
+        if argv and (Path(argv[0]).name.startswith("python") or argv[0] == sys.executable):
+            module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
             frame = sys._getframe(1)
             while frame:  # the nearest caller that is the product's or a test's decides
                 path = Path(frame.f_code.co_filename).resolve()
                 if path.is_relative_to(PRODUCT):
+                    if module.split(".")[0] in ("cifarkit", "torch"):
+                        _refuse(f"the product started {argv[0]} -m {module}")
                     break
                 if path.is_relative_to(TESTS) and path != Path(__file__).resolve():
-                    _refuse(f"started {os.fsdecode(program)}")
+                    _refuse(f"started {argv[0]}")
                 frame = frame.f_back
         return execute_child(self, args, *rest, **kwargs)
 
