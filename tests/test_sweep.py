@@ -30,6 +30,7 @@ optuna = pytest.importorskip("optuna", reason="cifarkit[sweep] is not installed"
 from cifarkit.checkpoint import safe_torch_load  # noqa: E402
 from cifarkit.study import engine  # noqa: E402
 from cifarkit.study.plan import make_plan  # noqa: E402
+from helpers import slow_fixture  # noqa: E402
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def postgres_bin() -> Path | None:
     return found[-1].parent if found else Path(path).parent if path else None
 
 
-@pytest.fixture
+@slow_fixture
 def postgres() -> Iterator[str]:
     """A PostgreSQL server of its own on 127.0.0.1 (initdb in a temporary folder), stopped at the end; its URL."""
     pytest.importorskip("psycopg", reason="psycopg is not installed")
