@@ -1,4 +1,5 @@
-"""`cifarkit` command line: summary, lr-find, train, evaluate, predict, report, bench, app, export, cache.
+"""`cifarkit` command line: summary, lr-find, train, evaluate, predict, report, bench, app, export, cache, sweep,
+compare.
 
 `train` and `lr-find` flags map one to one onto TrainConfig fields (--lr-max is TrainConfig.lr_max). Every number is
 checked before any work starts. Errors a user can cause print one `error: ...` line on stderr and exit 2, with no
@@ -22,6 +23,7 @@ from cifarkit.console import route_logging, say
 from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
 from cifarkit.flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
                              check_address, count, given_config)
+from cifarkit.study.commands import STUDY_COMMANDS, add_study_parsers
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cifarkit", description=__doc__.splitlines()[0])
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p, "the benchmark")
     add_app_export_parsers(sub)
     add_cache_parser(sub)
+    add_study_parsers(sub)
     return parser
 
 
@@ -262,7 +265,7 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 COMMANDS = {"summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "report": cmd_report, "bench": cmd_bench, "app": cmd_app, "export": cmd_export,
-            "cache": cmd_cache}
+            "cache": cmd_cache, **STUDY_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,278 @@
+"""`cifarkit sweep`: a plan's trials run by `workers` child processes, resumable, in a study others may share.
+
+Each trial is an ordinary run folder, SWEEP/<config>-seed<seed> (a search's: SWEEP/trial<n>-<config>-seed<seed>).
+A finished run folder is never trained again; a run folder with a checkpoint is resumed as `train --resume`; the
+range test runs once per recipe, in SWEEP/lr-find/<config>, and its LRs serve every seed of that recipe. A search
+reports each epoch's test accuracy to Optuna and stops (SIGTERM: a checkpoint, then exit) a trial that the median
+pruner prunes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from cifarkit.config import TrainConfig
+from cifarkit.data import resolve_data
+from cifarkit.errors import CifarkitError
+from cifarkit.run import CHECKPOINT, CONFIG
+from cifarkit.study import engine
+from cifarkit.study.plan import Plan, label, run_name
+from cifarkit.study.runs import LR_FINDER, final_accuracy, history_column, is_finished
+from cifarkit.study.worker import cpu_slices, last_error, launch
+
+TICK_S = 0.2
+
+
+@dataclass
+class Job:
+    """A trial this process holds, and the child process working on it (the range test, then the run)."""
+
+    tid: int
+    trial: Any  # optuna.trial.Trial
+    run: Path
+    recipe: str
+    seed: int
+    config: TrainConfig
+    cpus: list[int]
+    proc: subprocess.Popen[bytes] | None = None
+    phase: str = "train"
+    started: float = 0.0
+    reported: int = 0
+    pruned: bool = False
+
+
+class Sweep:
+    def __init__(self, plan: Plan, out: Path, storage_url: str, workers: int) -> None:
+        self.plan, self.out, self.workers = plan, out, workers
+        self.storage = engine.open_storage(storage_url)
+        self.study = engine.open_study(self.storage, out.name, plan, plan.seeds[0])
+        self.jobs: dict[int, Job] = {}  # slot -> job
+        self.slices = cpu_slices(workers)
+        self.finding: set[str] = set()  # recipes whose range test runs in this process
+        self.failed = 0
+        self.bar: tqdm | None = None
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def run(self) -> int:
+        engine.hand_out_dead(self.storage, self.study)
+        total = self.plan.trials or len(self.plan.tickets())
+        done = self._done()
+        seeds = len(self.plan.seeds)
+        each = f"{seeds} seed{'s' * (seeds > 1)} each"
+        mode = f"{total} search trials" if self.plan.search else f"{total} trials ({each})"
+        tqdm.write(f"sweep {self.out}: {mode}, {done} already finished; {self.workers} at once "
+                   f"({len(self.slices[0])} CPU thread{'s' * (len(self.slices[0]) > 1)} each); study "
+                   f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
+        self.bar = tqdm(total=total, initial=done, desc="sweep", unit="trial", dynamic_ncols=True)
+        beat = time.monotonic()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while True:
+                for slot in list(self.jobs):
+                    self._poll(slot)
+                for slot in range(self.workers):
+                    if slot not in self.jobs and not self._start(slot):
+                        break
+                if time.monotonic() - beat > engine.HEARTBEAT_S:
+                    beat = time.monotonic()
+                    engine.heartbeat(self.storage, [j.tid for j in self.jobs.values()])
+                    engine.hand_out_dead(self.storage, self.study)
+                if not self.jobs and not self._more():
+                    break
+                time.sleep(TICK_S)
+        except KeyboardInterrupt:
+            return self._interrupted()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.bar.close()
+        c = engine.counts(self.study)
+        print(f"sweep {self.out}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed; compare with: "
+              f"cifarkit compare {self.out}")
+        return 1 if self.failed else 0
+
+    def _done(self) -> int:
+        c = engine.counts(self.study)
+        return c["complete"] + c["pruned"] + c["fail"]
+
+    def _more(self) -> bool:
+        """Whether trials are left for this process to claim."""
+        c = engine.counts(self.study)
+        if c["waiting"]:
+            return True
+        return bool(self.plan.search) and sum(c.values()) < (self.plan.trials or 0)
+
+    # ------------------------------------------------------------------------------------------ starting
+    def _start(self, slot: int) -> bool:
+        """Claim a trial into `slot` and start its child; False when there is none to claim now."""
+        trial = engine.claim(self.storage, self.study, lambda t: t.user_attrs.get("recipe") not in self.finding)
+        if trial is None and self.plan.search and sum(engine.counts(self.study).values()) < (self.plan.trials or 0):
+            trial = engine.ask_new(self.storage, self.study)
+        if trial is None:
+            return False
+        tid = engine.trial_id(self.storage, self.study, trial.number)
+        attrs = trial.user_attrs
+        if self.plan.search:
+            overrides = {s.name: (trial.suggest_int(s.name, int(s.low), int(s.high), log=s.log) if s.integer else
+                                  trial.suggest_float(s.name, s.low, s.high, log=s.log)) for s in self.plan.search}
+            seed, recipe = self.plan.seeds[0], label(overrides)
+            name = attrs.get("run") or f"trial{trial.number:03d}-{run_name(recipe, seed)}"
+            for key, value in {"run": name, "recipe": name, "overrides": overrides, "seed": seed}.items():
+                trial.set_user_attr(key, value)
+            recipe = name  # each searched config has its own range test
+        else:
+            name, recipe, overrides, seed = attrs["run"], attrs["recipe"], attrs["overrides"], attrs["seed"]
+        run = self.out / name
+        job = Job(tid, trial, run, recipe, seed, self.plan.config(overrides, seed, run), self.slices[slot])
+        if is_finished(run):  # trained by a process that died before it could say so
+            self._tell_complete(job, "already trained")
+            return True
+        self.jobs[slot] = job
+        if (run / CHECKPOINT).is_file():
+            tqdm.write(f"resume {name} from its checkpoint")
+            self._launch(job, "train", resume=True)
+        elif job.config.lr_min is None or job.config.lr_max is None:
+            lrs = self._known_lrs(recipe)
+            if lrs is None:
+                self.finding.add(recipe)
+                job.phase = "lr-find"
+                self._launch(job, "lr-find")
+            else:
+                self._with_lrs(job, lrs)
+                self._launch(job, "train")
+        else:
+            self._launch(job, "train")
+        return True
+
+    def _launch(self, job: Job, kind: str, resume: bool = False) -> None:
+        config = job.config
+        if kind == "lr-find":
+            config = replace(config, out=str(self.lr_dir(job.recipe)))
+        job.phase, job.started = kind, time.monotonic()
+        job.proc = launch(kind, config.to_dict(), resume=resume, cpus=job.cpus,
+                          log=self.out / "logs" / f"{job.run.name}.log")
+
+    def lr_dir(self, recipe: str) -> Path:
+        return self.out / "lr-find" / (run_name(recipe, 0).rsplit("-seed", 1)[0] if recipe else "all")
+
+    def _known_lrs(self, recipe: str) -> list[float] | None:
+        key = f"lrs:{recipe}"
+        lrs = self.study.user_attrs.get(key)
+        if lrs is None and (self.lr_dir(recipe) / LR_FINDER).is_file():
+            found = json.loads((self.lr_dir(recipe) / LR_FINDER).read_text())
+            lrs = [found["lr_min"], found["lr_max"]]
+            self.study.set_user_attr(key, lrs)
+        return lrs
+
+    def _with_lrs(self, job: Job, lrs: list[float]) -> None:
+        c = job.config
+        job.config = replace(c, lr_min=c.lr_min or lrs[0], lr_max=c.lr_max or lrs[1],
+                             extra=c.extra | {"lr_from": str(self.lr_dir(job.recipe).relative_to(self.out))})
+
+    # ---------------------------------------------------------------------------------------- finishing
+    def _poll(self, slot: int) -> None:
+        job = self.jobs[slot]
+        assert job.proc is not None
+        if self.plan.search and job.phase == "train" and not job.pruned:
+            self._report(job)
+        code = job.proc.poll()
+        if code is None:
+            return
+        log = self.out / "logs" / f"{job.run.name}.log"
+        if job.phase == "lr-find":
+            self.finding.discard(job.recipe)
+            if code == 0:
+                lrs = self._known_lrs(job.recipe)
+                assert lrs is not None
+                seeds = "the trial" if self.plan.search else f"its {len(self.plan.seeds)} seeds"
+                tqdm.write(f"lr-find {job.recipe or 'the recipe'}: LRMIN {lrs[0]:.3g}, LRMAX {lrs[1]:.3g}, "
+                           f"used by {seeds} ({self.lr_dir(job.recipe)})")
+                self._with_lrs(job, lrs)
+                self._launch(job, "train")
+                return
+        del self.jobs[slot]
+        if job.phase == "train" and code == 0 and is_finished(job.run):
+            self._tell_complete(job, f"{time.monotonic() - job.started:.0f} s")
+        elif job.pruned and code == 128 + signal.SIGTERM:
+            self.study.tell(job.trial, state=engine.TrialState.PRUNED)
+            epochs = len(history_column(job.run, "test_acc"))
+            self._line(f"pruned {job.run.name} after epoch {epochs} of {job.config.epochs}")
+        else:
+            self.failed += 1
+            self.study.tell(job.trial, state=engine.TrialState.FAIL)
+            self._line(f"failed {job.run.name} ({job.phase}): {last_error(log)} (log: {log})")
+
+    def _report(self, job: Job) -> None:
+        """Each new epoch's test accuracy to Optuna; a run the pruner prunes is stopped at its next step."""
+        accs = history_column(job.run, "test_acc")
+        for epoch in range(job.reported, len(accs)):
+            job.trial.report(accs[epoch], epoch + 1)
+            job.reported = epoch + 1
+            if job.trial.should_prune():
+                job.pruned = True
+                assert job.proc is not None
+                job.proc.send_signal(signal.SIGTERM)
+                return
+
+    def _tell_complete(self, job: Job, how: str) -> None:
+        acc = final_accuracy(job.run)
+        self.study.tell(job.trial, acc)
+        config = label(job.trial.params) if self.plan.search else job.recipe or "the recipe"
+        self._line(f"done {config}, seed {job.seed}: final test accuracy {100 * acc:.2f}% ({how}; {job.run})")
+
+    def _line(self, text: str) -> None:
+        tqdm.write(text)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _interrupted(self) -> int:
+        """Ctrl-C or SIGTERM: every child stops at a step boundary with a checkpoint; their trials go back to the
+        queue, so the same command resumes them."""
+        for job in self.jobs.values():
+            if job.proc is not None and job.proc.poll() is None:
+                job.proc.send_signal(signal.SIGTERM)
+        for job in self.jobs.values():
+            if job.proc is not None:
+                try:
+                    job.proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    job.proc.kill()
+            engine.give_back(self.storage, self.study, job.tid)
+        print(f"interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
+        return 130
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -> int:
+    """Check everything (the out folder, the data, the storage and the study's plan), then run the sweep. A start
+    that fails leaves no new folder behind."""
+    if (out / CONFIG).is_file():
+        raise CifarkitError(f"{out} is a run folder: give a new folder, or the folder of a sweep, as --out")
+    if "data" not in plan.grid:
+        data = resolve_data(plan.base.get("data"))  # no data: one line, before any run; else decoded once, for all
+        if data.path:
+            plan = replace(plan, base=plan.base | {"data": data.path})
+        tqdm.write(f"data: {data.source}")
+    made = not out.exists()
+    try:
+        if storage is not None:  # reached before anything is written
+            engine.open_storage(storage).engine.dispose()
+        out.mkdir(parents=True, exist_ok=True)
+        sweep = Sweep(plan, out, storage or engine.default_storage(out), workers)
+    except BaseException:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return sweep.run()
