@@ -91,7 +91,7 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
     assert float(values["test_accuracy_tta"]) == pytest.approx(acc_tta, abs=1e-4)
     assert "images=4" in cli(["evaluate", "--checkpoint", str(run), "--test-subset", "4"], capsys)[1]
 
-    state = torch.load(run / "model.pt", weights_only=True)
+    state = torch.load(run / "model.pt", weights_only=True)["weights"]
     (run / "checkpoints").mkdir()
     torch.save({"model": state, "config": TrainConfig.load(run / "config.json").to_dict()},
                run / "checkpoints" / "last.pt")

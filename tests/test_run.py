@@ -167,7 +167,8 @@ def test_a_damaged_config_is_blamed_on_config_json(run: Path, capsys: pytest.Cap
     assert err.startswith(f"error: cannot read {run}/config.json: truncated or damaged"), err
 
 
-@pytest.mark.parametrize("argv", [["summary"], ["bench", "--device", "cpu", "--steps", "1", "--repeats", "1"]])
+@pytest.mark.parametrize("argv", [["summary"], pytest.param(["bench", "--device", "cpu", "--steps", "1", "--repeats",
+                                                               "1"], marks=pytest.mark.slow)])
 def test_a_batch_that_cannot_fit_says_lower_batch_size(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """A batch of 10^9 images (12 TB of input) cannot be allocated: one line that says to lower --batch-size, not the
     allocator's traceback."""
@@ -252,6 +253,7 @@ for argv in {cases!r}:
 """
 
 
+@pytest.mark.slow  # starts an interpreter
 def test_mistakes_are_answered_without_torch(run: Path, tmp_path: Path) -> None:
     """A wrong flag or output, a missing or non-PyTorch weights file, a damaged metrics.json: each answered with exit 2
     in well under a second, and torch never imported (checked in a fresh interpreter's sys.modules)."""
@@ -303,3 +305,21 @@ def test_sigterm_during_the_range_test_leaves_nothing(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == 143, rest
     assert rest.strip().splitlines()[-1].startswith("interrupted: stopped by SIGTERM before the first checkpoint")
     assert not (tmp_path / "runs").exists()
+
+
+def test_library_warnings_reach_the_console_as_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Where nothing configured logging (the command line), a cifarkit.data warning is one `warning:` line on stderr
+    and nothing on stdout; called twice, the route is added once."""
+    import logging
+
+    from cifarkit.console import ConsoleHandler, route_logging
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    logger = logging.getLogger("cifarkit")
+    monkeypatch.setattr(logger, "handlers", [h for h in logger.handlers if not isinstance(h, ConsoleHandler)])
+    route_logging()
+    route_logging()
+    logging.getLogger("cifarkit.data.cifar10").warning("subset %d leaves %d classes empty", 5, 5)
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "warning: subset 5 leaves 5 classes empty\n")

@@ -27,8 +27,11 @@ class ConsoleHandler(logging.Handler):
 
 
 def route_logging() -> None:
-    """Send cifarkit's log records at WARNING and above through `say` (once per process)."""
+    """Send cifarkit's log records at WARNING and above through `say` (once per process), where nothing else
+    handles them: a program (or a test runner) that configured logging keeps its own handlers."""
     logger = logging.getLogger("cifarkit")
+    if logging.getLogger().handlers:
+        return
     if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
         handler = ConsoleHandler(logging.WARNING)
         logger.addHandler(handler)
