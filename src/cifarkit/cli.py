@@ -18,11 +18,11 @@ from typing import Any
 
 from cifarkit import __version__
 from cifarkit import run as R
-from cifarkit.config import TrainConfig, check_device_name, check_precision_name
+from cifarkit.config import TrainConfig
 from cifarkit.console import route_logging, say
 from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
 from cifarkit.flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
-                             check_address, count, given_config)
+                             check_args, count, given_config, is_out_of_memory)
 from cifarkit.study.commands import STUDY_COMMANDS, add_study_parsers
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,43 +224,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(format_bench(run_bench(device=args.device, batch_size=args.batch_size, steps=args.steps,
                                  repeats=args.repeats, precision=args.precision)))
     return 0
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Every check that needs no torch, run before any command imports it: a mistake gets its line at once."""
-    for name, check in (("device", check_device_name), ("precision", check_precision_name)):
-        value = getattr(args, name, None)
-        if value is not None:
-            try:
-                check(value)
-            except CifarkitError as e:
-                raise CifarkitError(e.cli_line()) from None
-    if args.command in ("train", "lr-find"):
-        given = given_config(args)
-        try:
-            TrainConfig(**given).validate()
-        except CifarkitError as e:
-            raise CifarkitError(e.cli_line()) from None
-        kind = "lr-find" if args.command == "lr-find" else "resume" if args.resume else "train"
-        R.check_run_out(given.get("out", TrainConfig.out), kind=kind)
-    elif args.command in ("evaluate", "predict"):
-        R.check_torch_file(R.find_weights(args.checkpoint))
-    elif args.command == "report":
-        R.find_weights(R.report_folder(args.run))
-    elif args.command in ("app", "export"):
-        R.find_weights(args.run)
-        if args.command == "app":
-            check_address(args.host, args.port)
-        if args.command == "export":
-            R.check_out_file(args.out, suffix=args.format)
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """An allocator's failure (torch.OutOfMemoryError on a GPU, "can't allocate memory" on a CPU), told by its words
-    so that the check needs no torch."""
-    text = str(e)
-    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text)
 
 
 COMMANDS = {"summary": cmd_summary, "lr-find": cmd_lr_find, "train": cmd_train, "evaluate": cmd_evaluate,

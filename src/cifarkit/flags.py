@@ -1,5 +1,6 @@
-"""The command line's flags: generated from TrainConfig's fields (same names everywhere), and the argparse pieces every
-command shares (one-line errors, checked numbers, --device and --precision)."""
+"""The command line's flags: generated from TrainConfig's fields (same names everywhere), the argparse pieces every
+command shares (one-line errors, checked numbers, --device and --precision), and `check_args`, every check of a
+command's arguments and outputs that needs no torch, run before any command imports it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from cifarkit.config import TrainConfig
+from cifarkit import run as R
+from cifarkit.config import TrainConfig, check_device_name, check_precision_name
 from cifarkit.errors import CifarkitError, one_line
 
 NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
@@ -113,3 +115,40 @@ def check_address(host: str, port: int) -> None:
                 raise CifarkitError(f"port {port} needs administrator rights here: choose a --port above 1023") \
                     from None
             raise CifarkitError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no torch, run before any command imports it: a mistake gets its line at once."""
+    for name, check in (("device", check_device_name), ("precision", check_precision_name)):
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                check(value)
+            except CifarkitError as e:
+                raise CifarkitError(e.cli_line()) from None
+    if args.command in ("train", "lr-find"):
+        given = given_config(args)
+        try:
+            TrainConfig(**given).validate()
+        except CifarkitError as e:
+            raise CifarkitError(e.cli_line()) from None
+        kind = "lr-find" if args.command == "lr-find" else "resume" if args.resume else "train"
+        R.check_run_out(given.get("out", TrainConfig.out), kind=kind)
+    elif args.command in ("evaluate", "predict"):
+        R.check_torch_file(R.find_weights(args.checkpoint))
+    elif args.command == "report":
+        R.find_weights(R.report_folder(args.run))
+    elif args.command in ("app", "export"):
+        R.find_weights(args.run)
+        if args.command == "app":
+            check_address(args.host, args.port)
+        if args.command == "export":
+            R.check_out_file(args.out, suffix=args.format)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocator's failure (torch.OutOfMemoryError on a GPU, "can't allocate memory" on a CPU), told by its words
+    so that the check needs no torch."""
+    text = str(e)
+    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text)
