@@ -18,6 +18,7 @@ from cifarkit.data import normalization
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.errors import CifarkitError
+from cifarkit.inference import save_model
 from cifarkit.models.custom_resnet import CustomResNet
 from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP
 from cifarkit.report.figures import step_losses
@@ -34,7 +35,7 @@ def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = Tr
                          lr_min=None if with_finder else LR_MIN, lr_max=None if with_finder else LR_MAX)
     config.save(run / "config.json")
     torch.manual_seed(0)
-    torch.save(CustomResNet().state_dict(), run / "model.pt")
+    save_model(run / "model.pt", CustomResNet(), config, CLASSES)  # named fields, as fit writes it
     rows = ["epoch,train_loss,train_acc,test_loss,test_acc,test_acc_tta,lr,seconds,images_per_second"]
     rows += [f"{e},{2 / e:.4f},{0.2 * e:.4f},{2.1 / e:.4f},{0.19 * e:.4f},,{LR_MAX / e:.4g},{10 + e},{50.0}"
              for e in (1, 2, 3)]

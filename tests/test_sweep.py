@@ -150,7 +150,7 @@ def test_kill9_mid_sweep_then_rerun_runs_each_trial_once_and_resumes_exactly(tmp
     code, stdout, err = sweep(capsys, reference, *args[:-6], "--grid", "label_smoothing=0", "--seeds", "0",
                               "--workers", "1")
     assert code == 0, stdout + err
-    a, b = safe_torch_load(killed / "model.pt"), safe_torch_load(reference / killed.name / "model.pt")
+    a, b = (safe_torch_load(run / "model.pt")["weights"] for run in (killed, reference / killed.name))
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     assert history_without_timing(killed) == history_without_timing(reference / killed.name)
 
