@@ -6,7 +6,7 @@ or in the database that `--storage URL` names, which several machines share. A g
 the process that creates the study; every process then claims WAITING trials, one at a time, by the storage's atomic
 WAITING -> RUNNING update, so no trial is handed to two workers. A claimed trial carries a heartbeat; when the
 process that holds it dies (kill -9, a lost machine), its trial is failed and a copy of it, with the same run
-folder, is enqueued again (Optuna's RetryFailedTrialCallback): at once when the dead process ran on this machine,
+folder, is enqueued again (Optuna's retry callback): at once when the dead process ran on this machine,
 else once its heartbeat is `GRACE_S` seconds old.
 """
 
