@@ -174,8 +174,10 @@ class Sweep:
 
     def _with_lrs(self, job: Job, lrs: list[float]) -> None:
         c = job.config
+        found = [name for name in ("lr_min", "lr_max") if getattr(c, name) is None]
         job.config = replace(c, lr_min=c.lr_min or lrs[0], lr_max=c.lr_max or lrs[1],
-                             extra=c.extra | {"lr_from": str(self.lr_dir(job.recipe).relative_to(self.out))})
+                             extra=c.extra | {"lr_from": str(self.lr_dir(job.recipe).relative_to(self.out)),
+                                              "lrs_found": found})
 
     # ---------------------------------------------------------------------------------------- finishing
     def _poll(self, slot: int) -> None:
