@@ -41,12 +41,18 @@ quick: venv
 	$(BIN)/cifarkit train --out $(RUN_DIR) $(QUICK) $(ARGS)
 	@echo "report: $(RUN_DIR)/report.md (also report.html, plots/*.png)"
 
-test: venv
-	$(BIN)/python -m pytest tests
+# One pytest worker per core (-n auto); tests that share a port, a server or a browser run in one worker
+# (--dist loadgroup, pytest.mark.xdist_group). PYTEST_ARGS adds options, e.g. PYTEST_ARGS="--cpu-flags avx2" to run
+# under the precision policy of an AVX2-only CPU.
+PYTEST_ARGS ?=
+PYTEST := $(BIN)/python -m pytest tests -n auto --dist loadgroup
 
-# The unit tests alone (no training runs, torchrun, kill -9 or notebook): for a quick check while editing.
+test: venv
+	$(PYTEST) $(PYTEST_ARGS)
+
+# The unit tests alone (no training, torchrun, kill -9, server, browser or notebook): a quick check while editing.
 test-fast: venv
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info

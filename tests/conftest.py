@@ -1,15 +1,18 @@
-"""Shared test setup: one torch thread (a training job may share the 2 cores), tiny data, a private cache, a skip for
-real-data tests, and writers that put a Cifar10 on disk in each layout `load_cifar10` reads."""
+"""Shared test setup: one torch thread per process (pytest-xdist runs one process per core), the pytest base temp on
+tmpfs, the CPU policy a run asks for (--cpu-flags), `slow` marks by fixture and a guard that fails an unmarked test
+that trains, tiny data, a private cache, a skip for real-data tests, and writers that put a Cifar10 on disk in each
+layout `load_cifar10` reads."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -17,16 +20,40 @@ import torch
 from PIL import Image
 
 from cifarkit.data import Cifar10, make_synthetic
+from helpers import SLOW_ATTRIBUTE, slow_fixture
+from training_guard import training_refused
 
 # OMP_NUM_THREADS cannot take effect once torch is imported, so limit torch's own pool instead.
 torch.set_num_threads(1)
 
+# Checkpoints are fsync'd: on tmpfs that costs nothing. /dev/shm when it is there with room for the runs (a container's
+# is often 64 MB), set before pytest first asks for its base temp; $PYTEST_DEBUG_TEMPROOT or --basetemp wins.
+TMPFS, TMPFS_NEEDED = "/dev/shm", 4 << 30
+if os.path.isdir(TMPFS) and os.access(TMPFS, os.W_OK) and shutil.disk_usage(TMPFS).free >= TMPFS_NEEDED:
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", TMPFS)
 
+# --cpu-flags: the flags `device.read_cpu_flags` returns in this test process (and its forks): the precision policy of
+# a CPU with only AVX2, or of one with AVX512-BF16, whatever CPU runs the tests. A CLI started as a new interpreter
+# reads the real CPU, so such tests pin --precision.
+CPU_FLAG_SETS = {
+    "avx2": frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}),
+    "avx512_bf16": frozenset({"fpu", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16"}),
+}
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-flags", choices=("machine", *CPU_FLAG_SETS), default="machine",
+                     help="CPU flags the precision policy sees: this machine's, or those of an AVX2-only or an "
+                          "AVX512-BF16 CPU (default: machine)")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `slow` every test that trains the session's `tiny_run` (a training run is slow by this suite's rule);
-    skip tests marked `realdata` unless $CIFARKIT_DATA names the real set."""
+    """Mark `slow` every test that requests a fixture made with `helpers.slow_fixture`, directly or through another
+    fixture (a test is slow by what it does, not by its name); skip tests marked `realdata` unless $CIFARKIT_DATA
+    names the real set."""
     for item in items:
-        if "tiny_run" in getattr(item, "fixturenames", ()):
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(getattr(d.func, SLOW_ATTRIBUTE, False) for chain in defs.values() for d in chain):
             item.add_marker(pytest.mark.slow)
     if os.environ.get("CIFARKIT_DATA"):
         return
@@ -34,6 +61,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_policy(request: pytest.FixtureRequest) -> Iterator[frozenset[str] | None]:
+    """The CPU flags --cpu-flags forces on `device.read_cpu_flags` for the session (None: the machine's own)."""
+    name = request.config.getoption("--cpu-flags")
+    if name == "machine":
+        yield None
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("cifarkit.device.read_cpu_flags", lambda: CPU_FLAG_SETS[name])
+        yield CPU_FLAG_SETS[name]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Fixtures of a test not marked slow, module- and session-scoped ones included, set up under the guard."""
+    if item.get_closest_marker("slow"):
+        return (yield)
+    with training_refused(getattr(item, "module", None)):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test not marked slow runs under the guard."""
+    if item.get_closest_marker("slow"):
+        return (yield)
+    with training_refused(getattr(item, "module", None)):
+        return (yield)
 
 
 @pytest.fixture
@@ -151,13 +208,24 @@ def cifar_files() -> SimpleNamespace:
 
 # ------------------------------------------------------------------------------- a trained run (app, export)
 
-@pytest.fixture(scope="session")
+@slow_fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run folder trained once per session: 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100."""
+    """One run folder trained once per session, shared by every pytest-xdist worker (the first trains it under a file
+    lock, the others read it): 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100. Tests read it and
+    never change it (copy it first)."""
+    from filelock import FileLock
+
     from cifarkit.config import TrainConfig
     from cifarkit.train import fit
 
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    fit(TrainConfig(data="synthetic", out=str(out), epochs=1, subset=200, test_subset=100, lr_min=1e-4, lr_max=1e-3,
-                    batch_size=64, plots=False), progress=False)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the controller's base temp: one per session, above each worker's own
+    out, done = shared / "tiny-run" / "run", shared / "tiny-run" / "trained"
+    with FileLock(str(shared / "tiny-run.lock")):
+        if not done.is_file():  # not yet, or a worker failed half-way
+            shutil.rmtree(out, ignore_errors=True)
+            fit(TrainConfig(data="synthetic", out=str(out), epochs=1, subset=200, test_subset=100, lr_min=1e-4,
+                            lr_max=1e-3, batch_size=64, plots=False), progress=False)
+            done.touch()
     return out

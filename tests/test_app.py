@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from cifarkit.cli import main
+from helpers import untrained_run
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_import_cifarkit_and_its_cli_loads_no_optional_extra() -> None:
     """`import cifarkit`, `import cifarkit.cli` and building the parser import neither gradio nor onnx(runtime)."""
     code = ("import sys, cifarkit, cifarkit.cli; cifarkit.cli.build_parser(); "
@@ -20,12 +22,12 @@ def test_import_cifarkit_and_its_cli_loads_no_optional_extra() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_without_gradio_app_says_how_to_install_it(tiny_run: Path, monkeypatch: pytest.MonkeyPatch,
+def test_without_gradio_app_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """With gradio not importable: exit 2 and one `error:` line naming the install line that works (from the
-    repository: cifarkit is on no package index)."""
+    repository: cifarkit is on no package index). The run need not be trained: an untrained one."""
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
-    assert main(["app", str(tiny_run)]) == 2
+    assert main(["app", str(untrained_run(tmp_path / "run"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['error: the app needs Gradio: pip install "cifarkit[app] @ git+https://github.com/cifarkit/'
                    'cifarkit"']
@@ -35,11 +37,12 @@ def test_without_gradio_app_says_how_to_install_it(tiny_run: Path, monkeypatch: 
     (["--port", "70000"], "--port must be in 1..65535"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or mps"),
 ])
-def test_bad_app_arguments_exit_2_with_one_line(tiny_run: Path, argv: list[str], message: str,
+def test_bad_app_arguments_exit_2_with_one_line(tmp_path: Path, argv: list[str], message: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad port or device is refused in one `error:` line before anything is served."""
+    """A bad port or device is refused in one `error:` line before anything is served (an untrained run: the
+    refusal does not depend on the weights)."""
     pytest.importorskip("gradio")
-    assert main(["app", str(tiny_run), *argv]) == 2
+    assert main(["app", str(untrained_run(tmp_path / "run")), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
 

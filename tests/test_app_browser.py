@@ -14,6 +14,9 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import slow_fixture
+
+pytestmark = pytest.mark.xdist_group("app-server")  # one pytest worker starts the app server and the browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -37,7 +40,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@slow_fixture
 def browser_api() -> tuple[Any, Any]:
     """Playwright's (sync_playwright, expect), checked before the app is started."""
     _need("chromium", not CHROMIUM.exists(), "apt-get install -y chromium")
@@ -48,7 +51,7 @@ def browser_api() -> tuple[Any, Any]:
     return sync_playwright, expect
 
 
-@pytest.fixture
+@slow_fixture
 def app_url(tiny_run: Path, tmp_path: Path) -> Iterator[str]:
     """`python -m cifarkit app RUN` on a free local port, stopped after the test; yields the URL it printed."""
     proc = subprocess.Popen([sys.executable, "-m", "cifarkit", "app", str(tiny_run), "--port", str(_free_port()),

@@ -10,11 +10,14 @@ from torchinfo import summary
 import torch
 
 from cifarkit.bench import format_bench, run_bench
-from cifarkit.flops import count_macs, cpu_peak, matmul_peak
+from cifarkit import flops
+from cifarkit.flops import count_macs, matmul_peak
+from cifarkit.system import cpuinfo_fields
 from cifarkit.models import CustomResNet
+from helpers import slow_fixture
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def small_result() -> dict:
     """One tiny CPU run (batch 8, 1 step, no warm-up, 1 repeat), shared by the tests below (a few seconds)."""
     return run_bench(device="cpu", batch_size=8, steps=1, warmup=0, repeats=1)
@@ -54,12 +57,13 @@ def test_format_bench_states_the_peak_formula_and_convention(small_result: dict)
     text = format_bench(small_result)
     assert "ratio project / reference" in text and "multiply-adds" in text and "3 x forward" in text
     assert f"precision: {small_result['precision']}," in text and "GradScaler" not in text  # a CPU never gets fp16
-    if small_result["cpu_peak"] is not None:
-        for word in ("cores x", "FMA units x", "fp32 lanes x", "FLOPs/lane x", "GHz =", "% of peak"):
-            assert word in text
     no_peak = copy.deepcopy(small_result)
     no_peak["cpu_peak"], no_peak["peak_fraction"] = None, None
     assert "peak: unknown" in format_bench(no_peak)
+    if small_result["cpu_peak"] is None:
+        pytest.skip("this CPU's peak is unknown (no clock or no FMA vectors in /proc/cpuinfo): no formula to print")
+    for word in ("cores x", "FMA units x", "fp32 lanes x", "FLOPs/lane x", "GHz =", "% of peak"):
+        assert word in text
 
 
 def test_count_macs_matches_torchinfo() -> None:
@@ -71,18 +75,34 @@ def test_count_macs_matches_torchinfo() -> None:
     assert summary(CustomResNet(), input_size=(1, 3, 32, 32), verbose=0).total_mult_adds - macs == 4_480
 
 
-def test_cpu_peak_is_the_product_of_its_factors() -> None:
-    """Where /proc/cpuinfo is readable, the peak equals cores x FMA units x lanes x FLOPs per lane x GHz, with lanes
-    4, 8 or 16, at least one core, and 2 FLOPs per lane in fp32, 4 in bf16 (a dot product of two pairs): bf16 is
-    exactly twice fp32."""
-    peak, peak_bf16 = cpu_peak(), cpu_peak(bf16=True)
-    if peak is None or peak_bf16 is None:
-        pytest.skip("no /proc/cpuinfo clock or no AVX2/FMA on this machine")
-    assert peak["cores"] >= 1 and peak["lanes"] in (4, 8, 16) and peak["flops_per_fma"] == 2
-    product = peak["cores"] * peak["fma_units"] * peak["lanes"] * peak["flops_per_fma"] * peak["clock_ghz"]
-    assert peak["peak_gflops"] == pytest.approx(product)
-    assert (peak["dtype"], peak_bf16["dtype"], peak_bf16["flops_per_fma"]) == ("fp32", "bf16", 4)
-    assert peak_bf16["peak_gflops"] == pytest.approx(2 * peak["peak_gflops"])
+CPUINFO = "processor : 0\nvendor_id : {vendor}\ncpu family : {family}\nmodel : {model}\nmodel name : Test CPU\n" \
+          "cpu MHz : {mhz}\nflags : {flags}\n"
+
+
+@pytest.mark.parametrize("vendor, family, model, mhz, flags, fp32_gflops", [
+    ("AuthenticAMD", 25, 1, 2450.0, "sse4_2 avx avx2 fma", 78.4),  # Zen 3: 1 x 2 x 8 x 2 x 2.45
+    ("GenuineIntel", 6, 106, 3000.0, "avx2 fma avx512f avx512_bf16", 192.0),  # 1 x 2 x 16 x 2 x 3.0
+    ("AuthenticAMD", 23, 1, 2000.0, "avx2 fma", 32.0),  # Zen 1 splits 256-bit FMAs: 1 x 2 x 4 x 2 x 2.0
+])
+def test_cpu_peak_of_known_cpus(monkeypatch: pytest.MonkeyPatch, vendor: str, family: int, model: int, mhz: float,
+                                flags: str, fp32_gflops: float) -> None:
+    """The peak of one core of three CPUs, worked out by hand as cores x 2 FMA units x lanes (8 with AVX2, 16 with
+    AVX-512, 4 on Zen 1) x 2 FLOPs per lane x GHz; in bf16, 4 FLOPs per lane: exactly twice. Without FMA vectors
+    or a clock there is no peak."""
+    text = CPUINFO.format(vendor=vendor, family=family, model=model, mhz=mhz, flags=flags)
+    monkeypatch.setattr(flops, "cpuinfo_fields", lambda: cpuinfo_fields(text))
+    monkeypatch.setattr(flops, "usable_cpus", lambda: 1)
+    peak, peak_bf16 = flops.cpu_peak(), flops.cpu_peak(bf16=True)
+    assert peak is not None and peak_bf16 is not None
+    assert peak["peak_gflops"] == pytest.approx(fp32_gflops)
+    assert peak_bf16["peak_gflops"] == pytest.approx(2 * fp32_gflops)
+    assert (peak["dtype"], peak_bf16["dtype"], peak["cores"]) == ("fp32", "bf16", 1)
+    assert peak["formula"].endswith(f"= {fp32_gflops:.1f} GFLOP/s")
+    no_fma = text.replace(" fma", "").replace(" avx512f", "")
+    monkeypatch.setattr(flops, "cpuinfo_fields", lambda: cpuinfo_fields(no_fma))
+    assert flops.cpu_peak() is None
+    monkeypatch.setattr(flops, "cpuinfo_fields", lambda: cpuinfo_fields(text.replace(f"cpu MHz : {mhz}\n", "")))
+    assert flops.cpu_peak() is None
 
 
 def test_matmul_peak_is_the_rate_of_timed_products() -> None:

@@ -18,12 +18,14 @@ from PIL import Image
 import cifarkit
 import cifarkit.data.sources
 import cifarkit.train
-from cifarkit.cli import SUMMARY_PRECISION, build_parser, main
+from cifarkit.cli import SUMMARY_PRECISION, build_parser
 from cifarkit.config import TrainConfig
 from cifarkit.data import normalization, resolve_data
 from cifarkit.data.augment import normalize_batch
+from cifarkit.device import choose_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet
+from helpers import run_cli as cli, untrained_run
 
 TINY = ["--device", "cpu", "--no-plots", "--batch-size", "8", "--subset", "8", "--test-subset", "8"]
 
@@ -36,26 +38,9 @@ def _tiny_synthetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CIFARKIT_DATA", "synthetic")
 
 
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def subcommands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-
-
-def fake_run(folder: Path, seed: int = 0) -> Path:
-    """A run folder with untrained weights (seeded) whose config records `--data synthetic` (20/10 images)."""
-    folder.mkdir(parents=True)
-    torch.manual_seed(seed)
-    torch.save(CustomResNet().state_dict(), folder / "model.pt")
-    TrainConfig(data="synthetic", data_fingerprint=resolve_data("synthetic").fingerprint, out=str(folder),
-                test_subset=4).save(folder / "config.json")
-    return folder
 
 
 def test_version_and_help_for_every_argument(capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,7 +82,7 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
         if acc != acc_tta:
             break
     assert acc != acc_tta
-    run = fake_run(tmp_path / "run", seed)
+    run = untrained_run(tmp_path / "run", seed)
     code, out, err = cli(["evaluate", "--checkpoint", str(run), "--tta", "--device", "cpu"], capsys)
     assert code == 0, err
     values = dict(pair.split("=") for pair in out.split())
@@ -119,7 +104,7 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
 def test_evaluate_report_prints_the_classification_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """evaluate --report prints, after the metrics, precision/recall/F1 for every class with the macro average, and
     the most-confused pairs; its recall column is the per-class accuracy of the same predictions."""
-    run = fake_run(tmp_path / "run", 3)
+    run = untrained_run(tmp_path / "run", 3)
     code, out, err = cli(["evaluate", "--checkpoint", str(run), "--report", "--device", "cpu"], capsys)
     assert code == 0, err
     first, *table = out.splitlines()
@@ -140,7 +125,7 @@ def test_evaluate_report_prints_the_classification_report(tmp_path: Path, capsys
 def test_predict_top_k_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """predict --top-k 3 prints, per image, three classes with falling probabilities; --json gives the same as
     machine-readable data; a run folder and its model.pt give the same answer."""
-    run = fake_run(tmp_path / "run")
+    run = untrained_run(tmp_path / "run")
     images = []
     for i, size in enumerate(((32, 32), (64, 48))):
         images.append(str(tmp_path / f"img{i}.png"))
@@ -193,7 +178,8 @@ def test_every_command_accepts_precision_fp16(tmp_path: Path, capsys: pytest.Cap
 def test_header_before_the_range_test_and_eta_after_the_first_epoch(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """The data (source, short fingerprint, image counts), the synthetic note, device and precision are printed
-    before the range test starts; after epoch 1's steps, one line estimates the whole run's time."""
+    before the range test starts, the precision being the one `choose_precision` picks for this CPU; after epoch 1's
+    steps, one line estimates the whole run's time."""
     code, out, err = cli(["train", *TINY, "--epochs", "2", "--lr-find-iters", "10", "--out", str(tmp_path / "r")],
                          capsys)
     assert code == 0, err
@@ -203,7 +189,8 @@ def test_header_before_the_range_test_and_eta_after_the_first_epoch(tmp_path: Pa
     assert first["data: "] < first["NOTE: "] < first["device: "] < first["lr-find: "] < first["2 epochs ≈ "]
     fingerprint = resolve_data("synthetic").fingerprint
     assert f"fingerprint {fingerprint[:12]}; 8 train / 8 test images" in lines[first["data: "]]
-    assert re.fullmatch(r"device: cpu x1 \(.+\), precision fp32", lines[first["device: "]])
+    expected = choose_precision("cpu")  # the policy's choice for this CPU (or the one --cpu-flags stands for)
+    assert re.fullmatch(rf"device: cpu x1 \(.+\), precision {expected}", lines[first["device: "]])
     assert re.fullmatch(r"2 epochs ≈ \d+ (s|min)( \d+ min)? at [\d.]+ s per step on this CPU; .+ to go, plus "
                         r"evaluation", lines[first["2 epochs ≈ "]]), lines[first["2 epochs ≈ "]]
 

@@ -28,6 +28,7 @@ from cifarkit.device import backend_settings, grad_scaler, host_sync_every
 from cifarkit.errors import CifarkitError
 from cifarkit.models import build_model
 from cifarkit.schedule import one_cycle
+from helpers import slow_fixture
 
 CPU = torch.device("cpu")
 
@@ -57,7 +58,7 @@ def test_the_watch_names_a_float64_tensor_and_a_host_read() -> None:
     assert sum(watch.reads.values()) == 1
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def watched_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Watch]]:
     """One-epoch CPU runs in fp32 (what MPS trains in), with plots (Grad-CAM included), each followed by `predict`
     on its weights, all under a Watch: augment "auto" (the DataLoader path on a CPU) and "batched" (with label

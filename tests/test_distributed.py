@@ -30,9 +30,11 @@ from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet
 from cifarkit.train import evaluate, fit
+from helpers import slow_fixture
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="needs torch.distributed with the gloo backend")
+pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                 reason="needs torch.distributed with the gloo backend"),
+              pytest.mark.xdist_group("torchrun")]  # one pytest worker runs them all: 2 ranks each, their ports
 
 SUBSET, TEST_SUBSET, BATCH, EPOCHS, WORLD = 64, 32, 16, 2, 2
 TINY = ["--data", "synthetic", "--subset", str(SUBSET), "--test-subset", str(TEST_SUBSET), "--batch-size", str(BATCH),
@@ -111,7 +113,7 @@ def tiny_data() -> Cifar10:
     return subset(resolve_data("synthetic"), SUBSET, TEST_SUBSET, seed=0)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, subprocess.CompletedProcess[str]]]:
     """One 2-process run per augmentation path, shared by the tests of this module."""
     cache: dict[str, tuple[Path, subprocess.CompletedProcess[str]]] = {}

@@ -20,13 +20,14 @@ from cifarkit.data.images import read_image
 from cifarkit.cli import main
 from cifarkit.checkpoint import load_model
 from cifarkit.data import CLASSES, normalization
+from helpers import slow_fixture, untrained_run
 
 SNIPPET = Path(__file__).parents[1] / "examples" / "onnx_classify.py"
 # PyTorch deprecates torch.jit; --format torchscript still serves runtimes that load it (LibTorch)
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\..*` is deprecated:DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def onnx_file(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The tiny run exported once as ONNX, checked on 40 test images; the command's stdout."""
     pytest.importorskip("onnxruntime")
@@ -113,12 +114,14 @@ def test_torchscript_export_passes_the_same_check(tiny_run: Path, tmp_path: Path
     assert loaded(torch.zeros(3, 32, 32, 3, dtype=torch.uint8)).shape == (3, 10)
 
 
-def test_without_onnx_export_says_how_to_install_it(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_without_onnx_export_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """With onnx not importable: exit 2, one line naming the install line that works (from the repository),
-    nothing written."""
+    nothing written (an untrained run: the refusal does not depend on the weights)."""
     monkeypatch.setitem(sys.modules, "onnx", None)
-    assert main(["export", str(tiny_run), "--out", str(tmp_path / "m.onnx"), "--check-images", "5"]) == 2
+    run, out = untrained_run(tmp_path / "run"), tmp_path / "out"
+    out.mkdir()
+    assert main(["export", str(run), "--out", str(out / "m.onnx"), "--check-images", "5"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         'error: export needs ONNX: pip install "cifarkit[export] @ git+https://github.com/cifarkit/cifarkit"']
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.iterdir()) == []

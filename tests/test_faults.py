@@ -32,6 +32,7 @@ import cifarkit.runlog
 import cifarkit.train
 from cifarkit import cli
 from cifarkit.checkpoint import RunLock, load_checkpoint, safe_torch_load
+from helpers import slow_fixture
 
 ARGS = ["--data", "synthetic", "--subset", "16", "--test-subset", "8", "--batch-size", "8", "--epochs", "2",
         "--lr-min", "1e-4", "--lr-max", "1e-3", "--no-plots"]
@@ -91,7 +92,7 @@ def checkpoint_position(run: Path) -> tuple[int, int]:
     return state["epoch"], state["step_in_epoch"]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run with ARGS, in this process: the weights every interrupted run must end with."""
     run = tmp_path_factory.mktemp("faults") / "reference"
@@ -294,7 +295,7 @@ def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, childre
 FP16 = ["--precision", "fp16", "--subset", "8", "--batch-size", "4", "--test-subset", "4"]
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def fp16_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted fp16 run with its gradient scaler (2 epochs x 2 steps of 4 images), in this process."""
     run = tmp_path_factory.mktemp("faults-fp16") / "reference"

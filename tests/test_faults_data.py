@@ -30,6 +30,7 @@ from PIL import Image
 import cifarkit.data.sources
 from cifarkit import cli
 from cifarkit.data import Cifar10
+from helpers import assert_one_error_line, run_cli, slow_fixture
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
         "--lr-max", "1e-3", "--no-plots"]
@@ -45,21 +46,6 @@ class RunsShell:
         return os.system, (self.command,)
 
 
-def main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    capsys.readouterr()
-    code = cli.main(argv)
-    return code, capsys.readouterr().err
-
-
-def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
-    """Exit code 2 and stderr exactly one `error: ...` line holding every fragment, no traceback."""
-    assert code == 2, err
-    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` with its sha256: to prove nothing was written or overwritten."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -72,7 +58,7 @@ def _small_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished one-epoch run on synthetic data (64/32 images drawn; 8/8 used): config.json and last.pt."""
     run = tmp_path_factory.mktemp("faults-data") / "run"
@@ -127,7 +113,7 @@ def test_bad_checkpoint_is_refused(run_copy: Path, tmp_path: Path, capsys: pytes
     before = snapshot(run_copy)
     argv = (["train", "--resume", "--out", str(run_copy)] if command == "train --resume"
             else ["evaluate", "--checkpoint", str(ckpt), "--device", "cpu"])
-    code, err = main(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     foreign_weights = command == "evaluate" and kind == "foreign"  # evaluate takes state dicts: not this one
     assert_one_error_line(code, err, str(ckpt),
                           "holds weights of another model" if foreign_weights else CHECKPOINT_ERRORS[kind])
@@ -152,7 +138,7 @@ def test_checkpoint_of_another_recipe_is_refused(run_copy: Path, tmp_path: Path,
         (run_copy / "config.json").write_text(config)
         expected = "cannot resume: seed is 1 here but 0 in the checkpoint"
     before = snapshot(run_copy)
-    code, err = main(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert_one_error_line(code, err, expected)
     after = snapshot(run_copy)
     after.pop(".lock", None)
@@ -169,7 +155,7 @@ def test_resume_without_config_json_uses_the_checkpoint(run_copy: Path, capsys: 
         (run_copy / "config.json").unlink()
     else:
         (run_copy / "config.json").write_text(original[:40])
-    code, err = main(["train", "--resume", "--out", str(run_copy)], capsys)
+    code, _, err = run_cli(["train", "--resume", "--out", str(run_copy)], capsys)
     assert code == 0, err
     assert json.loads((run_copy / "config.json").read_text()) == json.loads(original) | {"out": str(run_copy)}
 
@@ -251,7 +237,7 @@ def test_hostile_data_is_refused_by_train(tmp_path: Path, cifar_cache: Path, tin
     source, fragment = hostile_data(case, tmp_path, tiny_data, cifar_files, marker)
     before = set(tmp_path.rglob("*"))
     run = tmp_path / "run"
-    code, err = main(["train", "--data", str(source), *ARGS, "--out", str(run)], capsys)
+    code, _, err = run_cli(["train", "--data", str(source), *ARGS, "--out", str(run)], capsys)
     assert_one_error_line(code, err, fragment)
     assert not marker.exists()
     assert {p for p in set(tmp_path.rglob("*")) - before if not p.is_dir()} == set()

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 import cifarkit
-from cifarkit.cli import main
 from cifarkit.config import TrainConfig
 from cifarkit.models import CustomResNet
+from helpers import assert_one_error_line, run_cli
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -107,14 +107,10 @@ def test_each_mistake_is_one_line(work: Path, argv: list[str], fragment: str, tm
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CIFARKIT_DATA", raising=False)
     before = snapshot(work)
-    capsys.readouterr()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = main([a.replace("{W}", str(work)) for a in argv])
-    out, err = capsys.readouterr()
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    assert fragment in err, err
+        code, out, err = run_cli([a.replace("{W}", str(work)) for a in argv], capsys)
+    assert_one_error_line(code, err, fragment)
     assert out == ""
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert snapshot(work) == before

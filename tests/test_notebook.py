@@ -40,6 +40,7 @@ def test_notebook_uses_only_the_public_api() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("kernel")
 def test_notebook_runs_in_smoke_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Executed in a fresh python3 kernel (cwd: an empty folder, CIFARKIT_SMOKE=1, CIFARKIT_DATA=synthetic), no cell
     errors, the run folder it creates holds every plot, the report and the metrics, and the last cell classifies one

@@ -19,6 +19,7 @@ from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.report.gradcam import grad_cam
 from cifarkit.report.interpret import confusion_matrix, top_losses
 from cifarkit.models.custom_resnet import CustomResNet
+from helpers import drawn_images, drawn_lines
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +29,34 @@ def small() -> dict:
 
 
 def test_samples_grid(tmp_path: Path, small: dict, assert_real_png: Callable[..., None]) -> None:
-    """The samples grid (rows = classes, originals beside augmented views) saves as a real PNG."""
+    """The samples grid (rows = classes, originals beside augmented views) shows, row by row, the first 2 training
+    images of each class, each followed by its own augmented view; it saves as a real PNG."""
     data = small["three"]
     views = np.ascontiguousarray(data.train_images[:, ::-1])  # any uint8 HWC stand-in for the augmented view
     fig = galleries.plot_samples(data.train_images, data.train_labels, data.classes, views, per_class=2)
     assert isinstance(fig, Figure)
+    picks = [i for c in range(3) for i in np.flatnonzero(data.train_labels == c)[:2]]
+    expected = [a for i in picks for a in (data.train_images[i], views[i])]
+    shown = drawn_images(fig)
+    assert len(shown) == len(expected) == 12 and all(np.array_equal(a, b) for a, b in zip(shown, expected))
     assert_real_png(plots.save_figure(fig, tmp_path / "samples.png"))
 
 
 def test_samples_without_views_and_with_several_views(tmp_path: Path, small: dict,
                                                       assert_real_png: Callable[..., None]) -> None:
-    """Samples work with no augmented views and with V views per image ([N, V, 32, 32, 3])."""
+    """Samples work with no augmented views (3 images per class, nothing else) and with V views per image
+    ([N, V, 32, 32, 3]: each image, then its V views)."""
     data = small["three"]
-    assert_real_png(plots.save_figure(galleries.plot_samples(data.train_images, data.train_labels, data.classes),
-                                      tmp_path / "a.png"))
+    fig = galleries.plot_samples(data.train_images, data.train_labels, data.classes)
+    assert len(drawn_images(fig)) == 9 and all(any(np.array_equal(a, b) for b in data.train_images)
+                                               for a in drawn_images(fig))
+    assert_real_png(plots.save_figure(fig, tmp_path / "a.png"))
     views = np.stack([data.train_images, data.train_images[:, :, ::-1]], axis=1)
-    assert_real_png(plots.save_figure(galleries.plot_samples(data.train_images, data.train_labels, data.classes, views,
-                                                             per_class=1), tmp_path / "b.png"))
+    fig = galleries.plot_samples(data.train_images, data.train_labels, data.classes, views, per_class=1)
+    first = int(np.flatnonzero(data.train_labels == 0)[0])
+    assert len(drawn_images(fig)) == 3 * 3
+    assert all(np.array_equal(a, b) for a, b in zip(drawn_images(fig)[:3], (data.train_images[first], *views[first])))
+    assert_real_png(plots.save_figure(fig, tmp_path / "b.png"))
 
 
 def test_lr_finder_plot_tolerates_divergence(tmp_path: Path, assert_real_png: Callable[..., None]) -> None:
@@ -54,6 +66,9 @@ def test_lr_finder_plot_tolerates_divergence(tmp_path: Path, assert_real_png: Ca
     fig = plots.plot_lr_finder(lrs, losses, losses, 1e-4, 1e-2)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
+    raw, smoothed = drawn_lines(ax)[:2]  # the data as given: NaN and inf are the plot's to skip, not the caller's
+    assert np.array_equal(raw[0], lrs) and np.array_equal(raw[1], losses, equal_nan=True)
+    assert np.array_equal(smoothed[1], losses, equal_nan=True)
     texts = " ".join(t.get_text() for t in ax.texts) + " ".join(t.get_text() for t in ax.get_legend().texts)
     assert "LRMIN" in texts and "1.00e-04" in texts and "LRMAX" in texts and "1.00e-02" in texts
     assert_real_png(plots.save_figure(fig, tmp_path / "lr_finder.png"))
@@ -64,13 +79,18 @@ def test_loss_accuracy_schedule(tmp_path: Path, assert_real_png: Callable[..., N
     epochs = np.arange(1, 6)
     fig = plots.plot_accuracy(epochs, [0.3, 0.5, 0.6, 0.7, 0.8], [0.28, 0.45, 0.62, 0.6, 0.7], [np.nan] * 5)
     assert fig.axes[0].get_ylim()[1] > 50, "accuracy must be drawn in percent"
+    lines = drawn_lines(fig.axes[0])
+    assert lines[0][1] == pytest.approx([30, 50, 60, 70, 80]) and lines[1][1] == pytest.approx([28, 45, 62, 60, 70])
+    assert lines[-1][0].tolist() == [5.0] and lines[-1][1] == pytest.approx([70])  # the best test epoch: 5, 70%
     assert_real_png(plots.save_figure(fig, tmp_path / "accuracy.png"))
-    assert_real_png(plots.save_figure(plots.plot_loss(epochs, [2, 1.5, 1, 0.8, 0.6], [2.1, 1.6, 1.2, 1, 0.9]),
-                                      tmp_path / "loss.png"))
+    fig = plots.plot_loss(epochs, [2, 1.5, 1, 0.8, 0.6], [2.1, 1.6, 1.2, 1, 0.9])
+    assert [y.tolist() for _, y in drawn_lines(fig.axes[0])] == [[2, 1.5, 1, 0.8, 0.6], [2.1, 1.6, 1.2, 1, 0.9]]
+    assert_real_png(plots.save_figure(fig, tmp_path / "loss.png"))
     lrs = np.r_[np.linspace(1e-4, 1e-2, 10), np.linspace(1e-2, 1e-4, 40)]
     fig = plots.plot_lr_schedule(lrs, steps_per_epoch=10, peak_epoch=1.0)
     line = fig.axes[0].lines[0]
     assert line.get_xdata()[-1] == pytest.approx(5.0), "x must be in epochs"
+    assert np.asarray(line.get_ydata())[:-1] == pytest.approx(lrs)  # each step's LR, held to the next step
     assert_real_png(plots.save_figure(fig, tmp_path / "lr_schedule.png"))
 
 
@@ -117,6 +137,8 @@ def test_plot_into_given_ax(tmp_path: Path, assert_real_png: Callable[..., None]
     left, right = fig.subplots(1, 2)
     assert plots.plot_loss([1, 2], [1.0, 0.5], [1.1, 0.7], ax=left) is fig
     assert plots.plot_confusion_matrix(np.eye(3, dtype=int) * 5, ["a", "b", "c"], ax=right) is fig
+    assert [y.tolist() for _, y in drawn_lines(left)] == [[1.0, 0.5], [1.1, 0.7]] and not right.lines
+    assert np.array_equal(drawn_images(fig)[0], np.eye(3)) and not left.images  # each row's share, in its own ax
     assert_real_png(plots.save_figure(fig, tmp_path / "both.png"))
 
 
@@ -126,6 +148,7 @@ def test_confusion_counts_and_plot(tmp_path: Path, assert_real_png: Callable[...
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     fig = plots.plot_confusion_matrix(matrix, ["a", "b", "c"])
     assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(map(str, matrix.ravel()))
+    np.testing.assert_allclose(drawn_images(fig)[0], [[0.5, 0.5, 0], [0, 1, 0], [1 / 3, 0, 2 / 3]])  # row shares
     assert_real_png(plots.save_figure(fig, tmp_path / "cm.png"))
 
 
@@ -137,17 +160,23 @@ def test_misclassified_titles_and_empty(tmp_path: Path, small: dict, assert_real
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == f"true: {CLASSES[true[0]]}\npred: {CLASSES[pred[0]]} (87%)"
     assert len(titles) == 7
+    assert all(np.array_equal(a, b) for a, b in zip(drawn_images(fig), data.test_images[:7], strict=True))
     assert_real_png(plots.save_figure(fig, tmp_path / "mis.png"))
     empty = galleries.plot_misclassified(data.test_images[:0], [], [], [], data.classes)
     assert_real_png(plots.save_figure(empty, tmp_path / "none.png"))
 
 
 def test_gradcam_plot(tmp_path: Path, small: dict, assert_real_png: Callable[..., None]) -> None:
-    """Grad-CAM pairs (original | overlay) save as a real PNG."""
+    """Grad-CAM pairs (original | overlay): each original as given, each overlay another picture of the same size,
+    saved as a real PNG."""
     data = small["data"]
     heat = np.random.default_rng(0).random((3, 32, 32))
     fig = galleries.plot_gradcam(data.test_images[:3], heat, data.test_labels[:3], data.test_labels[:3] ^ 1,
                                  data.classes, [0.5, 0.6, 0.7])
+    shown = drawn_images(fig)
+    assert len(shown) == 6
+    for original, (left, right) in zip(data.test_images[:3], zip(shown[::2], shown[1::2]), strict=True):
+        assert np.array_equal(left, original) and right.shape[:2] == (32, 32) and not np.array_equal(right, left)
     assert_real_png(plots.save_figure(fig, tmp_path / "gradcam.png"))
 
 

@@ -32,6 +32,7 @@ from cifarkit.models import CustomResNet
 from cifarkit.report import write_plots
 from cifarkit.system import cpu_flags
 from cifarkit.train import evaluate, fit
+from helpers import slow_fixture
 
 CPU = torch.device("cpu")
 
@@ -50,6 +51,13 @@ def test_cpu_choice_follows_the_bf16_flags(flags: str, expected: str) -> None:
     """A CPU trains in bf16 only when /proc/cpuinfo's flags show bf16 units (avx512_bf16 or amx_bf16), else fp32;
     the flags are read as `system.cpu_flags` reads them."""
     assert choose_precision("cpu", cpu_flags=cpu_flags(f"processor : 0\nflags : {flags}\n")) == expected
+
+
+def test_the_cpu_policy_of_this_session(cpu_policy: frozenset[str] | None) -> None:
+    """`choose_precision("cpu")` reads the flags this session runs under: the machine's, or the set --cpu-flags names
+    (an AVX2-only CPU trains in fp32, one with AVX512-BF16 in bf16)."""
+    flags = cpu_flags() if cpu_policy is None else cpu_policy
+    assert choose_precision("cpu") == ("bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "fp32")
 
 
 def test_mps_and_other_devices_train_in_fp32() -> None:
@@ -215,7 +223,7 @@ def test_range_test_under_fp16_leaves_skipped_steps_off_the_curve(tiny_data) -> 
     assert np.isfinite(result.losses).all() and 0 < result.lr_min < result.lr_max
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """An fp16 run on the CPU, 2 epochs of one 4-image step, the second step's gradients forced to overflow. Its
     scaler starts at 2^10, low enough that these steps never overflow by themselves. (run folder, stdout)."""

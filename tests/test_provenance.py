@@ -20,27 +20,13 @@ import cifarkit.data.fingerprint
 import cifarkit.data.sources
 import cifarkit.train
 from cifarkit.checkpoint import load_checkpoint
-from cifarkit.cli import main
+from helpers import assert_one_error_line, run_cli as cli
 from cifarkit.data import load_cifar10, make_synthetic, recorded_data
 from cifarkit.data.fingerprint import fingerprint_arrays, short
 from cifarkit.errors import CifarkitError
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
         "--lr-max", "1e-3", "--no-plots", "--device", "cpu"]
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 def files(folder: Path) -> dict[str, str]:
@@ -172,11 +158,11 @@ def test_changed_or_missing_data_stops_resume_evaluate_and_report(trees: SimpleN
     commands = (["train", "--resume", "--out", str(run)], ["evaluate", "--checkpoint", str(run)], ["report", str(run)])
     for argv in commands:
         code, out, err = cli(argv, capsys)
-        assert_one_error(code, err, f"{trees.a} changed since", short(now), short(fingerprint))
+        assert_one_error_line(code, err, f"{trees.a} changed since", short(now), short(fingerprint))
     shutil.rmtree(trees.a)
     for argv in commands:
         code, out, err = cli(argv, capsys)
-        assert_one_error(code, err, f"was trained on is gone: no {trees.a}")
+        assert_one_error_line(code, err, f"was trained on is gone: no {trees.a}")
     assert files(run) == before
     assert not (tmp_path / "cifarkit-cache" / "cifar-10-python.tar.gz").exists()
 
@@ -204,7 +190,7 @@ def test_resume_keeps_its_data_and_given_data_must_match(trees: SimpleNamespace,
     path, fingerprint = recorded(run)
     other = arrays_fingerprint(trees.b)
     code, out, err = cli(["train", "--resume", "--out", str(run), "--data", str(trees.b)], capsys)
-    assert_one_error(code, err, f"refused: {trees.b} (data fingerprint {short(other)})", short(fingerprint))
+    assert_one_error_line(code, err, f"refused: {trees.b} (data fingerprint {short(other)})", short(fingerprint))
 
     monkeypatch.setenv("CIFARKIT_DATA", str(trees.b))
     code, out, err = cli(["train", "--resume", "--out", str(run)], capsys)

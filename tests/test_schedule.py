@@ -56,9 +56,14 @@ def test_reference_variant_ends_at_lr_min_over_100() -> None:
 
 
 def test_pure_function_matches_the_scheduler_and_resumes_from_state() -> None:
-    """schedule_lrs equals what the optimizer sees; a scheduler restored from state_dict continues the sequence."""
-    expected = schedule_lrs(lr_min=1e-4, lr_max=1e-2, epochs=3, steps_per_epoch=7, peak_epoch=1)
-    assert np.allclose(run_scheduler(3, 7, 1), expected)
+    """schedule_lrs and what the optimizer sees both equal the schedule worked out by hand for 3 epochs x 7 steps
+    with the peak at the end of epoch 1: 7 evenly spaced LRs from 1e-4 up to 1e-2 (steps 0-6), then 14 evenly spaced
+    steps down to 1e-4 (steps 7-20); a scheduler restored from state_dict continues the sequence."""
+    expected = np.r_[np.linspace(1e-4, 1e-2, 7), np.linspace(1e-2, 1e-4, 15)[1:]]
+    assert expected[9] == pytest.approx(1e-2 - 3 * (1e-2 - 1e-4) / 14)  # step 9: 3 of the 14 steps down
+    assert np.allclose(schedule_lrs(lr_min=1e-4, lr_max=1e-2, epochs=3, steps_per_epoch=7, peak_epoch=1), expected,
+                       rtol=1e-12, atol=0)
+    assert np.allclose(run_scheduler(3, 7, 1), expected, rtol=1e-9, atol=0)
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-2, epochs=3, steps_per_epoch=7, peak_epoch=1)
     for _ in range(9):

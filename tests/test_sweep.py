@@ -277,6 +277,7 @@ def test_another_plan_on_an_existing_study_is_refused(tmp_path: Path, data: Path
                                                                    "label_smoothing=0.1-seed0"]
 
 
+@pytest.mark.slow  # starts a Python interpreter that imports torch
 def test_train_loads_neither_optuna_nor_scipy() -> None:
     """`cifarkit train`'s modules (and the CLI, with sweep and compare among its commands) import without optuna or
     scipy: those load only when sweep or compare runs."""

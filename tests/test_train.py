@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -13,10 +15,11 @@ import torch
 
 import cifarkit.train as train_module
 from cifarkit.config import TrainConfig
-from cifarkit.data import make_synthetic
+from cifarkit.data import make_synthetic, subset
 from cifarkit.device import grad_scaler
 from cifarkit.errors import CifarkitError
 from cifarkit.train import TrainingInterrupted, fit
+from helpers import predictions_by_hand, slow_fixture
 
 
 def tiny_config(out: Path, **kw) -> TrainConfig:
@@ -29,12 +32,23 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "model.pt", weights_only=True)
 
 
+def copy_of(run: Path, folder: Path) -> Path:
+    """A private copy of `run` in `folder`, without its lock file: a test that may write leaves the shared run alone."""
+    return Path(shutil.copytree(run, folder / "run-copy", ignore=shutil.ignore_patterns(".lock")))
+
+
+def files(run: Path) -> dict[str, str]:
+    """Every file under `run` with its sha256 (the lock file aside)."""
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
 @pytest.fixture(scope="module")
 def data():
     return make_synthetic(64, 32)
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def reference_run(tmp_path_factory, data) -> Path:
     """One uninterrupted 2-epoch run that the other tests compare against."""
     out = tmp_path_factory.mktemp("ref") / "run"
@@ -44,7 +58,9 @@ def reference_run(tmp_path_factory, data) -> Path:
 
 @pytest.mark.slow
 def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path) -> None:
-    """history.csv has a row per epoch with the contract's columns; metrics.json has the promised keys."""
+    """history.csv has a row per epoch with the contract's columns; metrics.json has the promised keys, and its final
+    accuracy is the share of the 16 test images that the saved weights, run by a forward pass written here, get
+    right."""
     rows = list(csv.DictReader(open(reference_run / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_second"}
@@ -53,7 +69,10 @@ def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path
                 "train_seconds", "images_per_second", "device", "world_size"):
         assert key in metrics, key
     assert metrics["epochs_completed"] == 2 and metrics["world_size"] == 1 and metrics["synthetic"] is True
-    assert 0 <= metrics["final_test_accuracy"] <= 1
+    data = subset(make_synthetic(64, 32), None, 16)  # the run's 16 test images, drawn as fit draws them
+    right = predictions_by_hand(reference_run, data.test_images) == data.test_labels
+    assert metrics["final_test_accuracy"] == pytest.approx(right.mean(), abs=1 / 16 + 1e-9)  # one near-tie apart
+    assert (metrics["final_test_accuracy"] * 16) % 1 == pytest.approx(0, abs=1e-6)  # a whole number of 16 images
     assert TrainConfig.load(reference_run / "config.json").lr_max == 1e-3
     assert (reference_run / "checkpoints" / "last.pt").is_file()
     assert len(json.loads((reference_run / "schedule.json").read_text())["lrs"]) == 2 * 4
@@ -100,19 +119,23 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, dat
 
 @pytest.mark.slow
 def test_resume_with_another_recipe_is_refused(tmp_path: Path, data, reference_run: Path) -> None:
-    """A changed training field on --resume is one clear error naming the field."""
+    """A changed training field on --resume is one clear error naming the field, and the run is left as it was."""
+    run = copy_of(reference_run, tmp_path)
+    before = files(run)
     with pytest.raises(CifarkitError, match="weight_decay"):
-        fit(tiny_config(reference_run, weight_decay=0.5), data=data, resume=True, progress=False)
+        fit(tiny_config(run, weight_decay=0.5), data=data, resume=True, progress=False)
+    assert files(run) == before
 
 
 @pytest.mark.slow
-def test_new_run_into_an_existing_run_is_refused(data, reference_run: Path) -> None:
-    """Without resume=True, a folder that already holds a checkpoint is not overwritten, and the error names the
-    argument (resume=True), not the CLI flag."""
-    before = (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns
+def test_new_run_into_an_existing_run_is_refused(tmp_path: Path, data, reference_run: Path) -> None:
+    """Without resume=True, a folder that already holds a checkpoint is not overwritten (every file as it was), and
+    the error names the argument (resume=True), not the CLI flag."""
+    run = copy_of(reference_run, tmp_path)
+    before = files(run), (run / "checkpoints" / "last.pt").stat().st_mtime_ns
     with pytest.raises(CifarkitError, match=r"resume=True"):
-        fit(tiny_config(reference_run), data=data, progress=False)
-    assert (reference_run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+        fit(tiny_config(run), data=data, progress=False)
+    assert (files(run), (run / "checkpoints" / "last.pt").stat().st_mtime_ns) == before
 
 
 @pytest.mark.slow

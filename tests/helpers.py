@@ -1,0 +1,99 @@
+"""What several test modules share: the CLI run in-process with its output captured, the one-error-line check, and
+`slow_fixture`, the mark that makes every test requesting a fixture slow (conftest.py reads it at collection)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import pytest
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SLOW_ATTRIBUTE = "cifarkit_slow_fixture"  # set on a fixture's function; conftest.py marks its users slow
+
+
+def slow_fixture(*args: Any, **kwargs: Any) -> Any:
+    """`@slow_fixture(scope=...)` or `@slow_fixture`: a pytest fixture that trains (or launches a process, a server,
+    a browser); every test that requests it, directly or through another fixture, is marked `slow`."""
+
+    def wrap(function: F) -> F:
+        setattr(function, SLOW_ATTRIBUTE, True)
+        return pytest.fixture(**kwargs)(function)  # type: ignore[no-any-return]
+
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return wrap(args[0])
+    return wrap
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`cifarkit ARGV` in this process: (exit code, stdout, stderr), with nothing printed before it mixed in."""
+    from cifarkit.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
+    """Exit code 2 and stderr exactly one `error: ...` line holding every fragment, no traceback."""
+    assert code == 2, err
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def drawn_images(figure: Any) -> list[Any]:
+    """The arrays a matplotlib figure shows with imshow, axes by axes in drawing order (what a gallery put in it)."""
+    import numpy as np
+
+    return [np.asarray(image.get_array()) for ax in figure.axes for image in ax.images]
+
+
+def drawn_lines(ax: Any) -> list[tuple[Any, Any]]:
+    """(x, y) of every line an axes draws, in drawing order, as float arrays."""
+    import numpy as np
+
+    return [(np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)) for line in ax.lines]
+
+
+def predictions_by_hand(run: Any, images: Any) -> Any:
+    """The classes a run's model.pt gives `images` (uint8 N x 32 x 32 x 3), by a forward pass written here rather
+    than the product's: the weights in a fresh CustomResNet in eval mode, each pixel (x / 255 - mean) / std with the
+    run's normalisation, autocast in the run's precision (auto: what `choose_precision` picks for this CPU), argmax."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from cifarkit.data import normalization
+    from cifarkit.device import choose_precision
+    from cifarkit.models import CustomResNet
+
+    config = json.loads((run / "config.json").read_text())
+    model = CustomResNet()
+    model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    mean, std = (np.asarray(v, dtype=np.float32) for v in normalization(config["std"]))
+    x = torch.from_numpy(((np.asarray(images, dtype=np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
+    precision = choose_precision("cpu") if config["precision"] == "auto" else config["precision"]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        return model.eval()(x).float().argmax(1).numpy()
+
+
+def untrained_run(folder: Any, seed: int = 0) -> Any:
+    """A run folder without training: model.pt holds a seeded, untrained CustomResNet and config.json records
+    `--data synthetic`. For tests whose promise is about arguments, refusals or files, not the network's numbers."""
+    import torch
+
+    from cifarkit.config import TrainConfig
+    from cifarkit.data import resolve_data
+    from cifarkit.models import CustomResNet
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    torch.save(CustomResNet().state_dict(), folder / "model.pt")
+    TrainConfig(data="synthetic", data_fingerprint=resolve_data("synthetic").fingerprint, out=str(folder),
+                test_subset=4).save(folder / "config.json")
+    return folder
