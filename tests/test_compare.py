@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_error_line, run_cli
 
 from cifarkit import cli
 from cifarkit.config import TrainConfig
@@ -145,10 +146,8 @@ def test_compare_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.Capt
     else:
         fake_run(tmp_path / "a", final=0.9, curve=[0.9])
         argv = ["compare", str(tmp_path / "a"), "--baseline", "nope"]
-    capsys.readouterr()
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    code, _, err = run_cli(argv, capsys)
+    assert_one_error_line(code, err, message)
 
 
 def test_docs_results_are_compares_output() -> None:
