@@ -59,6 +59,7 @@ class Sweep:
         self.slices = cpu_slices(workers)
         self.finding: set[str] = set()  # recipes whose range test runs in this process
         self.failed = 0
+        self.waiting_said = False
         self.bar: tqdm | None = None
 
     # ------------------------------------------------------------------------------------------- the loop
@@ -104,11 +105,17 @@ class Sweep:
         return c["complete"] + c["pruned"] + c["fail"]
 
     def _more(self) -> bool:
-        """Whether trials are left for this process to claim."""
+        """Whether trials are left to claim, now or later: waiting ones, trials still to ask for in a search, and
+        trials that other processes run (if one of them dies, its trial comes back to the queue)."""
         c = engine.counts(self.study)
-        if c["waiting"]:
+        if c["waiting"] or (self.plan.search and sum(c.values()) < (self.plan.trials or 0)):
             return True
-        return bool(self.plan.search) and sum(c.values()) < (self.plan.trials or 0)
+        others = c["running"] - len(self.jobs)
+        if others > 0 and not self.waiting_said:
+            self.waiting_said = True
+            tqdm.write(f"waiting for {others} trial{'s' * (others > 1)} that other sweep processes run (a trial "
+                       f"whose heartbeat stops for {engine.GRACE_S} s is handed out again)")
+        return others > 0
 
     # ------------------------------------------------------------------------------------------ starting
     def _start(self, slot: int) -> bool:
