@@ -97,3 +97,21 @@ def untrained_run(folder: Any, seed: int = 0) -> Any:
     TrainConfig(data="synthetic", data_fingerprint=resolve_data("synthetic").fingerprint, out=str(folder),
                 test_subset=4).save(folder / "config.json")
     return folder
+
+
+def png_pixels(path: Any) -> Any:
+    """A PNG's pixels as an H x W x 3 int array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int32)
+
+
+def colour_pixels(pixels: Any, colour: str, tolerance: int = 12) -> int:
+    """How many pixels are within `tolerance` (per channel, 0-255) of a matplotlib colour ("tab:blue")."""
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    target = np.round(np.asarray(to_rgb(colour)) * 255).astype(np.int32)
+    return int((np.abs(pixels - target) <= tolerance).all(axis=-1).sum())

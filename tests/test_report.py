@@ -21,7 +21,7 @@ from cifarkit.errors import CifarkitError
 from cifarkit.models.custom_resnet import CustomResNet
 from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP
 from cifarkit.report.figures import step_losses
-from helpers import predictions_by_hand, slow_fixture
+from helpers import colour_pixels, png_pixels, predictions_by_hand, slow_fixture
 
 PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
 LR_MIN, LR_MAX = 2.5e-4, 3.2e-2
@@ -71,11 +71,29 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+# The colours each curve plot draws its data in (report/plots.py), and a floor on their pixels above what a legend's
+# swatch takes (a line across the axes covers thousands of pixels; a swatch a few dozen).
+CURVE_COLOURS = {"loss": ("tab:blue", "tab:orange"), "accuracy": ("tab:blue", "tab:orange"),
+                 "lr_finder": ("tab:blue",), "lr_schedule": ("tab:purple",)}
+LINE_PIXELS = 300
+
+
 @pytest.mark.slow
 def test_every_plot_is_a_real_picture(built: Path, assert_real_png: Callable[..., None]) -> None:
-    """Every plot of the contract is written under RUN/plots/ as a PNG of sensible size that is not one colour."""
+    """Every plot of the contract is written under RUN/plots/ as a PNG of sensible size that is not one colour, and
+    shows its content: each curve plot has its lines' colours over far more pixels than a legend takes, the
+    confusion matrix has blue cells, and in each gallery of images (samples, mistakes, Grad-CAM) most of the
+    picture is not white background."""
     for name in PLOTS:
         assert_real_png(built / "plots" / f"{name}.png")
+        pixels = png_pixels(built / "plots" / f"{name}.png")
+        for colour in CURVE_COLOURS.get(name, ()):
+            assert colour_pixels(pixels, colour, tolerance=40) > LINE_PIXELS, (name, colour)
+        if name == "confusion_matrix":
+            blue = (pixels[..., 2] - pixels[..., 0] > 60).sum()
+            assert blue > 0.05 * pixels.shape[0] * pixels.shape[1], name
+        if name in ("samples", "misclassified", "gradcam"):
+            assert (pixels < 240).any(axis=-1).mean() > 0.2, name
 
 
 @pytest.mark.slow

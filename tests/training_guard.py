@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+import cifarkit
+
 # Where training goes through: in a test not marked slow, a call of one of these with a network (a module of more than
 # NETWORK_PARAMETERS parameters, or none passed: it builds its own) raises UnmarkedTestTrains, as does any optimizer
 # step over a network and a Python interpreter started by the test, so `-m "not slow"` provably trains nothing.
@@ -21,6 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 TRAINING_ENTRY_POINTS = ("cifarkit.train.train_step", "cifarkit.lr_finder.find_lr", "cifarkit.bench.run_bench")
 NETWORK_PARAMETERS = 10_000  # the network has 6.57M; a test's toy model (a Linear layer, a tiny conv) far fewer
 TESTS = Path(__file__).resolve().parent
+PRODUCT = Path(cifarkit.__file__).resolve().parent
 
 
 class UnmarkedTestTrains(RuntimeError):
@@ -47,18 +51,29 @@ def _guarded(target: str, function: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-class _NoPythonFromTests(subprocess.Popen):  # type: ignore[type-arg]
-    """Popen that refuses a Python interpreter started by test code (the product's own helper processes pass)."""
+def _no_python_from_tests(execute_child: Callable[..., Any]) -> Callable[..., Any]:
+    """Popen's process start, refusing a Python interpreter started on a test's behalf (by test code, directly or
+    through a library: a notebook kernel from jupyter_client, torchrun from subprocess, however the library imported
+    Popen) and one the product starts that runs the product or torch (`-m cifarkit...`: a training worker). The
+    product's other helpers (an isolated image decoder) pass."""
 
-    def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
-        program = args[0] if isinstance(args, (list, tuple)) and args else args
-        if isinstance(program, (str, Path)) and (Path(program).name.startswith("python") or program == sys.executable):
+    def start(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> Any:  # type: ignore[type-arg]
+        argv = [os.fsdecode(a) for a in args] if isinstance(args, (list, tuple)) else [os.fsdecode(args)]
+        if argv and (Path(argv[0]).name.startswith("python") or argv[0] == sys.executable):
+            module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
             frame = sys._getframe(1)
-            while frame and frame.f_code.co_filename in (subprocess.__file__, __file__):
+            while frame:  # the nearest caller that is the product's or a test's decides
+                path = Path(frame.f_code.co_filename).resolve()
+                if path.is_relative_to(PRODUCT):
+                    if module.split(".")[0] in ("cifarkit", "torch"):
+                        _refuse(f"the product started {argv[0]} -m {module}")
+                    break
+                if path.is_relative_to(TESTS) and path != Path(__file__).resolve():
+                    _refuse(f"started {argv[0]}")
                 frame = frame.f_back
-            if frame and Path(frame.f_code.co_filename).resolve().is_relative_to(TESTS):
-                _refuse(f"started {program}")
-        super().__init__(args, *rest, **kwargs)
+        return execute_child(self, args, *rest, **kwargs)
+
+    return start
 
 
 @contextlib.contextmanager
@@ -73,7 +88,7 @@ def training_refused(test_module: object) -> Iterator[None]:
                 for name, value in list(vars(module).items()):
                     if value is original:
                         mp.setattr(module, name, _guarded(target, original))
-        mp.setattr(subprocess, "Popen", _NoPythonFromTests)
+        mp.setattr(subprocess.Popen, "_execute_child", _no_python_from_tests(subprocess.Popen._execute_child))
 
         def step_hook(optimizer: torch.optim.Optimizer, *_: object) -> None:
             n = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
