@@ -31,7 +31,6 @@ optuna = pytest.importorskip("optuna", reason="cifarkit[sweep] is not installed"
 from cifarkit.checkpoint import safe_torch_load  # noqa: E402
 from cifarkit.study import engine  # noqa: E402
 from cifarkit.study.plan import make_plan  # noqa: E402
-from helpers import slow_fixture  # noqa: E402
 
 
 @pytest.fixture
