@@ -19,7 +19,7 @@ stats = pytest.importorskip("scipy.stats", reason="cifarkit[sweep] is not instal
 
 from cifarkit.study.compare import compare  # noqa: E402
 from cifarkit.study.stats import group_stats, welch_p  # noqa: E402
-from cifarkit.study.runs import RunRow, collect  # noqa: E402
+from cifarkit.study.runs import collect  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results"
 

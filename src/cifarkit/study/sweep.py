@@ -255,7 +255,7 @@ class Sweep:
                 except subprocess.TimeoutExpired:
                     job.proc.kill()
             engine.give_back(self.storage, self.study, job.tid)
-        print(f"interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
+        print("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
         return 130
 
 
