@@ -68,7 +68,8 @@ class Sweep:
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
         seeds = len(self.plan.seeds)
-        each = f"{seeds} seed{'s' * (seeds > 1)} each"
+        configs = total // seeds
+        each = f"{configs} config{'s' * (configs > 1)} x {seeds} seed{'s' * (seeds > 1)}"
         mode = f"{total} search trials" if self.plan.search else f"{total} trials ({each})"
         tqdm.write(f"sweep {self.out}: {mode}, {done} already finished; {self.workers} at once "
                    f"({len(self.slices[0])} CPU thread{'s' * (len(self.slices[0]) > 1)} each); study "
@@ -245,6 +246,8 @@ class Sweep:
     def _interrupted(self) -> int:
         """Ctrl-C or SIGTERM: every child stops at a step boundary with a checkpoint; their trials go back to the
         queue, so the same command resumes them."""
+        if self.bar is not None:
+            self.bar.close()  # the lines below start lines of their own
         for job in self.jobs.values():
             if job.proc is not None and job.proc.poll() is None:
                 job.proc.send_signal(signal.SIGTERM)
