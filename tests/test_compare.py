@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_error_line, run_cli
 
 from cifarkit import cli
 from cifarkit.config import TrainConfig
@@ -18,7 +19,7 @@ stats = pytest.importorskip("scipy.stats", reason="cifarkit[sweep] is not instal
 
 from cifarkit.study.compare import compare  # noqa: E402
 from cifarkit.study.stats import group_stats, welch_p  # noqa: E402
-from cifarkit.study.runs import RunRow, collect  # noqa: E402
+from cifarkit.study.runs import collect  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
@@ -38,8 +39,8 @@ def fake_run(folder: Path, *, final: float, curve: list[float], found_lrs: bool 
         w.writerow(["epoch", "test_acc"])
         w.writerows([e + 1, a] for e, a in enumerate(curve))
     (folder / "model.pt").write_bytes(b"weights")
-    if found_lrs:
-        (folder / "lr_finder.json").write_text("{}")
+    if found_lrs:  # train's own range test: its suggestions are the LRs the run used
+        (folder / "lr_finder.json").write_text(json.dumps({"lr_min": config.lr_min, "lr_max": config.lr_max}))
     return folder
 
 
@@ -72,8 +73,9 @@ def test_runs_are_grouped_by_what_differs_but_the_seed(tmp_path: Path) -> None:
         fake_run(tmp_path / f"plain-{seed}", final=a, curve=[0.5, a], seed=seed, found_lrs=True)
         fake_run(tmp_path / f"ls-{seed}", final=b, curve=[0.6, b], seed=seed, found_lrs=True, label_smoothing=0.1,
                  lr_find_iters=200)
-    config = json.loads((tmp_path / "ls-2" / "config.json").read_text())
-    (tmp_path / "ls-2" / "config.json").write_text(json.dumps(config | {"lr_max": 0.007}))  # its own range test
+    for name in ("config.json", "lr_finder.json"):  # its own range test found another LRMAX
+        found = json.loads((tmp_path / "ls-2" / name).read_text())
+        (tmp_path / "ls-2" / name).write_text(json.dumps(found | {"lr_max": 0.007}))
     rows, notes = collect([tmp_path])
     assert notes == []
     groups = {g.config: g for g in compare(rows, baseline="label_smoothing=0")}
@@ -83,6 +85,20 @@ def test_runs_are_grouped_by_what_differs_but_the_seed(tmp_path: Path) -> None:
     assert groups["label_smoothing=0.1"].p_value == pytest.approx(
         stats.ttest_ind([92, 93, 95], [90, 91, 92], equal_var=False).pvalue)
     assert math.isnan(groups["label_smoothing=0"].p_value)
+
+
+def test_a_grid_over_lr_max_groups_by_lr_max_not_by_the_found_lr_min(tmp_path: Path) -> None:
+    """Sweep runs record which LRs their recipe's range test found: a grid over lr_max whose lr_min came from the
+    range tests groups by lr_max, even though lr_min differs between the recipes."""
+    for lr_max, lr_min in ((0.001, 1e-5), (0.01, 2e-5)):
+        for seed in range(2):
+            fake_run(tmp_path / f"{lr_max}-{seed}", final=0.9, curve=[0.9], seed=seed)
+            path = tmp_path / f"{lr_max}-{seed}" / "config.json"
+            config = json.loads(path.read_text())
+            path.write_text(json.dumps(config | {"lr_min": lr_min, "lr_max": lr_max,
+                                                 "extra": {"lr_from": "lr-find/x", "lrs_found": ["lr_min"]}}))
+    rows, _ = collect([tmp_path])
+    assert sorted({r.config for r in rows}) == ["lr_max=0.001", "lr_max=0.01"]
 
 
 def test_unfinished_runs_are_left_out_and_said(tmp_path: Path) -> None:
@@ -130,10 +146,8 @@ def test_compare_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.Capt
     else:
         fake_run(tmp_path / "a", final=0.9, curve=[0.9])
         argv = ["compare", str(tmp_path / "a"), "--baseline", "nope"]
-    capsys.readouterr()
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    code, _, err = run_cli(argv, capsys)
+    assert_one_error_line(code, err, message)
 
 
 def test_docs_results_are_compares_output() -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import assert_one_error_line, run_cli, slow_fixture
 
 from cifarkit import cli
 from cifarkit.data import make_synthetic
@@ -30,7 +31,6 @@ optuna = pytest.importorskip("optuna", reason="cifarkit[sweep] is not installed"
 from cifarkit.checkpoint import safe_torch_load  # noqa: E402
 from cifarkit.study import engine  # noqa: E402
 from cifarkit.study.plan import make_plan  # noqa: E402
-from helpers import slow_fixture  # noqa: E402
 
 
 @pytest.fixture
@@ -46,10 +46,7 @@ def tiny(data: Path, *extra: str, epochs: int = 2) -> list[str]:
 
 def sweep(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> tuple[int, str, str]:
     """The CLI in this process (its runs are child processes either way): (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = cli.main(["sweep", "--out", str(out), *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(["sweep", "--out", str(out), *args], capsys)
 
 
 def spawn(out: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -256,9 +253,7 @@ def test_bad_input_is_one_error_line_before_any_run(tmp_path: Path, data: Path, 
     """Each mistake: exit 2, one `error:` line on stderr that names it, and no sweep folder made."""
     out = tmp_path / "sweep"
     code, stdout, err = sweep(capsys, out, *tiny(data), *args)
-    lines = [line for line in err.strip().splitlines() if line.strip() and not line.startswith("data: ")]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert_one_error_line(code, err, message)
     assert not out.exists()
 
 
@@ -271,9 +266,8 @@ def test_another_plan_on_an_existing_study_is_refused(tmp_path: Path, data: Path
     plan = make_plan(cli.given_config(parsed), seeds="0", grid=["label_smoothing=0,0.1"], search=[], trials=None)
     engine.open_study(engine.open_storage(engine.default_storage(out)), out.name, plan, 0)
     code, stdout, err = sweep(capsys, out, *tiny(data), "--grid", "label_smoothing=0,0.2", "--seeds", "0")
-    assert code == 2, err
-    assert err.strip().splitlines()[-1] == (f"error: study 'ls' was made by a sweep with other --grid: rerun it with "
-                                            "the same flags, or give another --out")
+    assert_one_error_line(code, err, "error: study 'ls' was made by a sweep with other --grid: rerun it with the same "
+                          "flags, or give another --out")
     assert sorted(t.user_attrs["run"] for t in trials_of(out)) == ["label_smoothing=0-seed0",
                                                                    "label_smoothing=0.1-seed0"]
 

@@ -43,7 +43,8 @@ def add_study_parsers(sub: Any) -> None:
                    "ends")
     p.add_argument("--trials", type=count(1), default=None, metavar="N", help="trials of a --search")
     p.add_argument("--workers", dest="sweep_workers", type=count(1), default=1, metavar="N",
-                   help="runs at once on this machine, the CPUs split between them (default: 1)")
+                   help="runs at once on this machine, the CPUs split between them; on a GPU they share it "
+                   "(default: 1)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="database URL of the study, shared by several machines (default: sqlite in SWEEP)")
     add_config_flags(p, [n for n in _train_fields() if n not in ("out", "seed", "workers")])

@@ -6,7 +6,7 @@ or in the database that `--storage URL` names, which several machines share. A g
 the process that creates the study; every process then claims WAITING trials, one at a time, by the storage's atomic
 WAITING -> RUNNING update, so no trial is handed to two workers. A claimed trial carries a heartbeat; when the
 process that holds it dies (kill -9, a lost machine), its trial is failed and a copy of it, with the same run
-folder, is enqueued again (Optuna's RetryFailedTrialCallback): at once when the dead process ran on this machine,
+folder, is enqueued again (Optuna's retry callback): at once when the dead process ran on this machine,
 else once its heartbeat is `GRACE_S` seconds old.
 """
 
@@ -151,9 +151,21 @@ def ask_new(storage: RDBStorage, study: optuna.Study) -> Trial:
     return _held(storage, study, trial_id(storage, study, trial.number))
 
 
+def process_space() -> str:
+    """Where this process's id means this process: the host name, its boot, and the PID namespace (two containers
+    on one machine may share a host name, never a PID namespace)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(path).read_text().strip() if "boot" in path else str(os.stat(path).st_ino))
+        except OSError:
+            parts.append("?")
+    return "/".join(parts)
+
+
 def _held(storage: RDBStorage, study: optuna.Study, tid: int) -> Trial:
     trial = Trial(study, tid)
-    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("host", process_space())
     trial.set_user_attr("pid", os.getpid())
     storage.record_heartbeat(tid)
     return trial
@@ -168,7 +180,7 @@ def hand_out_dead(storage: RDBStorage, study: optuna.Study) -> int:
     """Fail the RUNNING trials whose process is gone, and enqueue each again (same run folder): those of a process of
     this machine that no longer exists at once, the others once their heartbeat is stale. Returns how many."""
     retry = _retry()
-    host, count = socket.gethostname(), 0
+    host, count = process_space(), 0
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = frozen.user_attrs.get("pid")
         if frozen.user_attrs.get("host") != host or pid is None or _alive(int(pid)):

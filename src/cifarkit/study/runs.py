@@ -2,8 +2,8 @@
 
 A run folder gives its config (config.json), final and best test accuracy, epochs and train time (metrics.json) and
 its accuracy curve (history.csv). Its group is its config without what does not change what is trained (the seed,
-the folder, where the data lies, plots, loader workers, ...), and without LRMIN/LRMAX when the run found them with
-its own range test (they differ seed to seed); peak_epoch counts only where it is not the default for the run's
+the folder, where the data lies, plots, loader workers, ...), and without the LRs that a range test found rather
+than the user gave (they differ seed to seed); peak_epoch counts only where it is not the default for the run's
 epochs. A group is named by the fields in which the runs differ: "label_smoothing=0.1".
 
 runs.csv, one row per run, is what compare writes beside compare.csv and what it reads back: the columns `run`,
@@ -76,13 +76,25 @@ def history_column(run: Path, column: str) -> list[float]:
         return []
 
 
-def recipe_of(config: dict[str, Any], found_lrs: bool) -> dict[str, Any]:
-    """What a run trained, for grouping: its config without NOT_RECIPE, the LRs a range test found, and a default
-    peak_epoch."""
+def found_lrs(run: Path, config: dict[str, Any]) -> list[str]:
+    """Which of lr_min and lr_max a range test found: as a sweep recorded it, else those equal to the suggestions in
+    the run's own lr_finder.json (train's range test fills only the LRs not given)."""
+    extra = config.get("extra") or {}
+    if "lrs_found" in extra:
+        return list(extra["lrs_found"])
+    if not (run / LR_FINDER).is_file():
+        return []
+    suggested = _json(run / LR_FINDER)
+    return [name for name in ("lr_min", "lr_max") if name in suggested and suggested[name] == config.get(name)]
+
+
+def recipe_of(config: dict[str, Any], found: list[str]) -> dict[str, Any]:
+    """What a run trained, for grouping: its config without NOT_RECIPE, without the LRs a range test `found`, and
+    without a default peak_epoch."""
     recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE}
     recipe["data"] = config.get("data_fingerprint") or config.get("data")
-    if found_lrs:
-        recipe["lr_min"] = recipe["lr_max"] = "range test"
+    for name in found:
+        recipe[name] = "range test"
     epochs = config.get("epochs", ASSIGNMENT_EPOCHS)
     if recipe.get("peak_epoch") == ASSIGNMENT_PEAK_EPOCH * epochs / ASSIGNMENT_EPOCHS:
         recipe.pop("peak_epoch")
@@ -95,11 +107,10 @@ def read_run(run: Path) -> RunRow:
     metrics = _json(run / METRICS)
     curve = [100 * a for a in history_column(run, "test_acc")]
     best_epoch = max(range(len(curve)), key=curve.__getitem__) + 1 if curve else None
-    found = (run / LR_FINDER).is_file() or bool((config.get("extra") or {}).get("lr_from"))
     return RunRow(run=run.name, seed=config.get("seed"), final=100 * metrics["final_test_accuracy"],
                   best=100 * metrics["best_test_accuracy"], best_epoch=best_epoch,
                   epochs=metrics.get("epochs_completed"), train_seconds=metrics.get("train_seconds"), curve=curve,
-                  recipe=recipe_of(config, found))
+                  recipe=recipe_of(config, found_lrs(run, config)))
 
 
 def _number(text: str | None, kind: type = float) -> Any:

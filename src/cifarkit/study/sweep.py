@@ -60,6 +60,7 @@ class Sweep:
         self.slices = cpu_slices(workers)
         self.finding: set[str] = set()  # recipes whose range test runs in this process
         self.failed = 0
+        self.waiting_said = False
         self.bar: tqdm | None = None
 
     # ------------------------------------------------------------------------------------------- the loop
@@ -68,7 +69,8 @@ class Sweep:
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
         seeds = len(self.plan.seeds)
-        each = f"{seeds} seed{'s' * (seeds > 1)} each"
+        configs = total // seeds
+        each = f"{configs} config{'s' * (configs > 1)} x {seeds} seed{'s' * (seeds > 1)}"
         mode = f"{total} search trials" if self.plan.search else f"{total} trials ({each})"
         tqdm.write(f"sweep {self.out}: {mode}, {done} already finished; {self.workers} at once "
                    f"({len(self.slices[0])} CPU thread{'s' * (len(self.slices[0]) > 1)} each); study "
@@ -105,11 +107,17 @@ class Sweep:
         return c["complete"] + c["pruned"] + c["fail"]
 
     def _more(self) -> bool:
-        """Whether trials are left for this process to claim."""
+        """Whether trials are left to claim, now or later: waiting ones, trials still to ask for in a search, and
+        trials that other processes run (if one of them dies, its trial comes back to the queue)."""
         c = engine.counts(self.study)
-        if c["waiting"]:
+        if c["waiting"] or (self.plan.search and sum(c.values()) < (self.plan.trials or 0)):
             return True
-        return bool(self.plan.search) and sum(c.values()) < (self.plan.trials or 0)
+        others = c["running"] - len(self.jobs)
+        if others > 0 and not self.waiting_said:
+            self.waiting_said = True
+            tqdm.write(f"waiting for {others} trial{'s' * (others > 1)} that other sweep processes run (a trial "
+                       f"whose heartbeat stops for {engine.GRACE_S} s is handed out again)")
+        return others > 0
 
     # ------------------------------------------------------------------------------------------ starting
     def _start(self, slot: int) -> bool:
@@ -175,8 +183,10 @@ class Sweep:
 
     def _with_lrs(self, job: Job, lrs: list[float]) -> None:
         c = job.config
+        found = [name for name in ("lr_min", "lr_max") if getattr(c, name) is None]
         job.config = replace(c, lr_min=c.lr_min or lrs[0], lr_max=c.lr_max or lrs[1],
-                             extra=c.extra | {"lr_from": str(self.lr_dir(job.recipe).relative_to(self.out))})
+                             extra=c.extra | {"lr_from": str(self.lr_dir(job.recipe).relative_to(self.out)),
+                                              "lrs_found": found})
 
     # ---------------------------------------------------------------------------------------- finishing
     def _poll(self, slot: int) -> None:
@@ -237,6 +247,8 @@ class Sweep:
     def _interrupted(self) -> int:
         """Ctrl-C or SIGTERM: every child stops at a step boundary with a checkpoint; their trials go back to the
         queue, so the same command resumes them."""
+        if self.bar is not None:
+            self.bar.close()  # the lines below start lines of their own
         for job in self.jobs.values():
             if job.proc is not None and job.proc.poll() is None:
                 job.proc.send_signal(signal.SIGTERM)
@@ -247,7 +259,7 @@ class Sweep:
                 except subprocess.TimeoutExpired:
                     job.proc.kill()
             engine.give_back(self.storage, self.study, job.tid)
-        print(f"interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
+        print("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
         return 130
 
 
