@@ -52,18 +52,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `slow` every test that requests a fixture made with `helpers.slow_fixture`, directly or through another
-    fixture (a test is slow by what it does, not by its name); skip tests marked `realdata` unless $CIFARKIT_DATA
-    names the real set."""
+    fixture (a test is slow by what it does, not by its name); put the long tests first (see run_first); skip tests
+    marked `realdata` unless $CIFARKIT_DATA names the real set."""
     for item in items:
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         if any(getattr(d.func, SLOW_ATTRIBUTE, False) for chain in defs.values() for d in chain):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=run_first)
     if os.environ.get("CIFARKIT_DATA"):
         return
     skip = pytest.mark.skip(reason="needs the real CIFAR-10 set: set CIFARKIT_DATA")
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+def run_first(item: pytest.Item) -> tuple[bool, bool]:
+    """The order tests are handed to pytest-xdist's workers (a stable sort: files keep their order within each class):
+    the xdist groups first (each a long serial unit for one worker), then the other slow tests, then the quick ones,
+    so that the last minutes are many short tests that keep both workers busy rather than one long test alone."""
+    return item.get_closest_marker("xdist_group") is None, item.get_closest_marker("slow") is None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -42,8 +42,11 @@ def data(tmp_path: Path, cifar_files: SimpleNamespace, cifar_cache: Path) -> Pat
 
 
 def tiny(data: Path, *extra: str, epochs: int = 2) -> list[str]:
+    """A trial's flags: a few steps of 16 images, no plots, and the augmentation on the batch (--augment batched), so
+    that each trial's fresh interpreter does not import albumentations (these tests are about trials, not about the
+    augmentation path)."""
     return ["--data", str(data), "--subset", "64", "--test-subset", "32", "--batch-size", "16", "--epochs", str(epochs),
-            "--no-plots", *extra]
+            "--no-plots", "--augment", "batched", *extra]
 
 
 def sweep_cpu() -> set[int]:
