@@ -52,12 +52,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `slow` every test that requests a fixture made with `helpers.slow_fixture`, directly or through another
-    fixture (a test is slow by what it does, not by its name); put the long tests first (see run_first); skip tests
-    marked `realdata` unless $CIFARKIT_DATA names the real set."""
+    fixture (a test is slow by what it does, not by its name); give the tests that share a module-scoped slow fixture
+    one xdist_group, so that one pytest worker runs them and makes it once (session-scoped ones are shared across
+    workers under a file lock: see `trained_once`); put the long tests first (see run_first); skip tests marked
+    `realdata` unless $CIFARKIT_DATA names the real set."""
     for item in items:
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(getattr(d.func, SLOW_ATTRIBUTE, False) for chain in defs.values() for d in chain):
+        slow = [d for chain in defs.values() for d in chain if getattr(d.func, SLOW_ATTRIBUTE, False)]
+        if slow:
             item.add_marker(pytest.mark.slow)
+        shared = sorted(f"{item.path.stem}::{d.argname}" for d in slow if d.scope in ("module", "class"))
+        if shared and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
     items.sort(key=run_first)
     if os.environ.get("CIFARKIT_DATA"):
         return
