@@ -209,7 +209,7 @@ def test_failed_start_leaves_nothing_behind(failure: str, folder: str, tmp_path:
     def fail(*args: object, **kwargs: object) -> None:
         raise CifarkitError("the range test failed") if failure == "error" else KeyboardInterrupt
 
-    monkeypatch.setattr(cifarkit.train, "find_lrs", fail)
+    monkeypatch.setattr(cifarkit.train, "range_test", fail)
     data = str(tmp_path / "nothing") if failure == "bad data" else "synthetic"
     code, out, err = cli(["train", *TINY, "--data", data, "--out", str(run)], capsys)
     assert code == (130 if failure == "Ctrl-C" else 2), err

@@ -29,7 +29,8 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet
-from cifarkit.train import evaluate, fit
+from cifarkit.inference import evaluate
+from cifarkit.train import fit
 from helpers import slow_fixture
 
 pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),

@@ -22,12 +22,12 @@ from cifarkit.cli import build_parser, main
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import REPOSITORY, CifarkitError
-from cifarkit.explain import describe_run
-from cifarkit.flags import given_config
+from cifarkit.app.views import describe_run
+from cifarkit.cli_flags import given_config
 from cifarkit.report import write_report
 from cifarkit.report.render import fmt_count, fmt_epoch
 from cifarkit.runlog import RunLog
-from cifarkit.uploads import check_image_file
+from cifarkit.app.uploads import check_image_file
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

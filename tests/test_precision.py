@@ -30,8 +30,9 @@ from cifarkit.errors import CifarkitError
 from cifarkit.lr_finder import range_test
 from cifarkit.models import CustomResNet
 from cifarkit.report import write_plots
-from cifarkit.system import cpu_flags
-from cifarkit.train import evaluate, fit
+from cifarkit.cpuinfo import cpu_flags
+from cifarkit.inference import evaluate
+from cifarkit.train import fit
 from helpers import slow_fixture
 
 CPU = torch.device("cpu")

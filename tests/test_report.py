@@ -62,12 +62,12 @@ def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = Tr
 
 @slow_fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder processed by build_report (which runs write_plots and write_report), data patched to be tiny."""
+    """A run folder processed by report_command (which runs write_plots and write_report), data patched to be tiny."""
     run = tmp_path_factory.mktemp("runs") / "demo"
     make_run_files(run)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (40, 30))
-        path = commands.build_report(run, device="cpu")
+        path = commands.report_command(run, device="cpu")
     assert path == run / "report.md"
     return run
 
@@ -180,14 +180,14 @@ def test_report_without_lr_finder(tmp_path: Path, built: Path) -> None:
 
 
 @pytest.mark.parametrize("missing", ["config.json", "model.pt", "metrics.json"])
-def test_build_report_missing_file_is_one_clear_error(tmp_path: Path, missing: str) -> None:
+def test_report_command_missing_file_is_one_clear_error(tmp_path: Path, missing: str) -> None:
     """A run folder without one of its files gives CifarkitError naming the file, before any work."""
     make_run_files(tmp_path / "run")
     (tmp_path / "run" / missing).unlink()
     with pytest.raises(CifarkitError, match=missing.replace(".", r"\.")):
-        commands.build_report(tmp_path / "run", device="cpu")
+        commands.report_command(tmp_path / "run", device="cpu")
     with pytest.raises(CifarkitError, match="no run folder"):
-        commands.build_report(tmp_path / "absent", device="cpu")
+        commands.report_command(tmp_path / "absent", device="cpu")
 
 
 def test_augmented_views_denormalise_to_uint8() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from cifarkit.errors import CifarkitError, one_line
-from cifarkit.system import usable_cpus
+from cifarkit.cpuinfo import usable_cpus
 
 
 _PARALLEL_MIN_IMAGES = 4000  # below this, starting helper processes costs more than it saves

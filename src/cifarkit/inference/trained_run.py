@@ -1,37 +1,101 @@
-"""A trained model from Python: load it from a run, classify images.
+"""A trained run, opened once (`open_run`): the one handle that evaluate, report, predict, the app and export use,
+and the public `load_model` and `predict` on it.
+
+    run = open_run("runs/a")                       # a run folder, model.pt, checkpoints/last.pt, or model.pt alone
+    run.model, run.config, run.weights, run.device, run.precision
+    probs = run.predict_proba(images_uint8_nhwc)   # float32 [N, classes]
+    test = run.test_data()                         # the data the run recorded, checked by its fingerprint
 
     import cifarkit
     model, config = cifarkit.load_model("runs/a")          # a run folder, its model.pt or checkpoints/last.pt
     cifarkit.predict("runs/a", ["cat.png"], top_k=3)       # per image: [(class, probability), ...], best first
-
-`cifarkit.fit(config, data=...)` trains one (cifarkit.train); `cifarkit.lr_find(config)` runs its LR range test alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from cifarkit import run as R
 from cifarkit.config import TrainConfig
 from cifarkit.console import say
-from cifarkit.data import CLASSES, Cifar10, normalization, resolve_data, subset
-from cifarkit.data.images import read_image, to_rgb32
-from cifarkit.data.loaders import build_train_batches
+from cifarkit.data import CLASSES, Cifar10, normalization, subset
+from cifarkit.data.sources import data_of_run
 from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
-from cifarkit.inference import OpenRun, open_run, predict_proba
-from cifarkit.lr_finder import LRFinderResult, range_test
-from cifarkit.models import CustomResNet, build_model
+from cifarkit.inference.model_file import load_model_file
+from cifarkit.inference.preprocess import as_images, predict_proba, preprocess
+from cifarkit.models import CustomResNet, is_channels_last
 
-ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
+
+@dataclass
+class OpenRun:
+    """A trained run, opened once: the model and everything needed to use it as its run did."""
+
+    model: CustomResNet  # eval mode, on `device`
+    config: TrainConfig
+    weights: Path  # the file the weights came from
+    run_dir: Path | None  # the run folder, None for a model file on its own
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    precision: str  # resolved: bf16, fp16 or fp32
+    data_source: str | None = None  # --data, else the data the run recorded
+    assumed: str = ""  # for an older model file (a bare state dict): what was assumed, one line to say
+    _data: Cifar10 | None = field(default=None, repr=False)
+
+    def notes(self) -> list[str]:
+        """What a command says about the weights it uses, once its checks have passed."""
+        return [R.weights_note(self.weights), *([self.assumed] if self.assumed else [])]
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """float32 [N, classes] for uint8 [N, 32, 32, 3] RGB images."""
+        if not len(images):
+            return np.zeros((0, len(self.classes)), np.float32)
+        return predict_proba(self.model, images, self.mean, self.std, precision=self.precision,
+                             batch_size=self.config.eval_batch_size)
+
+    def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return preprocess(images, self.mean, self.std, device=self.device, channels_last=is_channels_last(self.model))
+
+    def recorded_data(self) -> Cifar10:
+        """The whole data set: `data_source` when given, else what the run recorded, checked by fingerprint."""
+        if self._data is None:
+            self._data = data_of_run(self.config.data, self.config.data_fingerprint, self.data_source,
+                                     owner=f"the run of {self.weights}")
+            if len(self._data.classes) != len(self.classes):
+                raise CifarkitError(f"the data has {len(self._data.classes)} classes and the model "
+                                    f"{len(self.classes)}: give the run's own data with --data")
+        return self._data
+
+    def test_data(self, test_subset: int | None | str = "run") -> Cifar10:
+        """The test split: the run's own test subset ("run"), a class-balanced `test_subset`, or all (None)."""
+        size = self.config.test_subset if test_subset == "run" else test_subset
+        return subset(self.recorded_data(), None, size, seed=self.config.seed)  # type: ignore[arg-type]
+
+
+def open_run(path: str | os.PathLike[str], *, data: str | None = None, device: str | torch.device = "auto",
+             precision: str = "auto") -> OpenRun:
+    """Open a run folder, its model.pt or checkpoints/last.pt, or a model file on its own: device, precision, weights
+    and model, each checked in that order with one CifarkitError line. The data loads when first asked for. For an
+    older model file (a bare state dict) `assumed` says what was assumed; commands say it with `notes()`.
+
+        run = open_run("runs/a", device="cpu")
+        run.predict_proba(run.test_data().test_images).argmax(1)
+    """
+    dev = pick_device(device) if isinstance(device, str) else device
+    resolved = resolve_precision(precision, dev)
+    weights = R.find_weights(path)
+    model, found = load_model_file(weights, dev)
+    return OpenRun(model, found.config, weights, R.run_of(weights), found.classes, found.mean, found.std, dev,
+                   resolved, data, assumed=found.assumed)
 
 
 class LoadedModel(NamedTuple):
@@ -51,32 +115,6 @@ def load_model(run_or_path: str | os.PathLike[str], device: str | torch.device =
     if opened.assumed:
         say(opened.assumed)
     return LoadedModel(opened.model, opened.config)
-
-
-def as_images(images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
-    """uint8 [N, 32, 32, 3] from one image or a list: paths, PIL images, uint8 HxWx3 arrays, or an NxHxWx3 array;
-    other sizes are resized (bilinear)."""
-    if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4):
-        images = [images]
-    out = []
-    for i, item in enumerate(images):
-        if isinstance(item, (str, os.PathLike)):
-            out.append(read_image(item))
-        elif isinstance(item, Image.Image):
-            out.append(to_rgb32(item))
-        elif isinstance(item, np.ndarray):
-            if item.dtype != np.uint8:
-                raise CifarkitError(f"images[{i}] is {item.dtype}: give uint8 pixels in 0..255, e.g. "
-                                    "(x * 255).round().astype(np.uint8)")
-            if not (item.ndim == 2 or item.ndim == 3 and item.shape[2] in (1, 3, 4)):
-                raise CifarkitError(f"images[{i}] has shape {item.shape}: give HxWx3 images or one NxHxWx3 array")
-            out.append(to_rgb32(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item))
-        else:
-            raise CifarkitError(f"images[{i}] is of type {type(item).__name__}: give paths, PIL images or uint8 "
-                                "arrays")
-    if not out:
-        raise CifarkitError("images is empty: give at least one image")
-    return np.stack(out)
 
 
 def predict(model_or_run: nn.Module | LoadedModel | OpenRun | str | os.PathLike[str], images: Any, *,
@@ -115,24 +153,3 @@ def predict(model_or_run: nn.Module | LoadedModel | OpenRun | str | os.PathLike[
                           batch_size=opened.config.eval_batch_size)
     best, index = torch.from_numpy(probs).topk(top_k, dim=1)
     return [[(names[j], float(p)) for p, j in zip(row_p.tolist(), row_i.tolist())] for row_p, row_i in zip(best, index)]
-
-
-def lr_find(config: TrainConfig, data: Cifar10 | str | None = None, *, precision: str | None = None) -> LRFinderResult:
-    """The LR range test of `config` (its sweep, batch, augmentation, subset, loss and precision) on a fresh model, on
-    `data` (a Cifar10, a path or "synthetic"; None: config.data as `fit` resolves it). `precision`: one already
-    resolved by device.resolve_precision (None: resolve config.precision here).
-
-        result = cifarkit.lr_find(TrainConfig(lr_find_iters=200), data="cifar-10-python.tar.gz")
-        result.lr_min, result.lr_max
-        cifarkit.plot_lr_finder(result.lrs, result.losses, result.smoothed, result.lr_min, result.lr_max)
-    """
-    config.validate()
-    device = pick_device(config.device)
-    config = dataclasses.replace(config, precision=precision or resolve_precision(config.precision, device))
-    torch.manual_seed(config.seed)
-    if not isinstance(data, Cifar10):
-        data = resolve_data(config.data if data is None else str(data))
-    data = subset(data, config.subset, None, seed=config.seed)
-    model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
-    batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
-    return range_test(model, batches, config, precision=config.precision)

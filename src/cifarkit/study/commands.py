@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarkit.errors import pip_install
-from cifarkit.flags import add_config_flags, count, given_config
+from cifarkit.cli_flags import add_config_flags, count, given_config
 
 SWEEP_DESCRIPTION = f"""Run many trainings: the same recipe under several seeds, a grid of configs, or an Optuna search.
 
