@@ -23,7 +23,8 @@ from typing import Any
 from cifarkit.atomic import atomic_write
 from cifarkit.config import ASSIGNMENT_EPOCHS, ASSIGNMENT_PEAK_EPOCH
 from cifarkit.errors import CifarkitError
-from cifarkit.run import CONFIG, HISTORY, LR_FINDER, METRICS, MODEL
+from cifarkit.run import (CONFIG, HISTORY, LR_FINDER, METRICS, MODEL, read_config, read_metrics, read_optional_json,
+                          read_rows)
 from cifarkit.study.plan import fmt_value
 
 NOT_RECIPE = ("out", "seed", "data", "data_fingerprint", "extra", "workers", "plots", "tensorboard", "eval_batch_size",
@@ -48,31 +49,24 @@ class RunRow:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CifarkitError(f"cannot read {path}: {e}") from e
-
-
 def is_finished(run: Path) -> bool:
     """Whether a run folder holds a finished run: its weights, and metrics of every epoch."""
     if not (run / MODEL).is_file() or not (run / METRICS).is_file():
         return False
-    metrics = _json(run / METRICS)
+    metrics = read_metrics(run)
     return metrics.get("epochs_completed") == metrics.get("epochs") and metrics.get("final_test_accuracy") is not None
 
 
 def final_accuracy(run: Path) -> float:
-    return float(_json(run / METRICS)["final_test_accuracy"])
+    return float(read_metrics(run)["final_test_accuracy"])
 
 
 def history_column(run: Path, column: str) -> list[float]:
-    """One column of RUN/history.csv, a float per finished epoch (empty when there is no file yet)."""
+    """One column of RUN/history.csv, a float per finished epoch (empty when there is no file yet, or it cannot be
+    read now: a sweep reads it while the run writes it)."""
     try:
-        with open(run / HISTORY, newline="") as f:
-            return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
-    except OSError:
+        return [float(row[column]) for row in read_rows(run / HISTORY) if row.get(column)]
+    except CifarkitError:
         return []
 
 
@@ -82,9 +76,7 @@ def found_lrs(run: Path, config: dict[str, Any]) -> list[str]:
     extra = config.get("extra") or {}
     if "lrs_found" in extra:
         return list(extra["lrs_found"])
-    if not (run / LR_FINDER).is_file():
-        return []
-    suggested = _json(run / LR_FINDER)
+    suggested = read_optional_json(run / LR_FINDER) or {}
     return [name for name in ("lr_min", "lr_max") if name in suggested and suggested[name] == config.get(name)]
 
 
@@ -103,8 +95,8 @@ def recipe_of(config: dict[str, Any], found: list[str]) -> dict[str, Any]:
 
 def read_run(run: Path) -> RunRow:
     """A finished run folder as a row (compare's inputs are finished runs)."""
-    config = _json(run / CONFIG)
-    metrics = _json(run / METRICS)
+    config = read_config(run).to_dict()
+    metrics = read_metrics(run)
     curve = [100 * a for a in history_column(run, "test_acc")]
     best_epoch = max(range(len(curve)), key=curve.__getitem__) + 1 if curve else None
     return RunRow(run=run.name, seed=config.get("seed"), final=100 * metrics["final_test_accuracy"],

@@ -9,7 +9,6 @@ pruner prunes.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -24,10 +23,10 @@ from tqdm.auto import tqdm
 from cifarkit.config import TrainConfig
 from cifarkit.data import resolve_data
 from cifarkit.errors import CifarkitError
-from cifarkit.run import CHECKPOINT, CONFIG
+from cifarkit.run import CHECKPOINT, CONFIG, LR_FINDER, read_optional_json
 from cifarkit.study import engine
 from cifarkit.study.plan import Plan, label, run_name
-from cifarkit.study.runs import LR_FINDER, final_accuracy, history_column, is_finished
+from cifarkit.study.runs import final_accuracy, history_column, is_finished
 from cifarkit.study.worker import cpu_slices, last_error, launch
 
 TICK_S = 0.2
@@ -175,8 +174,8 @@ class Sweep:
     def _known_lrs(self, recipe: str) -> list[float] | None:
         key = f"lrs:{recipe}"
         lrs = self.study.user_attrs.get(key)
-        if lrs is None and (self.lr_dir(recipe) / LR_FINDER).is_file():
-            found = json.loads((self.lr_dir(recipe) / LR_FINDER).read_text())
+        found = read_optional_json(self.lr_dir(recipe) / LR_FINDER) if lrs is None else None
+        if found is not None:
             lrs = [found["lr_min"], found["lr_max"]]
             self.study.set_user_attr(key, lrs)
         return lrs
