@@ -22,6 +22,7 @@ from cifarkit.inference import save_model
 from cifarkit.models.custom_resnet import CustomResNet
 from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP
 from cifarkit.report.figures import step_losses
+from cifarkit.run import write_config
 from helpers import colour_pixels, png_pixels, predictions_by_hand, slow_fixture
 
 PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
@@ -33,7 +34,7 @@ def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = Tr
     run.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(data="synthetic", out=str(run), epochs=3, batch_size=16, test_subset=30, eval_batch_size=16,
                          lr_min=None if with_finder else LR_MIN, lr_max=None if with_finder else LR_MAX)
-    config.save(run / "config.json")
+    write_config(run, config)
     torch.manual_seed(0)
     save_model(run / "model.pt", CustomResNet(), config, CLASSES)  # named fields, as fit writes it
     rows = ["epoch,train_loss,train_acc,test_loss,test_acc,test_acc_tta,lr,seconds,images_per_second"]

@@ -18,11 +18,11 @@ from typing import Any
 
 from cifarkit import __version__
 from cifarkit import run as R
+from cifarkit.cli_flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
+                                check_args, count, given_config, is_out_of_memory)
 from cifarkit.config import TrainConfig
 from cifarkit.console import route_logging, say
 from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
-from cifarkit.cli_flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
-                             check_args, count, given_config, is_out_of_memory)
 from cifarkit.study.commands import STUDY_COMMANDS, add_study_parsers
 
 def build_parser() -> argparse.ArgumentParser:
