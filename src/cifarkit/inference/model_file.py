@@ -19,7 +19,7 @@ from torch import nn
 from cifarkit import run as R
 from cifarkit.checkpoint import atomic_torch_save, restore_weights, safe_torch_load
 from cifarkit.config import TrainConfig
-from cifarkit.data import CLASSES, normalization
+from cifarkit.data import CLASSES, class_names, normalization
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet, build_model
 
@@ -88,8 +88,7 @@ def _config(values: Any, path: Path) -> TrainConfig:
 
 def _classes(weights: dict[str, torch.Tensor]) -> tuple[str, ...]:
     fc = weights.get("fc.weight")
-    n = int(fc.shape[0]) if fc is not None else len(CLASSES)
-    return CLASSES if n == len(CLASSES) else tuple(f"class{i}" for i in range(n))
+    return class_names(int(fc.shape[0]) if fc is not None else len(CLASSES))
 
 
 def load_model_file(path: Path, device: torch.device) -> tuple[CustomResNet, ModelFile]:

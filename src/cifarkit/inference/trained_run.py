@@ -25,7 +25,7 @@ from torch import nn
 from cifarkit import run as R
 from cifarkit.config import TrainConfig
 from cifarkit.console import say
-from cifarkit.data import CLASSES, Cifar10, normalization, subset
+from cifarkit.data import CLASSES, Cifar10, class_names, normalization, subset
 from cifarkit.data.sources import data_of_run
 from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
@@ -137,8 +137,7 @@ def predict(model_or_run: nn.Module | LoadedModel | OpenRun | str | os.PathLike[
     if not isinstance(model_or_run, OpenRun):
         model, config = model_or_run if isinstance(model_or_run, LoadedModel) else (model_or_run, TrainConfig())
         dev = next(model.parameters()).device
-        n = int(getattr(model, "num_classes", len(CLASSES)))
-        names = CLASSES if n == len(CLASSES) else tuple(f"class{i}" for i in range(n))
+        names = class_names(int(getattr(model, "num_classes", len(CLASSES))))
         model_or_run = OpenRun(model, config, Path(), None, names, *normalization(config.std), dev,
                                resolve_precision(precision, dev))
     opened = model_or_run
