@@ -156,8 +156,7 @@ def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run
             found = (result.lr_min, result.lr_max)
             del lr_batches
         lr_min, lr_max = D.broadcast_object(found, ctx)
-        config = TrainConfig.from_dict(config.to_dict() | {"lr_min": config.lr_min or lr_min,
-                                                           "lr_max": config.lr_max or lr_max})
+        config = replace(config, lr_min=config.lr_min or lr_min, lr_max=config.lr_max or lr_max)
         config.validate()
     assert config.lr_min is not None and config.lr_max is not None and config.peak_epoch is not None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr_max, weight_decay=config.weight_decay)
