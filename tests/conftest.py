@@ -20,11 +20,14 @@ import torch
 from PIL import Image
 
 from cifarkit.data import Cifar10, make_synthetic
-from helpers import SLOW_ATTRIBUTE, slow_fixture
+from helpers import SHORT_RUN_ARGS, SHORT_SYNTHETIC, SLOW_ATTRIBUTE, slow_fixture
 from training_guard import training_refused
 
-# OMP_NUM_THREADS cannot take effect once torch is imported, so limit torch's own pool instead.
+# OMP_NUM_THREADS cannot take effect once torch is imported, so limit torch's own pool instead; the interpreters the
+# tests start (torchrun's ranks, a kernel, a fresh CLI) read it from the environment: one thread each too, or two
+# threads per process on two cores spend their time waiting for each other.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Checkpoints are fsync'd: on tmpfs that costs nothing. /dev/shm when it is there with room for the runs (a container's
 # is often 64 MB), set before pytest first asks for its base temp; $PYTEST_DEBUG_TEMPROOT or --basetemp wins.
@@ -49,18 +52,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `slow` every test that requests a fixture made with `helpers.slow_fixture`, directly or through another
-    fixture (a test is slow by what it does, not by its name); skip tests marked `realdata` unless $CIFARKIT_DATA
-    names the real set."""
+    fixture (a test is slow by what it does, not by its name); put the long tests first (see run_first); skip tests
+    marked `realdata` unless $CIFARKIT_DATA names the real set."""
     for item in items:
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         if any(getattr(d.func, SLOW_ATTRIBUTE, False) for chain in defs.values() for d in chain):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=run_first)
     if os.environ.get("CIFARKIT_DATA"):
         return
     skip = pytest.mark.skip(reason="needs the real CIFAR-10 set: set CIFARKIT_DATA")
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+def run_first(item: pytest.Item) -> tuple[bool, bool]:
+    """The order tests are handed to pytest-xdist's workers (a stable sort: files keep their order within each class):
+    the xdist groups first (each a long serial unit for one worker), then the other slow tests, then the quick ones,
+    so that the last minutes are many short tests that keep both workers busy rather than one long test alone."""
+    return item.get_closest_marker("xdist_group") is None, item.get_closest_marker("slow") is None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -208,24 +219,49 @@ def cifar_files() -> SimpleNamespace:
 
 # ------------------------------------------------------------------------------- a trained run (app, export)
 
-@slow_fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run folder trained once per session, shared by every pytest-xdist worker (the first trains it under a file
-    lock, the others read it): 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100. Tests read it and
-    never change it (copy it first)."""
+def trained_once(tmp_path_factory: pytest.TempPathFactory, name: str, train: Callable[[Path], None]) -> Path:
+    """The run folder `name`, trained by `train(folder)` once per session and shared by every pytest-xdist worker (the
+    first trains it under a file lock, the others wait and read it)."""
     from filelock import FileLock
-
-    from cifarkit.config import TrainConfig
-    from cifarkit.train import fit
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the controller's base temp: one per session, above each worker's own
-    out, done = shared / "tiny-run" / "run", shared / "tiny-run" / "trained"
-    with FileLock(str(shared / "tiny-run.lock")):
+    out, done = shared / name / "run", shared / name / "trained"
+    with FileLock(str(shared / f"{name}.lock")):
         if not done.is_file():  # not yet, or a worker failed half-way
             shutil.rmtree(out, ignore_errors=True)
-            fit(TrainConfig(data="synthetic", out=str(out), epochs=1, subset=200, test_subset=100, lr_min=1e-4,
-                            lr_max=1e-3, batch_size=64, plots=False), progress=False)
+            train(out)
             done.touch()
     return out
+
+
+@slow_fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run folder trained once per session: 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100. Tests
+    read it and never change it (copy it first)."""
+    from cifarkit.config import TrainConfig
+    from cifarkit.train import fit
+
+    def train(out: Path) -> None:
+        fit(TrainConfig(data="synthetic", out=str(out), epochs=1, subset=200, test_subset=100, lr_min=1e-4,
+                        lr_max=1e-3, batch_size=64, plots=False), progress=False)
+
+    return trained_once(tmp_path_factory, "tiny-run", train)
+
+
+@slow_fixture(scope="session")
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted reference that the training, resume and fault tests compare against, trained once per
+    session: `cifarkit train SHORT_RUN_ARGS` in-process (2 epochs x 4 steps of 8 of 32 images, tested on 16, in the
+    precision the policy picks), `--data synthetic` drawing 64/32 images (NOT CIFAR-10). Checkpoints, config.json,
+    history.csv, steps.csv and model.pt; no plots. Tests read it and never change it (copy it first)."""
+    import cifarkit.data.sources
+    from cifarkit.cli import main
+
+    def train(out: Path) -> None:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", SHORT_SYNTHETIC)
+            assert main(["train", *SHORT_RUN_ARGS, "--out", str(out)]) == 0
+
+    return trained_once(tmp_path_factory, "short-run", train)

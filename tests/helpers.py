@@ -11,6 +11,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SLOW_ATTRIBUTE = "cifarkit_slow_fixture"  # set on a fixture's function; conftest.py marks its users slow
 
+# The shared short run (conftest.py's `short_run`): `cifarkit train SHORT_RUN_ARGS`, `--data synthetic` drawing
+# SHORT_SYNTHETIC (train, test) images. 2 epochs of SHORT_STEPS_PER_EPOCH steps.
+SHORT_SYNTHETIC = (64, 32)
+SHORT_RUN_ARGS = ["--data", "synthetic", "--subset", "32", "--test-subset", "16", "--batch-size", "8", "--epochs", "2",
+                  "--lr-min", "1e-4", "--lr-max", "1e-3", "--no-plots"]
+SHORT_STEPS_PER_EPOCH = 32 // 8
+
 
 def slow_fixture(*args: Any, **kwargs: Any) -> Any:
     """`@slow_fixture(scope=...)` or `@slow_fixture`: a pytest fixture that trains (or launches a process, a server,

@@ -34,19 +34,18 @@ import cifarkit.train
 from cifarkit import cli
 from cifarkit.checkpoint import load_checkpoint, safe_torch_load
 from cifarkit.run import RunLock
-from helpers import slow_fixture
+from helpers import SHORT_RUN_ARGS, SHORT_STEPS_PER_EPOCH, SHORT_SYNTHETIC, slow_fixture
 
-ARGS = ["--data", "synthetic", "--subset", "16", "--test-subset", "8", "--batch-size", "8", "--epochs", "2",
-        "--lr-min", "1e-4", "--lr-max", "1e-3", "--no-plots"]
-STEPS_PER_EPOCH = 2
+ARGS = SHORT_RUN_ARGS  # the shared short run's flags: conftest.py's `short_run` is the uninterrupted reference
+STEPS_PER_EPOCH = SHORT_STEPS_PER_EPOCH
 TIMING_COLUMNS = {"seconds", "images_per_second"}
 
 
 @pytest.fixture(autouse=True)
 def _small_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--data synthetic` draws 64/32 images instead of 5,000/1,000 (the runs take 16/8 of them either way): building
-    the full stand-in costs seconds per run on a busy machine."""
-    monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
+    """`--data synthetic` draws 64/32 images instead of 5,000/1,000, as for the shared short run (the runs take 32/16
+    of them either way): building the full stand-in costs seconds per run on a busy machine."""
+    monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", SHORT_SYNTHETIC)
 
 
 def train_argv(run: Path, *extra: str, resume: bool = False) -> list[str]:
@@ -95,14 +94,11 @@ def checkpoint_position(run: Path) -> tuple[int, int]:
     return state["epoch"], state["step_in_epoch"]
 
 
-@slow_fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run with ARGS, in this process: the weights every interrupted run must end with."""
-    run = tmp_path_factory.mktemp("faults") / "reference"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
-        assert cli.main(train_argv(run)) == 0
-    return run
+@pytest.fixture
+def reference(short_run: Path) -> Path:
+    """The uninterrupted run with ARGS (the session's shared short run): the weights every interrupted run must end
+    with."""
+    return short_run
 
 
 # ------------------------------------------------------------------------------------------ forked children
@@ -296,14 +292,16 @@ def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, childre
 
 # fp16 convolutions run ~20x slower than fp32 on a CPU without fp16 units: 4 images a step
 FP16 = ["--precision", "fp16", "--subset", "8", "--batch-size", "4", "--test-subset", "4"]
+FP16_STEPS_PER_EPOCH = 8 // 4
 
 
 @slow_fixture(scope="module")
 def fp16_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted fp16 run with its gradient scaler (2 epochs x 2 steps of 4 images), in this process."""
+    """An uninterrupted fp16 run with its gradient scaler (2 epochs x 2 steps of 4 images), in this process. Its own
+    run, not the session's shared one: fp16 on a CPU is emulated and slow, so it trains on 8 images, not 32."""
     run = tmp_path_factory.mktemp("faults-fp16") / "reference"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
+        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", SHORT_SYNTHETIC)
         assert cli.main(train_argv(run, *FP16)) == 0
     return run
 
@@ -316,7 +314,7 @@ def test_kill9_mid_epoch_in_fp16_resumes_exactly(tmp_path: Path, fp16_reference:
     with the same history, skipped steps included. The checkpoint it resumes from holds a scale that the scaler
     lowered in epoch 1, so a resume that lost the scaler's state would not match."""
     run = tmp_path / "run"
-    kill = lambda: on_call(cifarkit.train, "train_step", STEPS_PER_EPOCH + 2, die)  # noqa: E731
+    kill = lambda: on_call(cifarkit.train, "train_step", FP16_STEPS_PER_EPOCH + 2, die)  # noqa: E731
     child = children(train_argv(run, *FP16), tmp_path / "1.log", kill)
     assert child.wait() == -signal.SIGKILL, child.stderr
     assert checkpoint_position(run) == (1, 0)
@@ -548,8 +546,8 @@ def test_lock_refuses_second_run_and_frees_on_exit(tmp_path: Path, capsys: pytes
 @pytest.mark.parametrize("checked", [True, False], ids=["checked-step", "between-checks"])
 def test_non_finite_loss_stops_and_keeps_last_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str], checked: bool) -> None:
-    """The loss (and the weights) turn NaN at step 3, the first of epoch 2. Checked step (CPU checks every step): the
-    run stops there with one `error:` line naming step 3 and epoch 2. Between checks (a GPU reads the loss only
+    """The loss (and the weights) turn NaN at the first step of epoch 2 (step 5). Checked step (CPU checks every step):
+    the run stops there with one `error:` line naming step 5 and epoch 2. Between checks (a GPU reads the loss only
     every 25 steps; simulated here by making torch.isfinite always say yes): the run stops at epoch 2's end, before
     evaluating or saving. Either way exit 2, and last.pt is epoch 1's, with finite weights."""
     run = tmp_path / "run"
@@ -572,7 +570,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path: Path, monkeypatch: 
         code, err = main(train_argv(run), capsys)
     line = error_line(err)
     assert code == 2
-    where = "at step 3 (epoch 2)" if checked else f"by step {2 * STEPS_PER_EPOCH} (epoch 2)"
+    where = f"at step {STEPS_PER_EPOCH + 1} (epoch 2)" if checked else f"by step {2 * STEPS_PER_EPOCH} (epoch 2)"
     assert line == (f"error: the loss became nan {where}; stopped, and {run}/checkpoints/last.pt keeps the last good "
                     "state: lower --lr-max"), line
     assert checkpoint_position(run) == (1, 0)

@@ -30,7 +30,7 @@ from PIL import Image
 import cifarkit.data.sources
 from cifarkit import cli
 from cifarkit.data import Cifar10
-from helpers import assert_one_error_line, run_cli, slow_fixture
+from helpers import SHORT_SYNTHETIC, assert_one_error_line, run_cli
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
         "--lr-max", "1e-3", "--no-plots"]
@@ -54,25 +54,17 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def _small_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--data synthetic` draws 64/32 images, as in the run below: a resumed run checks that its data is the same."""
-    monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
-
-
-@slow_fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished one-epoch run on synthetic data (64/32 images drawn; 8/8 used): config.json and last.pt."""
-    run = tmp_path_factory.mktemp("faults-data") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (64, 32))
-        assert cli.main(["train", "--data", "synthetic", *ARGS, "--out", str(run)]) == 0
-    return run
+    """`--data synthetic` draws 64/32 images, as for the shared short run: a resumed run checks that its data is the
+    same."""
+    monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", SHORT_SYNTHETIC)
 
 
 @pytest.fixture
-def run_copy(finished_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the finished run, without its lock file."""
+def run_copy(short_run: Path, tmp_path: Path) -> Path:
+    """A private copy of a finished run (the session's shared short run: `--data synthetic` drawing 64/32 images, as
+    here; batch 8; config.json and last.pt), without its lock file."""
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(short_run, run, ignore=shutil.ignore_patterns(".lock"))
     return run
 
 

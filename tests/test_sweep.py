@@ -2,7 +2,8 @@
 pruner, shared by two processes through a real PostgreSQL server, and bad input refused before any run starts.
 
 The data is a tiny synthetic set (NOT CIFAR-10) written to disk in the official layout, so that each trial's child
-process loads it in milliseconds.
+process loads it in milliseconds. Each sweep runs on one CPU (its affinity: see `one_cpu`), so that its runs train
+with one thread each, as every other test process does, instead of two threads fighting the other pytest worker.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,20 +42,48 @@ def data(tmp_path: Path, cifar_files: SimpleNamespace, cifar_cache: Path) -> Pat
 
 
 def tiny(data: Path, *extra: str, epochs: int = 2) -> list[str]:
+    """A trial's flags: a few steps of 16 images, no plots, and the augmentation on the batch (--augment batched), so
+    that each trial's fresh interpreter does not import albumentations (these tests are about trials, not about the
+    augmentation path)."""
     return ["--data", str(data), "--subset", "64", "--test-subset", "32", "--batch-size", "16", "--epochs", str(epochs),
-            "--no-plots", *extra]
+            "--no-plots", "--augment", "batched", *extra]
+
+
+def sweep_cpu() -> set[int]:
+    """The one CPU this pytest worker's sweeps run on: gw0 the first this process may use, gw1 the second, ..."""
+    cpus = sorted(os.sched_getaffinity(0))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return {cpus[int(worker.removeprefix("gw") or 0) % len(cpus)]}
+
+
+@contextlib.contextmanager
+def one_cpu() -> Iterator[None]:
+    """This process on `sweep_cpu()` alone for the block: a sweep started in it gives its runs that CPU (its affinity,
+    one torch thread each, as `worker.cpu_slices` splits the CPUs it may use)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sweep_cpu())
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def sweep(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> tuple[int, str, str]:
-    """The CLI in this process (its runs are child processes either way): (exit code, stdout, stderr)."""
-    return run_cli(["sweep", "--out", str(out), *args], capsys)
+    """The CLI in this process, on one CPU (its runs are child processes either way): (exit code, stdout, stderr)."""
+    with one_cpu():
+        return run_cli(["sweep", "--out", str(out), *args], capsys)
 
 
 def spawn(out: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """`cifarkit sweep` as a process of its own (to be killed, or to run beside another)."""
+    """`cifarkit sweep` as a process of its own (to be killed, or to run beside another), on one CPU."""
+    cpu = sweep_cpu()
+    pin = (lambda: os.sched_setaffinity(0, cpu)) if hasattr(os, "sched_setaffinity") else None
     with open(log, "wb") as f:
         return subprocess.Popen([sys.executable, "-m", "cifarkit", "sweep", "--out", str(out), *args], stdout=f,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=pin)
 
 
 def trials_of(out: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
@@ -83,7 +113,7 @@ def test_grid_of_two_seeds_with_two_workers_then_a_rerun_trains_nothing(tmp_path
     range test ran once per recipe and both seeds of a recipe trained with its LRs; the same command again trains
     nothing and leaves every file as it was."""
     out = tmp_path / "ls"
-    args = [*tiny(data, "--lr-find-iters", "10"), "--grid", "label_smoothing=0,0.1", "--seeds", "0,1",
+    args = [*tiny(data, "--lr-find-iters", "10", epochs=1), "--grid", "label_smoothing=0,0.1", "--seeds", "0,1",
             "--workers", "2"]
     code, stdout, err = sweep(capsys, out, *args)
     assert code == 0, stdout + err
@@ -116,7 +146,7 @@ def test_kill9_mid_sweep_then_rerun_runs_each_trial_once_and_resumes_exactly(tmp
     """A sweep killed by SIGKILL while its first trial is in epoch 2 (its run process dies with it), then run again:
     each trial completes exactly once, the killed trial resumes from its checkpoint and ends with bitwise the
     weights and history of the same trial run by an uninterrupted sweep."""
-    args = [*tiny(data, "--lr-min", "1e-4", "--lr-max", "1e-3", "--subset", "128", epochs=4),
+    args = [*tiny(data, "--lr-min", "1e-4", "--lr-max", "1e-3"),
             "--grid", "label_smoothing=0,0.1", "--seeds", "0", "--workers", "1"]
     out = tmp_path / "killed" / "ls"
     out.parent.mkdir()
@@ -155,9 +185,11 @@ def test_kill9_mid_sweep_then_rerun_runs_each_trial_once_and_resumes_exactly(tmp
 @pytest.mark.slow
 def test_search_prunes_a_trial_with_a_huge_lr(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A search whose first trial (LRMAX 1e-3, enqueued as Optuna users seed a search) trains well and whose second
-    has LRMAX 5: the median pruner stops the second at an epoch end, before its last epoch, and records it pruned."""
+    has LRMAX 5 (it diverges in epoch 1 and stays at chance): the median pruner stops the second at an epoch end,
+    before its last epoch, and records it pruned."""
     out = tmp_path / "lr"
-    args = [*tiny(data, "--lr-min", "1e-4", "--subset", "256", epochs=4), "--search", "lr_max=1e-3:5:log",
+    args = [*tiny(data, "--lr-min", "1e-4", "--subset", "128", "--batch-size", "8", epochs=4),
+            "--search", "lr_max=1e-3:5:log",
             "--trials", "2"]
     out.mkdir()
     parsed = cli.build_parser().parse_args(["sweep", "--out", str(out), *args])
@@ -220,7 +252,7 @@ def postgres() -> Iterator[str]:
 def test_two_sweeps_share_one_study_through_postgresql(tmp_path: Path, data: Path, postgres: str) -> None:
     """Two `cifarkit sweep` processes (as on two machines: the same --out name, each its own folder) with one
     PostgreSQL --storage: the 4 trials complete once each, and no trial's run folder is finished by both."""
-    args = [*tiny(data, "--lr-min", "1e-4", "--lr-max", "1e-3"), "--grid", "label_smoothing=0,0.1",
+    args = [*tiny(data, "--lr-min", "1e-4", "--lr-max", "1e-3", epochs=1), "--grid", "label_smoothing=0,0.1",
             "--seeds", "0,1", "--workers", "1", "--storage", postgres]
     outs = [tmp_path / machine / "ls" for machine in ("a", "b")]
     for out in outs:

@@ -20,7 +20,7 @@ from cifarkit.device import grad_scaler
 from cifarkit.errors import CifarkitError
 from cifarkit.run import read_config
 from cifarkit.train import TrainingInterrupted, fit
-from helpers import predictions_by_hand, slow_fixture
+from helpers import SHORT_SYNTHETIC, predictions_by_hand
 
 
 def tiny_config(out: Path, **kw) -> TrainConfig:
@@ -47,15 +47,16 @@ def files(run: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def data():
-    return make_synthetic(64, 32)
+    """The images `--data synthetic` draws for the shared short run."""
+    return make_synthetic(*SHORT_SYNTHETIC)
 
 
-@slow_fixture(scope="module")
-def reference_run(tmp_path_factory, data) -> Path:
-    """One uninterrupted 2-epoch run that the other tests compare against."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    fit(tiny_config(out), data=data, progress=False)
-    return out
+@pytest.fixture
+def reference_run(short_run: Path) -> Path:
+    """The uninterrupted 2-epoch run that the other tests compare against: the session's shared short run, made by
+    `cifarkit train` with the flags that say what tiny_config says (test_same_seed_same_weights_on_cpu checks that
+    fit(tiny_config) gives it bitwise)."""
+    return short_run
 
 
 @pytest.mark.slow
