@@ -99,13 +99,14 @@ def untrained_run(folder: Any, seed: int = 0) -> Any:
     from cifarkit.models import CustomResNet
 
     from cifarkit.inference import save_model
+    from cifarkit.run import write_config
 
     folder.mkdir(parents=True)
     torch.manual_seed(seed)
     config = TrainConfig(data="synthetic", data_fingerprint=resolve_data("synthetic").fingerprint, out=str(folder),
                          test_subset=4)
     save_model(folder / "model.pt", CustomResNet(), config, resolve_data("synthetic").classes)  # as fit writes it
-    config.save(folder / "config.json")
+    write_config(folder, config)
     return folder
 
 

@@ -16,6 +16,7 @@ import cifarkit.data.sources
 from cifarkit import CifarkitError, TrainConfig, fit
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.models import CustomResNet
+from cifarkit.run import write_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -27,7 +28,7 @@ def run(tmp_path: Path) -> Path:
     folder.mkdir()
     torch.manual_seed(0)
     torch.save(CustomResNet().state_dict(), folder / "model.pt")
-    TrainConfig(std="reference").save(folder / "config.json")
+    write_config(folder, TrainConfig(std="reference"))
     return folder
 
 

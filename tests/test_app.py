@@ -58,8 +58,8 @@ def test_app_on_a_missing_run_is_one_error_line(tmp_path: Path, capsys: pytest.C
 def test_build_app_returns_blocks_with_the_examples(tiny_run: Path, tmp_path: Path) -> None:
     """build_app gives a gr.Blocks (not launched) and write_examples one PNG per class, named for it."""
     gr = pytest.importorskip("gradio")
-    from cifarkit.app import build_app, write_examples
-    from cifarkit.explain import load_explainer
+    from cifarkit.app.server import build_app, write_examples
+    from cifarkit.app.views import load_explainer
 
     ex = load_explainer(tiny_run, device="cpu")
     examples = write_examples(ex, tmp_path)

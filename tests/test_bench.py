@@ -11,8 +11,8 @@ import torch
 
 from cifarkit.bench import format_bench, run_bench
 from cifarkit import flops
+from cifarkit.cpuinfo import cpuinfo_fields
 from cifarkit.flops import count_macs, matmul_peak
-from cifarkit.system import cpuinfo_fields
 from cifarkit.models import CustomResNet
 from helpers import slow_fixture
 

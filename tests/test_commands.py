@@ -19,12 +19,12 @@ import cifarkit
 import cifarkit.data.sources
 import cifarkit.train
 from cifarkit.cli import SUMMARY_PRECISION, build_parser
-from cifarkit.config import TrainConfig
 from cifarkit.data import normalization, resolve_data
 from cifarkit.data.augment import normalize_batch
 from cifarkit.device import choose_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet
+from cifarkit.run import read_config
 from helpers import run_cli as cli, untrained_run
 
 TINY = ["--device", "cpu", "--no-plots", "--batch-size", "8", "--subset", "8", "--test-subset", "8"]
@@ -93,7 +93,7 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
 
     state = torch.load(run / "model.pt", weights_only=True)["weights"]
     (run / "checkpoints").mkdir()
-    torch.save({"model": state, "config": TrainConfig.load(run / "config.json").to_dict()},
+    torch.save({"model": state, "config": read_config(run / "config.json").to_dict()},
                run / "checkpoints" / "last.pt")
     (run / "model.pt").unlink()
     code, out, err = cli(["evaluate", "--checkpoint", str(run)], capsys)
@@ -209,7 +209,7 @@ def test_failed_start_leaves_nothing_behind(failure: str, folder: str, tmp_path:
     def fail(*args: object, **kwargs: object) -> None:
         raise CifarkitError("the range test failed") if failure == "error" else KeyboardInterrupt
 
-    monkeypatch.setattr(cifarkit.train, "find_lrs", fail)
+    monkeypatch.setattr(cifarkit.train, "range_test", fail)
     data = str(tmp_path / "nothing") if failure == "bad data" else "synthetic"
     code, out, err = cli(["train", *TINY, "--data", data, "--out", str(run)], capsys)
     assert code == (130 if failure == "Ctrl-C" else 2), err

@@ -28,8 +28,10 @@ from cifarkit import distributed as D
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import CifarkitError
+from cifarkit.inference import evaluate
 from cifarkit.models import CustomResNet
-from cifarkit.train import evaluate, fit
+from cifarkit.run import read_config
+from cifarkit.train import fit
 from helpers import slow_fixture
 
 pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -171,7 +173,7 @@ def test_two_process_gloo_training(ddp_run: Callable, augment: str) -> None:
     model = CustomResNet(len(data.classes))
     model.load_state_dict(state_dict(run / "model.pt"))
     alone = evaluate(model, torch.from_numpy(data.test_images), torch.from_numpy(data.test_labels),
-                     TrainConfig.load(run / "config.json"))
+                     read_config(run / "config.json"))
     assert float(rows[-1]["test_acc"]) == alone["acc"]
     assert float(rows[-1]["test_loss"]) == pytest.approx(alone["loss"], rel=1e-5)
 
@@ -217,7 +219,7 @@ def test_sigterm_then_resume_under_ddp_matches_uninterrupted_run(ddp_run: Callab
     assert ckpt["partial"]["seen"] == ckpt["step_in_epoch"] * BATCH
 
     with pytest.raises(CifarkitError, match=r"written by 2 process"):
-        fit(TrainConfig.load(run / "config.json"), resume=True, progress=False)  # this test is a world of one
+        fit(read_config(run / "config.json"), resume=True, progress=False)  # this test is a world of one
 
     resumed = run_torchrun(["--resume", "--out", str(run)], run)
     assert resumed.returncode == 0, tail(resumed)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cifarkit.app.views import (MAX_MISCLASSIFIED, MAX_TOP, Explainer, describe_run, gradcam_view, load_explainer,
+                                misclassified_view, predict_view, top_classes)
 from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
-from cifarkit.explain import (MAX_MISCLASSIFIED, MAX_TOP, Explainer, describe_run, gradcam_view, load_explainer,
-                              misclassified_view, predict_view, top_classes)
 from cifarkit.report.gradcam import LAYERS, grad_cam
 from cifarkit.report.interpret import top_losses
 from cifarkit.models import CustomResNet

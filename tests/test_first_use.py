@@ -18,16 +18,17 @@ import torch
 from PIL import Image
 
 import cifarkit
+from cifarkit.app.uploads import check_image_file
+from cifarkit.app.views import describe_run
 from cifarkit.cli import build_parser, main
+from cifarkit.cli_flags import given_config
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import REPOSITORY, CifarkitError
-from cifarkit.explain import describe_run
-from cifarkit.flags import given_config
 from cifarkit.report import write_report
 from cifarkit.report.render import fmt_count, fmt_epoch
+from cifarkit.run import write_config
 from cifarkit.runlog import RunLog
-from cifarkit.uploads import check_image_file
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -212,7 +213,7 @@ def test_the_report_of_a_resumed_one_epoch_run_reads_right(tmp_path: Path) -> No
     epoch, rounded), and names the data in a sentence of its own, not before "with Adam"."""
     run = tmp_path / "run"
     run.mkdir()
-    TrainConfig(epochs=1, out=str(run)).save(run / "config.json")
+    write_config(run, TrainConfig(epochs=1, out=str(run)))
     (run / "metrics.json").write_text(json.dumps({
         "final_test_accuracy": 0.3, "best_test_accuracy": 0.3, "epochs_completed": 1, "epochs": 1,
         "train_seconds": 10.0, "lr_min": 1e-4, "lr_max": 1e-3, "train_images": 2000, "test_images": 1000,

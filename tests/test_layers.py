@@ -1,5 +1,6 @@
-"""Imports go one way: cli -> commands -> train -> data / models / report, read from the source with `ast` (imports
-inside functions included), so a circle cannot hide behind a lazy import."""
+"""Imports go one way, down LAYERS: cli -> study, app, export, bench -> commands -> train -> report -> inference ->
+data, models, run; read from the source with `ast` (imports inside functions included), so a circle cannot hide
+behind a lazy import."""
 
 from __future__ import annotations
 
@@ -69,6 +70,18 @@ def in_layer(module: str, layer: str) -> bool:
     return module == layer or module.startswith(layer + ".")
 
 
+# Top to bottom: a module may import from its own layer's neighbours and from any layer below, never from one above.
+LAYERS = (
+    ("cifarkit.cli", "cifarkit.__main__"),  # parses, dispatches, prints
+    ("cifarkit.study", "cifarkit.app", "cifarkit.export", "cifarkit.bench"),  # commands with packages of their own
+    ("cifarkit.commands",),  # the bodies of train, lr-find, evaluate, predict, report
+    ("cifarkit.train",),  # fit: the loop
+    ("cifarkit.report",),  # a run's figures and report
+    ("cifarkit.inference",),  # a trained model at work: model file, preprocessing, open_run, evaluate
+    ("cifarkit.data", "cifarkit.models", "cifarkit.run"),  # the data, the network, the run folder
+)
+
+
 GRAPH = import_graph()
 
 
@@ -77,6 +90,9 @@ def test_the_graph_sees_the_package() -> None:
     for layer in ("cifarkit.cli", "cifarkit.commands", "cifarkit.train", "cifarkit.data", "cifarkit.models",
                   "cifarkit.report"):
         assert any(in_layer(m, layer) for m in GRAPH), layer
+    for layer in (name for names in LAYERS for name in names):
+        assert any(in_layer(m, layer) for m in GRAPH), layer
+    assert "cifarkit.inference" in GRAPH["cifarkit.report.figures"]  # report draws with inference's predict_proba
     assert "cifarkit.train" in GRAPH["cifarkit.commands"]
     assert "cifarkit.data.loaders" in GRAPH["cifarkit.train"]
 
@@ -88,13 +104,22 @@ def test_no_import_cycle() -> None:
         f"{a} (line {GRAPH[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
 
 
-@pytest.mark.parametrize("lower", ["cifarkit.models", "cifarkit.data", "cifarkit.report"])
+@pytest.mark.parametrize("lower", [layer for level in LAYERS[1:] for layer in level])
 def test_lower_layers_never_import_upper_ones(lower: str) -> None:
-    """models, data and report never import train, commands or cli."""
+    """No layer imports one above it (LAYERS): models, data and report never import train, commands or cli; inference
+    never imports report or train; nothing below cli imports the app, the study or export."""
+    level = next(i for i, names in enumerate(LAYERS) if lower in names)
+    upper = [name for names in LAYERS[:level] for name in names]
     bad = [f"{m} imports {t} (line {line})" for m, edges in GRAPH.items() if in_layer(m, lower)
-           for t, line in edges.items() if any(in_layer(t, up) for up in
-                                                 ("cifarkit.train", "cifarkit.commands", "cifarkit.cli"))]
+           for t, line in edges.items() if any(in_layer(t, up) for up in upper)]
     assert not bad, bad
+
+
+def test_the_layers_are_every_package() -> None:
+    """Every package of cifarkit has its place in LAYERS (a new one cannot slip past the rule above)."""
+    packages = {".".join(module_name(p).split(".")[:2]) for p in PACKAGE.glob("*/__init__.py")}
+    placed = {name for names in LAYERS for name in names}
+    assert packages and packages <= placed, packages - placed
 
 
 def test_only_the_entry_points_import_cli() -> None:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
-from cifarkit.lr_finder import find_lr, smooth_centered, smooth_losses, suggest_lrs
+from cifarkit.lr_finder import range_test, smooth_centered, smooth_losses, suggest_lrs
 from cifarkit.models import CustomResNet
 
 
@@ -81,7 +82,7 @@ def test_a_loss_that_never_falls_is_a_clear_error() -> None:
 
 
 @pytest.mark.slow
-def test_find_lr_restores_model_and_optimizer(tiny_data) -> None:
+def test_range_test_restores_model_and_optimizer(tiny_data) -> None:
     """After a real sweep on tiny data the weights, BN statistics and optimizer state are what they were, and the
     result holds one LR and one loss per completed step with LRs growing exponentially."""
     torch.manual_seed(0)
@@ -91,7 +92,8 @@ def test_find_lr_restores_model_and_optimizer(tiny_data) -> None:
     x = torch.from_numpy(tiny_data.train_images[:16]).permute(0, 3, 1, 2).float() / 255
     y = torch.from_numpy(tiny_data.train_labels[:16])
     batches = iter([(x, y)] * 100)
-    result = find_lr(model, batches, start_lr=1e-5, end_lr=1.0, iters=12, optimizer=opt, progress=False)
+    sweep = TrainConfig(lr_find_start=1e-5, lr_find_end=1.0, lr_find_iters=12, precision="fp32")
+    result = range_test(model, batches, sweep, optimizer=opt, progress=False)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert opt.state_dict()["state"] == {}

@@ -19,6 +19,7 @@ from PIL import Image
 import cifarkit
 from cifarkit.config import TrainConfig
 from cifarkit.models import CustomResNet
+from cifarkit.run import write_config
 from helpers import assert_one_error_line, run_cli
 
 
@@ -38,7 +39,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     torch.save(CustomResNet().state_dict(), w / "model.pt")
     (w / "run").mkdir()
-    TrainConfig(data="synthetic", test_subset=4).save(w / "run" / "config.json")
+    write_config(w / "run", TrainConfig(data="synthetic", test_subset=4))
     (w / "run" / "metrics.json").write_text("{}\n")
     (w / "run" / "model.pt").write_bytes((w / "model.pt").read_bytes())
     (w / "notes.txt").write_text("my notes\n")

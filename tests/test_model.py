@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cifarkit.models import CustomResNet
-from cifarkit.summary import model_summary
+from cifarkit.models.summary import model_summary
 
 
 @pytest.mark.slow

@@ -23,15 +23,17 @@ from torch import nn
 import cifarkit.device as device_module
 import cifarkit.train as train_module
 from cifarkit.config import TrainConfig
+from cifarkit.cpuinfo import cpu_flags
 from cifarkit.data import make_synthetic
 from cifarkit.data.loaders import build_train_batches
 from cifarkit.device import autocast, backward_step, choose_precision, grad_scaler, resolve_precision
 from cifarkit.errors import CifarkitError
+from cifarkit.inference import evaluate
 from cifarkit.lr_finder import range_test
 from cifarkit.models import CustomResNet
 from cifarkit.report import write_plots
-from cifarkit.system import cpu_flags
-from cifarkit.train import evaluate, fit
+from cifarkit.run import read_config
+from cifarkit.train import fit
 from helpers import slow_fixture
 
 CPU = torch.device("cpu")
@@ -256,7 +258,7 @@ def test_fp16_cpu_run_trains_to_finite_weights_and_records_fp16(fp16_run: tuple[
     """An fp16 run on the CPU finishes with finite weights; config.json records "fp16"; its checkpoint holds the
     gradient scaler's state."""
     run, _ = fp16_run
-    assert TrainConfig.load(run / "config.json").precision == "fp16"
+    assert read_config(run / "config.json").precision == "fp16"
     weights = torch.load(run / "model.pt", weights_only=True)["weights"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     scaler = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["scaler"]

@@ -22,6 +22,7 @@ from cifarkit.inference import save_model
 from cifarkit.models.custom_resnet import CustomResNet
 from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP
 from cifarkit.report.figures import step_losses
+from cifarkit.run import write_config
 from helpers import colour_pixels, png_pixels, predictions_by_hand, slow_fixture
 
 PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
@@ -33,7 +34,7 @@ def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = Tr
     run.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(data="synthetic", out=str(run), epochs=3, batch_size=16, test_subset=30, eval_batch_size=16,
                          lr_min=None if with_finder else LR_MIN, lr_max=None if with_finder else LR_MAX)
-    config.save(run / "config.json")
+    write_config(run, config)
     torch.manual_seed(0)
     save_model(run / "model.pt", CustomResNet(), config, CLASSES)  # named fields, as fit writes it
     rows = ["epoch,train_loss,train_acc,test_loss,test_acc,test_acc_tta,lr,seconds,images_per_second"]
@@ -62,12 +63,12 @@ def make_run_files(run: Path, *, with_finder: bool = True, with_steps: bool = Tr
 
 @slow_fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder processed by build_report (which runs write_plots and write_report), data patched to be tiny."""
+    """A run folder processed by report_command (which runs write_plots and write_report), data patched to be tiny."""
     run = tmp_path_factory.mktemp("runs") / "demo"
     make_run_files(run)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (40, 30))
-        path = commands.build_report(run, device="cpu")
+        path = commands.report_command(run, device="cpu")
     assert path == run / "report.md"
     return run
 
@@ -180,14 +181,14 @@ def test_report_without_lr_finder(tmp_path: Path, built: Path) -> None:
 
 
 @pytest.mark.parametrize("missing", ["config.json", "model.pt", "metrics.json"])
-def test_build_report_missing_file_is_one_clear_error(tmp_path: Path, missing: str) -> None:
+def test_report_command_missing_file_is_one_clear_error(tmp_path: Path, missing: str) -> None:
     """A run folder without one of its files gives CifarkitError naming the file, before any work."""
     make_run_files(tmp_path / "run")
     (tmp_path / "run" / missing).unlink()
     with pytest.raises(CifarkitError, match=missing.replace(".", r"\.")):
-        commands.build_report(tmp_path / "run", device="cpu")
+        commands.report_command(tmp_path / "run", device="cpu")
     with pytest.raises(CifarkitError, match="no run folder"):
-        commands.build_report(tmp_path / "absent", device="cpu")
+        commands.report_command(tmp_path / "absent", device="cpu")
 
 
 def test_augmented_views_denormalise_to_uint8() -> None:

@@ -28,7 +28,7 @@ from cifarkit.errors import CifarkitError, os_error_line, write_error
 from cifarkit.inference import MODEL_FORMAT, save_model
 from cifarkit.models import CustomResNet
 from cifarkit.report.gradcam import grad_cam
-from cifarkit.run import check_run_out
+from cifarkit.run import check_run_out, write_config
 
 IMAGES = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 
@@ -42,7 +42,7 @@ def run(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     config = TrainConfig(data="synthetic", std="reference", test_subset=4, epochs=1, out=str(folder))
     save_model(folder / "model.pt", CustomResNet().eval(), config, CLASSES)
-    config.save(folder / "config.json")
+    write_config(folder, config)
     (folder / "metrics.json").write_text(json.dumps({"final_test_accuracy": 0.1, "epochs_completed": 1}) + "\n")
     return folder
 

@@ -18,6 +18,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import make_synthetic, subset
 from cifarkit.device import grad_scaler
 from cifarkit.errors import CifarkitError
+from cifarkit.run import read_config
 from cifarkit.train import TrainingInterrupted, fit
 from helpers import SHORT_SYNTHETIC, predictions_by_hand
 
@@ -75,7 +76,7 @@ def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path
     right = predictions_by_hand(reference_run, data.test_images) == data.test_labels
     assert metrics["final_test_accuracy"] == pytest.approx(right.mean(), abs=1 / 16 + 1e-9)  # one near-tie apart
     assert (metrics["final_test_accuracy"] * 16) % 1 == pytest.approx(0, abs=1e-6)  # a whole number of 16 images
-    assert TrainConfig.load(reference_run / "config.json").lr_max == 1e-3
+    assert read_config(reference_run / "config.json").lr_max == 1e-3
     assert (reference_run / "checkpoints" / "last.pt").is_file()
     assert len(json.loads((reference_run / "schedule.json").read_text())["lrs"]) == 2 * 4
     steps = list(csv.DictReader((reference_run / "steps.csv").read_text().splitlines()))  # 2 epochs x 4 steps
@@ -146,7 +147,7 @@ def test_range_test_fills_missing_lrs(tmp_path: Path, data) -> None:
     run = tmp_path / "found"
     fit(tiny_config(run, lr_min=None, lr_max=None, lr_find_iters=10, epochs=1), data=data, progress=False)
     found = json.loads((run / "lr_finder.json").read_text())
-    config = TrainConfig.load(run / "config.json")
+    config = read_config(run / "config.json")
     assert (config.lr_min, config.lr_max) == (found["lr_min"], found["lr_max"])
     assert config.lr_min < config.lr_max
 
@@ -190,13 +191,13 @@ def test_run_records_the_precision_it_ran_in_and_resumes_under_auto(tmp_path: Pa
     runs = {p: tmp_path / p for p in ("bf16", "fp32")}
     for precision, run in runs.items():  # 16 images, 2 steps: bf16 autocast is slow on CPUs without bf16 units
         fit(tiny_config(run, epochs=1, subset=16, test_subset=8, precision=precision), data=data, progress=False)
-        assert TrainConfig.load(run / "config.json").precision == precision
+        assert read_config(run / "config.json").precision == precision
     w16, w32 = weights(runs["bf16"]), weights(runs["fp32"])
     assert all(torch.isfinite(v).all() for v in w16.values() if v.is_floating_point())
     assert any(not torch.equal(w16[k], w32[k]) for k in w32 if w32[k].is_floating_point())
     fit(tiny_config(runs["bf16"], epochs=1, subset=16, test_subset=8), data=data, resume=True,
         progress=False)  # precision "auto"
-    assert TrainConfig.load(runs["bf16"] / "config.json").precision == "bf16"
+    assert read_config(runs["bf16"] / "config.json").precision == "bf16"
     with pytest.raises(CifarkitError, match="precision"):
         fit(tiny_config(runs["bf16"], epochs=1, subset=16, test_subset=8, precision="fp32"), data=data, resume=True,
             progress=False)

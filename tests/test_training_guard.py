@@ -13,17 +13,18 @@ import torch
 import cifarkit.bench
 import cifarkit.lr_finder
 import cifarkit.train
+from cifarkit.config import TrainConfig
 from cifarkit.models import CustomResNet
 from cifarkit.study.worker import launch
 from training_guard import NETWORK_PARAMETERS, TRAINING_ENTRY_POINTS, UnmarkedTestTrains
 
 
 def test_a_test_not_marked_slow_cannot_train_or_start_python(tmp_path: Path) -> None:
-    """Here (not marked slow) an optimizer step over the network, train_step and the range test's find_lr given the
+    """Here (not marked slow) an optimizer step over the network, train_step and the range test's engine given the
     network, the bench (which builds its own), a Python interpreter started by the test, directly or through a
     library, and a training worker the product starts each raise UnmarkedTestTrains before any work; a toy model's
     step, below the threshold, runs."""
-    assert TRAINING_ENTRY_POINTS == ("cifarkit.train.train_step", "cifarkit.lr_finder.find_lr",
+    assert TRAINING_ENTRY_POINTS == ("cifarkit.train.train_step", "cifarkit.lr_finder.range_test",
                                      "cifarkit.bench.run_bench")
     model = CustomResNet()
     before = [p.detach().clone() for p in model.parameters()]
@@ -35,8 +36,8 @@ def test_a_test_not_marked_slow_cannot_train_or_start_python(tmp_path: Path) -> 
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before the step
     with pytest.raises(UnmarkedTestTrains, match="train_step"):
         cifarkit.train.train_step(model, optimizer, None, None, None)
-    with pytest.raises(UnmarkedTestTrains, match="find_lr"):
-        cifarkit.lr_finder.find_lr(model, iter(()))
+    with pytest.raises(UnmarkedTestTrains, match="range_test"):
+        cifarkit.lr_finder.range_test(model, iter(()), TrainConfig())
     with pytest.raises(UnmarkedTestTrains, match="run_bench"):
         cifarkit.bench.run_bench(device="cpu", batch_size=2, steps=1, warmup=0, repeats=1)
     with pytest.raises(UnmarkedTestTrains, match="started"):

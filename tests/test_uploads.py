@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarkit.uploads import MAX_BYTES, MAX_FILES, MAX_SIDE, check_image_file, read_uploads
+from cifarkit.app.uploads import MAX_BYTES, MAX_FILES, MAX_SIDE, check_image_file, read_uploads
 
 
 def _save(path: Path, image: Image.Image, **kw) -> Path:
@@ -28,7 +28,7 @@ def test_any_mode_and_size_is_read_as_32x32_rgb(tmp_path: Path, mode: str, suffi
 
 
 def test_the_32x32_image_is_what_predict_reads(tmp_path: Path) -> None:
-    """Resizing matches `cifarkit predict` (cifarkit.commands.read_image) pixel for pixel."""
+    """Resizing matches `cifarkit predict` (cifarkit.data.images.read_image) pixel for pixel."""
     from cifarkit.data.images import read_image
 
     pixels = np.random.default_rng(0).integers(0, 256, (50, 90, 3), dtype=np.uint8)

@@ -21,7 +21,7 @@ import cifarkit
 # NETWORK_PARAMETERS parameters, or none passed: it builds its own) raises UnmarkedTestTrains, as does any optimizer
 # step over a network and a Python interpreter started by the test, so `-m "not slow"` provably trains nothing.
 # Each is "module.attribute"; modules that imported the attribute by name are patched too.
-TRAINING_ENTRY_POINTS = ("cifarkit.train.train_step", "cifarkit.lr_finder.find_lr", "cifarkit.bench.run_bench")
+TRAINING_ENTRY_POINTS = ("cifarkit.train.train_step", "cifarkit.lr_finder.range_test", "cifarkit.bench.run_bench")
 NETWORK_PARAMETERS = 10_000  # the network has 6.57M; a test's toy model (a Linear layer, a tiny conv) far fewer
 TESTS = Path(__file__).resolve().parent
 PRODUCT = Path(cifarkit.__file__).resolve().parent

@@ -14,27 +14,27 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Cifar10": "cifarkit.data", "load_cifar10": "cifarkit.data", "resolve_data": "cifarkit.data",
     "TrainConfig": "cifarkit.config", "CifarkitError": "cifarkit.errors", "LRFinderResult": "cifarkit.lr_finder",
-    "find_lr": "cifarkit.lr_finder", "CustomResNet": "cifarkit.models", "one_cycle": "cifarkit.schedule",
-    "History": "cifarkit.train", "evaluate": "cifarkit.train", "fit": "cifarkit.train",
-    "LoadedModel": "cifarkit.api", "load_model": "cifarkit.api", "predict": "cifarkit.api", "lr_find": "cifarkit.api",
+    "lr_find": "cifarkit.lr_finder", "CustomResNet": "cifarkit.models", "one_cycle": "cifarkit.schedule",
+    "History": "cifarkit.train", "fit": "cifarkit.train", "evaluate": "cifarkit.inference",
+    "LoadedModel": "cifarkit.inference", "load_model": "cifarkit.inference", "predict": "cifarkit.inference",
     "OpenRun": "cifarkit.inference", "open_run": "cifarkit.inference",
-    "samples_figure": "cifarkit.report", "plot_lr_finder": "cifarkit.report.plots", "model_summary": "cifarkit.summary",
+    "samples_figure": "cifarkit.report", "plot_lr_finder": "cifarkit.report.plots",
+    "model_summary": "cifarkit.models.summary",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from cifarkit.api import LoadedModel, load_model, lr_find, predict
     from cifarkit.config import TrainConfig
     from cifarkit.data import Cifar10, load_cifar10, resolve_data
     from cifarkit.errors import CifarkitError
-    from cifarkit.inference import OpenRun, open_run
-    from cifarkit.lr_finder import LRFinderResult, find_lr
+    from cifarkit.inference import LoadedModel, OpenRun, evaluate, load_model, open_run, predict
+    from cifarkit.lr_finder import LRFinderResult, lr_find
     from cifarkit.models import CustomResNet
     from cifarkit.report import samples_figure
     from cifarkit.report.plots import plot_lr_finder
     from cifarkit.schedule import one_cycle
-    from cifarkit.summary import model_summary
-    from cifarkit.train import History, evaluate, fit
+    from cifarkit.models.summary import model_summary
+    from cifarkit.train import History, fit
 
 
 def __getattr__(name: str) -> Any:

@@ -18,11 +18,11 @@ from typing import Any
 
 from cifarkit import __version__
 from cifarkit import run as R
+from cifarkit.cli_flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
+                                check_args, count, given_config, is_out_of_memory)
 from cifarkit.config import TrainConfig
 from cifarkit.console import route_logging, say
 from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
-from cifarkit.flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
-                             check_args, count, given_config, is_out_of_memory)
 from cifarkit.study.commands import STUDY_COMMANDS, add_study_parsers
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +137,7 @@ def add_app_export_parsers(sub: Any) -> None:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    from cifarkit.app import app_command
+    from cifarkit.app.server import app_command
 
     return app_command(args.run, data=args.data, device=args.device, host=args.host, port=args.port)
 
@@ -151,7 +151,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from cifarkit.summary import model_summary
+    from cifarkit.models.summary import model_summary
 
     if args.precision is not None:
         say(SUMMARY_PRECISION)
@@ -160,16 +160,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cifarkit.checkpoint import saved_config
-    from cifarkit.train import fit
+    from cifarkit.commands import train_command
 
-    given = given_config(args)
-    if args.resume:
-        out = Path(given.get("out", TrainConfig.out))
-        config = TrainConfig.from_dict(saved_config(out).to_dict() | given)
-    else:
-        config = TrainConfig(**given)
-    history = fit(config, resume=args.resume)
+    history = train_command(given_config(args), resume=args.resume)
     m = history.metrics
     if m and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"final_test_accuracy={m['final_test_accuracy']:.4f} best_test_accuracy={m['best_test_accuracy']:.4f} "
@@ -212,9 +205,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cifarkit.commands import build_report
+    from cifarkit.commands import report_command
 
-    print(build_report(args.run, data_source=args.data, device=args.device, precision=args.precision))
+    print(report_command(args.run, data_source=args.data, device=args.device, precision=args.precision))
     return 0
 
 

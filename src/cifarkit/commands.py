@@ -1,4 +1,6 @@
-"""The CLI's commands beyond `train`: the LR range test on its own, evaluation, prediction and the report of a run.
+"""The bodies of the commands: train, lr-find, evaluate, predict and report (app and export live with their optional
+extras in `cifarkit.app` and `cifarkit.export`; sweep and compare in `cifarkit.study`). cli.py parses the flags,
+calls one of these and prints what it returns.
 
 Each checks all its inputs first (weights, data, fingerprints), then says on stderr what it uses, then works.
 """
@@ -11,19 +13,30 @@ from typing import Any
 import torch
 
 from cifarkit import run as R
-from cifarkit.api import lr_find, predict
+from cifarkit.checkpoint import saved_config
 from cifarkit.config import TrainConfig
 from cifarkit.console import say
 from cifarkit.data import data_fingerprint, resolve_data, subset
 from cifarkit.data.sources import describe_data
 from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
-from cifarkit.inference import open_run
-from cifarkit.lr_finder import LRFinderResult
+from cifarkit.inference import evaluate, open_run, predict
+from cifarkit.lr_finder import LRFinderResult, lr_find
 from cifarkit.report import write_plots, write_report
 from cifarkit.report.interpret import classification_report, most_confused
 from cifarkit.report.plots import plot_lr_finder, save_figure
-from cifarkit.train import evaluate
+from cifarkit.train import History, fit
+
+
+def train_command(given: dict[str, Any], *, resume: bool = False) -> History:
+    """`cifarkit train`: the fields given (TrainConfig names, as the flags give them) over the defaults; with resume,
+    over the recipe the run in `out` recorded, continued from its last checkpoint."""
+    if resume:
+        out = Path(given.get("out", TrainConfig.out))
+        config = TrainConfig.from_dict(saved_config(out).to_dict() | given)
+    else:
+        config = TrainConfig(**given)
+    return fit(config, resume=resume)
 
 
 def lr_find_command(config: TrainConfig) -> LRFinderResult:
@@ -91,7 +104,7 @@ def predict_command(path: Path, images: list[str], *, device: str, precision: st
     return list(zip(images, results))
 
 
-def build_report(run_or_weights: Path, *, data_source: str | None = None, device: str = "auto",
+def report_command(run_or_weights: Path, *, data_source: str | None = None, device: str = "auto",
                  precision: str = "auto") -> Path:
     """`cifarkit report RUN`: reload the run's config, weights and test data, redraw every plot, rewrite the report.
 

@@ -8,12 +8,9 @@ absolute path (or "synthetic"), and `data_fingerprint`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cifarkit.atomic import write_json
 from cifarkit.data.stats import check_pad_mode, cifar10_std
 from cifarkit.errors import CifarkitError, named_error
 
@@ -151,12 +148,3 @@ class TrainConfig:
         if unknown:
             raise CifarkitError(f"unknown config fields {unknown}: the config comes from another cifarkit version")
         return cls(**values)
-
-    def save(self, path: Path) -> None:
-        """Write as JSON (atomically): a run's config.json (cifarkit.run.write_config)."""
-        write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
-        """Read what `save` wrote; cifarkit.run.read_config adds one-line errors for a missing or damaged file."""
-        return cls.from_dict(json.loads(Path(path).read_text()))

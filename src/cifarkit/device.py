@@ -10,8 +10,8 @@ import torch
 
 from cifarkit.config import check_device_name, check_precision_name
 from cifarkit.console import say
+from cifarkit.cpuinfo import cpu_flags as read_cpu_flags
 from cifarkit.errors import CifarkitError
-from cifarkit.system import cpu_flags as read_cpu_flags
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

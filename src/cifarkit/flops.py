@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifarkit.cpuinfo import cpuinfo_fields, usable_cpus
 from cifarkit.models import eval_mode
-from cifarkit.system import cpuinfo_fields, usable_cpus
 
 FLOPS_CONVENTION = ("FLOPs = 2 x multiply-adds of the convolutions and the FC (BN, ReLU, pooling not counted); "
                     "training = 3 x forward (backward ~ 2 x forward)")

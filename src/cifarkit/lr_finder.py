@@ -1,7 +1,8 @@
 """The LR range test (Smith 2015; fastai, torch-lr-finder): train briefly while the LR grows exponentially and
-watch the loss. `find_lr` returns data; plotting lives in report/plots.py.
+watch the loss. `range_test` is the one engine (fit calls it on the model it is about to train); `lr_find` is the
+public function that runs it alone on a fresh model; both return data, and plotting lives in report/plots.py.
 
-    result = find_lr(model, batches, iters=200)     # or range_test(model, batch_source, config)
+    result = lr_find(TrainConfig(lr_find_iters=200), data="synthetic")   # or range_test(model, batches, config)
     result.lr_min, result.lr_max                      # the suggestions; result.lrs / .losses / .smoothed: the curve
 
 Rules, on the raw loss smoothed by a centred (zero-lag) moving average over 5% of the sweep:
@@ -14,6 +15,7 @@ Rules, on the raw loss smoothed by a centred (zero-lag) moving average over 5% o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -26,10 +28,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cifarkit.config import TrainConfig
-from cifarkit.data.loaders import BatchSource, repeat_epochs
-from cifarkit.device import autocast, backward_step, grad_scaler, resolve_precision
+from cifarkit.data import Cifar10, resolve_data, subset
+from cifarkit.data.loaders import BatchSource, build_train_batches, repeat_epochs
+from cifarkit.device import autocast, backward_step, grad_scaler, pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
-from cifarkit.models import train_mode
+from cifarkit.models import build_model, train_mode
 from cifarkit.run import write_lr_finder
 
 LR_MIN_RULE = "first LR where the smoothed loss has fallen 10% of its total fall"
@@ -92,20 +95,26 @@ def suggest_lrs(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
     return float(lrs[i_min]), float(lr_max)
 
 
-def find_lr(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *,
-            start_lr: float = 1e-7, end_lr: float = 10.0, iters: int = 200, weight_decay: float = 1e-4,
-            label_smoothing: float = 0.0,
-            optimizer: torch.optim.Optimizer | None = None, precision: str = "fp32",
-            progress: bool = True) -> LRFinderResult:
-    """Run the range test with Adam (or `optimizer`) on `batches`; the model and optimizer are restored after.
+def range_test(model: nn.Module, batches: BatchSource | Iterator[tuple[torch.Tensor, torch.Tensor]],
+               config: TrainConfig, *, optimizer: torch.optim.Optimizer | None = None, precision: str | None = None,
+               progress: bool = True) -> LRFinderResult:
+    """The range test on `model` with config's sweep (lr_find_start, lr_find_end, lr_find_iters), weight decay, loss
+    and precision, with Adam (or `optimizer`); the model and optimizer are restored after. `batches`: a BatchSource,
+    repeated for as long as the sweep runs, or an iterator of (images, labels).
 
-    precision: "bf16", "fp16" or "fp32" (device.resolve_precision), as in training: fp16 steps go through a gradient
-    scaler, and a step it skips (inf or NaN gradients while its scale comes down) is left off the curve.
+    precision: what training runs in, when the caller has resolved it already (`fit` does); None resolves
+    config.precision on the model's device, as training would. fp16 steps go through a gradient scaler, and a step it
+    skips (inf or NaN gradients while its scale comes down) is left off the curve.
     """
     device = next(model.parameters()).device
+    if precision is None:
+        precision = resolve_precision(config.precision, device)
+    if not isinstance(batches, Iterator):
+        batches = repeat_epochs(batches)
+    start_lr, end_lr, iters = config.lr_find_start, config.lr_find_end, config.lr_find_iters
     scaler = grad_scaler(precision, device)
     model_state = copy.deepcopy(model.state_dict())
-    opt = optimizer or torch.optim.Adam(model.parameters(), lr=start_lr, weight_decay=weight_decay)
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=start_lr, weight_decay=config.weight_decay)
     opt_state = copy.deepcopy(opt.state_dict())
     gamma = (end_lr / start_lr) ** (1 / max(iters - 1, 1))
     lrs: list[float] = []
@@ -121,7 +130,7 @@ def find_lr(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor
                     group["lr"] = lr
                 x, y = next(batches)
                 with autocast(precision, device):
-                    loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+                    loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
                 step_skipped = backward_step(loss, opt, scaler)
                 value = loss.item()
                 if not math.isfinite(value):
@@ -146,15 +155,22 @@ def find_lr(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor
                           skipped=skipped)
 
 
-def range_test(model: nn.Module, batches: BatchSource, config: TrainConfig, *, progress: bool = True,
-               precision: str | None = None) -> LRFinderResult:
-    """The LR range test with config's sweep, weight decay, loss and precision, on endless repeats of `batches`.
+def lr_find(config: TrainConfig, data: Cifar10 | str | None = None, *, precision: str | None = None) -> LRFinderResult:
+    """The LR range test of `config` (its sweep, batch, augmentation, subset, loss and precision) on a fresh model, on
+    `data` (a Cifar10, a path or "synthetic"; None: config.data as `fit` resolves it). `precision`: one already
+    resolved by device.resolve_precision (None: resolve config.precision here).
 
-    precision: what training runs in, when the caller has resolved it already (`fit` does); None resolves
-    config.precision on the model's device, as training would.
+        result = cifarkit.lr_find(TrainConfig(lr_find_iters=200), data="cifar-10-python.tar.gz")
+        result.lr_min, result.lr_max
+        cifarkit.plot_lr_finder(result.lrs, result.losses, result.smoothed, result.lr_min, result.lr_max)
     """
-    if precision is None:
-        precision = resolve_precision(config.precision, next(model.parameters()).device)
-    return find_lr(model, repeat_epochs(batches), start_lr=config.lr_find_start, end_lr=config.lr_find_end,
-                   iters=config.lr_find_iters, weight_decay=config.weight_decay,
-                   label_smoothing=config.label_smoothing, precision=precision, progress=progress)
+    config.validate()
+    device = pick_device(config.device)
+    config = dataclasses.replace(config, precision=precision or resolve_precision(config.precision, device))
+    torch.manual_seed(config.seed)
+    if not isinstance(data, Cifar10):
+        data = resolve_data(config.data if data is None else str(data))
+    data = subset(data, config.subset, None, seed=config.seed)
+    model = build_model(len(data.classes), device=device, channels_last=config.channels_last)
+    batches = build_train_batches(data.train_images, data.train_labels, config, device=device)
+    return range_test(model, batches, config, precision=config.precision)

@@ -13,16 +13,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifarkit.atomic import atomic_write, write_json
 from cifarkit import run as R
+from cifarkit.atomic import atomic_write, write_json
 from cifarkit.config import TrainConfig
 from cifarkit.console import say
+from cifarkit.cpuinfo import cpu_model, usable_cpus
 from cifarkit.data import Cifar10
 from cifarkit.data.sources import describe_data
-from cifarkit.inference import save_model
+from cifarkit.inference.model_file import save_model
 from cifarkit.lr_finder import LRFinderResult
 from cifarkit.report.render import fmt_count, fmt_epoch
-from cifarkit.system import cpu_model, usable_cpus
 
 # train_loss: what training minimises (with label smoothing, if any); train_ce: the plain cross-entropy, as test_loss
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "train_acc", "test_loss", "test_acc", "test_acc_tta", "lr",

@@ -11,7 +11,6 @@ import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,20 @@ from cifarkit import distributed as D
 from cifarkit.checkpoint import (PartialEpoch, load_checkpoint, restore_weights, resume_config, save_checkpoint,
                                  set_rng_state)
 from cifarkit.config import TrainConfig
-from cifarkit.data import Cifar10, normalization, subset
+from cifarkit.data import Cifar10, subset
 from cifarkit.data.loaders import BatchSource, build_train_batches, resolve_augment
 from cifarkit.device import (autocast, backend_settings, backward_step, grad_scaler, host_sync_every, pick_device,
                              resolve_precision)
 from cifarkit.errors import CifarkitError
-from cifarkit.inference import preprocess
+from cifarkit.inference import evaluate
+from cifarkit.interruptions import TrainingInterrupted, check_step, non_finite, stop_on_signals
 from cifarkit.lr_finder import range_test
-from cifarkit.models import build_model, eval_mode, is_channels_last
+from cifarkit.models import build_model
 from cifarkit.report import write_plots, write_report
-from cifarkit.runlog import RunLog, weights_checksum
 from cifarkit.run import CHECKPOINT, check_run_out, claim_run_folder
-from cifarkit.runstart import run_data
+from cifarkit.runlog import RunLog, weights_checksum
 from cifarkit.schedule import one_cycle, schedule_lrs
-from cifarkit.stops import TrainingInterrupted, check_step, non_finite, stop_on_signals
+from cifarkit.training_data import run_data
 
 
 @dataclass
@@ -67,38 +66,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: to
     loss, logits = loss.detach().float(), logits.detach()
     plain = F.cross_entropy(logits.float(), y) if label_smoothing else loss  # comparable with the test loss
     return loss, torch.stack([loss * len(y), plain * len(y), (logits.argmax(1) == y).sum().float()]), skipped
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
-             precision: str = "fp32", tta: bool = False, ctx: D.DistContext = D.DistContext(),
-             mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> dict[str, float]:
-    """Loss and accuracy on uint8 [M, 32, 32, 3] images held on the device, in eval mode, forward passes under
-    `precision` ("bf16"/"fp16"/"fp32", as resolved by device.resolve_precision). Under torchrun each rank takes a
-    contiguous slice, so every test image counts exactly once. With tta, also the flip-TTA accuracy. Inputs take the
-    model's memory format; sums are float32 (counts exact below 2^24 images; MPS has no float64). `mean`, `std`:
-    the normalisation a model file records (default: config.std's)."""
-    if mean is None or std is None:
-        mean, std = normalization(config.std)
-    lo, hi = D.shard_range(len(labels), ctx)
-    sums = torch.zeros(4, device=images.device)  # loss sum, correct, correct with TTA, count
-    channels_last = is_channels_last(model)
-    with eval_mode(model):
-        for start in range(lo, hi, config.eval_batch_size):
-            stop = min(start + config.eval_batch_size, hi)
-            x = preprocess(images[start:stop], mean, std, channels_last=channels_last)
-            y = labels[start:stop]
-            with autocast(precision, x.device):
-                logits = model(x).float()
-            sums[0] += F.cross_entropy(logits, y, reduction="sum")
-            sums[1] += (logits.argmax(1) == y).sum()
-            if tta:
-                with autocast(precision, x.device):
-                    flipped = model(torch.flip(x, dims=[3])).float()
-                sums[2] += ((logits.softmax(1) + flipped.softmax(1)).argmax(1) == y).sum()
-            sums[3] += stop - start
-    loss, correct, correct_tta, count = D.all_reduce_sum(sums, ctx).tolist()
-    return {"loss": loss / count, "acc": correct / count, "acc_tta": correct_tta / count if tta else float("nan")}
 
 
 def fit(config: TrainConfig, *, data: Cifar10 | str | None = None, resume: bool = False,
@@ -179,10 +146,18 @@ def _setup(config: TrainConfig, data: Cifar10, resume: bool, progress: bool, run
     log.header(data, config.data_fingerprint, device, ctx.world_size)  # before the range test: minutes on a CPU
     if config.lr_min is None or config.lr_max is None:
         # Rank 0 runs the range test alone: on the global batch, as a one-process run does, so it finds the same LRs.
-        lr_batches = build_train_batches(data.train_images, data.train_labels, config, device=device) \
-            if ctx.enabled and ctx.is_main else batches
-        config = find_lrs(model, lr_batches, config, log, ctx)  # under the run's precision and a scaler of its own
-        del lr_batches
+        # Every rank takes its suggestions; the range test runs under the run's precision, with a scaler of its own.
+        found = None
+        if ctx.is_main:
+            lr_batches = build_train_batches(data.train_images, data.train_labels, config, device=device) \
+                if ctx.enabled else batches
+            result = range_test(model, lr_batches, config, progress=log.progress, precision=config.precision)
+            log.lr_finder(result)
+            found = (result.lr_min, result.lr_max)
+            del lr_batches
+        lr_min, lr_max = D.broadcast_object(found, ctx)
+        config = replace(config, lr_min=config.lr_min or lr_min, lr_max=config.lr_max or lr_max)
+        config.validate()
     assert config.lr_min is not None and config.lr_max is not None and config.peak_epoch is not None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr_max, weight_decay=config.weight_decay)
     cycle = dict(lr_min=config.lr_min, lr_max=config.lr_max, epochs=config.epochs, steps_per_epoch=len(batches),
@@ -303,16 +278,3 @@ def _finish(r: _Run) -> History:
     D.barrier(r.ctx)
     return History(run_dir=r.run, epochs=history, metrics=r.log.metrics)
 
-
-def find_lrs(model: nn.Module, batches: BatchSource, config: TrainConfig, log: RunLog, ctx: D.DistContext) -> TrainConfig:
-    """Fill the missing LRMIN/LRMAX with the range test's suggestions (run on rank 0, shared with all ranks)."""
-    found = None
-    if ctx.is_main:
-        result = range_test(model, batches, config, progress=log.progress, precision=config.precision)
-        log.lr_finder(result)
-        found = (result.lr_min, result.lr_max)
-    lr_min, lr_max = D.broadcast_object(found, ctx)
-    values = config.to_dict() | {"lr_min": config.lr_min or lr_min, "lr_max": config.lr_max or lr_max}
-    config = TrainConfig.from_dict(values)
-    config.validate()
-    return config

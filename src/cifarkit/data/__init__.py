@@ -8,13 +8,13 @@ own facts (mean, std, classes), and which data is which (data.path, data.fingerp
 Augmentation and batch sources live in `cifarkit.data.transforms`, `.augment` and `.loaders`.
 """
 
-from cifarkit.data.cifar10 import CLASSES, Cifar10, class_balanced_subset, load_cifar10, subset
+from cifarkit.data.cifar10 import CLASSES, Cifar10, class_balanced_subset, class_names, load_cifar10, subset
 from cifarkit.data.download import OFFICIAL_MD5, OFFICIAL_URL, download_cifar10
 from cifarkit.data.sources import check_same_data, data_fingerprint, recorded_data, resolve_data
 from cifarkit.data.stats import CIFAR10_MEAN, CIFAR10_STD, PAD_MODES, check_pad_mode, cifar10_std, normalization
 from cifarkit.data.synthetic import make_synthetic
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "CLASSES", "Cifar10", "OFFICIAL_MD5", "OFFICIAL_URL", "PAD_MODES",
-           "check_pad_mode", "check_same_data", "cifar10_std", "class_balanced_subset", "data_fingerprint",
-           "download_cifar10", "load_cifar10", "make_synthetic", "normalization", "recorded_data", "resolve_data",
-           "subset"]
+           "check_pad_mode", "check_same_data", "cifar10_std", "class_balanced_subset", "class_names",
+           "data_fingerprint", "download_cifar10", "load_cifar10", "make_synthetic", "normalization", "recorded_data",
+           "resolve_data", "subset"]

@@ -30,6 +30,11 @@ CLASSES: tuple[str, ...] = (
 )
 
 
+def class_names(n: int) -> tuple[str, ...]:
+    """The names of `n` classes where none are recorded: CIFAR-10's for 10, else class0, class1, ..."""
+    return CLASSES if n == len(CLASSES) else tuple(f"class{i}" for i in range(n))
+
+
 @dataclass(frozen=True)
 class Cifar10:
     """The train and test splits as uint8 HWC arrays with int64 labels."""

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from cifarkit.cpuinfo import usable_cpus
 from cifarkit.errors import CifarkitError, one_line
-from cifarkit.system import usable_cpus
 
 
 _PARALLEL_MIN_IMAGES = 4000  # below this, starting helper processes costs more than it saves

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from cifarkit.cpuinfo import usable_cpus
 from cifarkit.data.augment import apply_params, params_to, sample_params
 from cifarkit.data.stats import check_pad_mode, normalization
 from cifarkit.data.transforms import AugmentSpec, build_train_transform, sample_seed, seed_transform
 from cifarkit.errors import CifarkitError
-from cifarkit.system import usable_cpus
 
 
 class BatchSource(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifarkit.data.cifar10 import CLASSES, Cifar10
+from cifarkit.data.cifar10 import Cifar10, class_names
 
 
 def make_synthetic(n_train: int = 1000, n_test: int = 200, *, seed: int = 0, num_classes: int = 10) -> Cifar10:
@@ -31,6 +31,6 @@ def make_synthetic(n_train: int = 1000, n_test: int = 200, *, seed: int = 0, num
 
     train_images, train_labels = split(n_train)
     test_images, test_labels = split(n_test)
-    classes = CLASSES if num_classes == 10 else tuple(f"class{c}" for c in range(num_classes))
+    classes = class_names(num_classes)
     return Cifar10(train_images, train_labels, test_images, test_labels, classes,
                    source=f"synthetic (seed {seed}) - NOT CIFAR-10", synthetic=True)

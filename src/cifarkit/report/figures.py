@@ -17,7 +17,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, normalization
 from cifarkit.data.transforms import build_train_transform, seed_transform
 from cifarkit.device import autocast
-from cifarkit.inference import predict_proba, preprocess
+from cifarkit.inference.preprocess import predict_proba, preprocess
 from cifarkit.report import galleries, plots
 from cifarkit.report.content import read_history
 from cifarkit.report.gradcam import grad_cam

@@ -105,7 +105,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def write_config(run: Path, config: TrainConfig) -> None:
-    config.save(Path(run) / CONFIG)
+    write_json(Path(run) / CONFIG, config.to_dict())
 
 
 def write_metrics(run: Path, metrics: dict[str, Any]) -> None:

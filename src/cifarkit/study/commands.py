@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cifarkit.cli_flags import add_config_flags, count, given_config
 from cifarkit.errors import pip_install
-from cifarkit.flags import add_config_flags, count, given_config
 
 SWEEP_DESCRIPTION = f"""Run many trainings: the same recipe under several seeds, a grid of configs, or an Optuna search.
 

@@ -71,7 +71,7 @@ def run_job(job: dict[str, Any]) -> int:
     from cifarkit.commands import lr_find_command
     from cifarkit.config import TrainConfig
     from cifarkit.errors import CifarkitError
-    from cifarkit.stops import TrainingInterrupted
+    from cifarkit.interruptions import TrainingInterrupted
     from cifarkit.train import fit
 
     torch.set_num_threads(job["threads"])

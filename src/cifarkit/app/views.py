@@ -1,7 +1,7 @@
 """A trained run ready to be questioned: predictions on a user's images, Grad-CAM, the test set's worst mistakes.
 
-The app (`cifarkit.app`) is a thin layer over the `*_view` functions here, which take plain values and return
-pictures (uint8 HWC arrays) and text, so tests and notebooks call them without a browser:
+The app's server (`cifarkit.app.server`) is a thin layer over the `*_view` functions here, which take plain values
+and return pictures (uint8 HWC arrays) and text, so tests and notebooks call them without a browser:
 
     >>> ex = load_explainer("runs/baseline")               # run folder, model.pt, or checkpoints/last.pt
     >>> slots, note = predict_view(ex, ["cat.jpg"], top_k=3)
@@ -23,13 +23,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifarkit import run as R
+from cifarkit.app.uploads import read_uploads
 from cifarkit.config import TrainConfig
 from cifarkit.errors import CifarkitError
 from cifarkit.inference import OpenRun, open_run
 from cifarkit.report.galleries import overlay_heatmap
 from cifarkit.report.gradcam import LAYERS, grad_cam
 from cifarkit.report.interpret import top_losses
-from cifarkit.uploads import read_uploads
 
 MAX_TOP = 10  # classes listed per image
 MAX_GRADCAM = 16  # Grad-CAM images per request

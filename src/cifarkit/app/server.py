@@ -1,10 +1,10 @@
 """`cifarkit app RUN`: a local web app (Gradio) over a trained run: predict, Grad-CAM, misclassified test images.
 
-Needs the optional extra `app` (INSTALL says how). The logic lives in `cifarkit.explain` as plain functions;
+Needs the optional extra `app` (INSTALL says how). The logic lives in `cifarkit.app.views` as plain functions;
 this module only lays them out and serves them:
 
-    >>> from cifarkit.explain import load_explainer
-    >>> from cifarkit.app import build_app, launch
+    >>> from cifarkit.app.views import load_explainer
+    >>> from cifarkit.app.server import build_app, launch
     >>> demo = build_app(load_explainer("runs/baseline"))   # a gr.Blocks; nothing served yet
     >>> launch(demo, host="127.0.0.1", port=7860)            # blocks until Ctrl+C
 
@@ -19,11 +19,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from cifarkit.app.uploads import BOUNDS, MAX_BYTES, MAX_FILES
+from cifarkit.app.views import (GRADCAM_LAYERS, MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view,
+                                load_explainer, misclassified_view, predict_view)
+from cifarkit.cli_flags import check_address
 from cifarkit.errors import CifarkitError, pip_install
-from cifarkit.explain import (GRADCAM_LAYERS, MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view,
-                              load_explainer, misclassified_view, predict_view)
-from cifarkit.flags import check_address
-from cifarkit.uploads import BOUNDS, MAX_BYTES, MAX_FILES
 
 INSTALL = f"the app needs Gradio: {pip_install('app')}"
 # Gradio's galleries cut captions to one line ("...") inside square tiles, and keep 450 px for a gallery of height
