@@ -8,6 +8,7 @@ with one thread each, as every other test process does, instead of two threads f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
@@ -185,12 +185,11 @@ def test_kill9_mid_sweep_then_rerun_runs_each_trial_once_and_resumes_exactly(tmp
 @pytest.mark.slow
 def test_search_prunes_a_trial_with_a_huge_lr(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A search whose first trial (LRMAX 1e-3, enqueued as Optuna users seed a search) trains well and whose second
-    has LRMAX 5 (it diverges in epoch 1 and stays at chance): the median pruner stops the second at an epoch end,
-    before its last epoch, and records it pruned."""
+    has LRMAX 5 (it diverges in epoch 1 and stays far below the first): the median pruner stops the second at an
+    epoch end, before its last epoch, and records it pruned."""
     out = tmp_path / "lr"
     args = [*tiny(data, "--lr-min", "1e-4", "--subset", "128", "--batch-size", "8", epochs=4),
-            "--search", "lr_max=1e-3:5:log",
-            "--trials", "2"]
+            "--search", "lr_max=1e-3:5:log", "--trials", "2"]
     out.mkdir()
     parsed = cli.build_parser().parse_args(["sweep", "--out", str(out), *args])
     plan = make_plan(cli.given_config(parsed) | {"data": str(data)}, seeds=None, grid=[], search=parsed.search,
