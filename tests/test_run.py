@@ -130,6 +130,25 @@ def test_lr_find_refuses_a_training_run_and_a_file(run: Path, tmp_path: Path,
                                                                    "for the run's files")
 
 
+def test_train_refuses_a_finished_run_without_its_checkpoint(run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A new train into a finished run's folder that has no checkpoints/ (a published result, a run copied without
+    them) would replace its config.json, metrics.json and model.pt: refused by name, every file as it was. A folder
+    with only a config.json (a start stopped before its first epoch ended) is no run yet and is not refused."""
+    before = files(run)
+    assert not (run / "checkpoints").exists()
+    err = one_error(["train", "--out", str(run), "--data", "synthetic", "--device", "cpu"], capsys)
+    assert err == (f"error: {run} already holds a run (metrics.json); a new run would replace it: choose another "
+                   "--out")
+    assert files(run) == before
+    (run / "metrics.json").unlink()
+    assert "(model.pt)" in one_error(["train", "--out", str(run)], capsys)
+    started = tmp_path / "started"
+    started.mkdir()
+    shutil.copy(run / "config.json", started / "config.json")
+    assert check_run_out(started, kind="train") == started
+
+
 def test_export_out_is_checked_before_work(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """export --out a folder, or under a file, or in a read-only folder: one line in --out's words, naming no
     `.part` file, and nothing written."""

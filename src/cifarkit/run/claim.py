@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cifarkit.atomic import TEMP_GLOB
 from cifarkit.errors import CifarkitError, TrainingInterrupted
-from cifarkit.run.files import CHECKPOINT, LOCK, LR_FINDER, TRAINING_FILES
+from cifarkit.run.files import CHECKPOINT, CONFIG, LOCK, LR_FINDER, TRAINING_FILES
 
 
 def _refuse(template: str, **values: object) -> CifarkitError:
@@ -62,7 +62,9 @@ def _check_not_in_use(run: Path) -> None:
 def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
     """Refuse, before any work, an output folder that cannot take this run: a file, a folder that cannot be written,
     or (kind "lr-find") a training run's folder, whose own lr_finder.json the range test would replace. Kind "train"
-    refuses a folder that holds a run already (resume continues one); "resume" asks for none of these."""
+    refuses a folder that holds a run already, finished or not, with or without its checkpoint (resume continues
+    one); a config.json alone is a start stopped before its first epoch ended, which has nothing to lose. "resume"
+    asks for none of these."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise _refuse("{flag} {path} is a file: give a folder for the run's files", path=path)
@@ -76,6 +78,11 @@ def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
                           "another {flag}", path=path, name=held[0], finder=LR_FINDER)
     if kind == "train" and (path / CHECKPOINT).exists():
         raise _refuse("{path} already holds a run: {resume} to continue it, or choose another {flag}", path=path)
+    if kind == "train" and path.is_dir():
+        held = [name for name in TRAINING_FILES if name != CONFIG and (path / name).exists()]
+        if held:
+            raise _refuse("{path} already holds a run ({name}); a new run would replace it: choose another {flag}",
+                          path=path, name=held[0])
     return path
 
 
