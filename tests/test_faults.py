@@ -33,7 +33,8 @@ import cifarkit.runlog
 import cifarkit.train
 from cifarkit import cli
 from cifarkit.checkpoint import load_checkpoint, safe_torch_load
-from cifarkit.run import RunLock
+from cifarkit.errors import CifarkitError
+from cifarkit.run import RunLock, check_run_out
 from helpers import SHORT_RUN_ARGS, SHORT_STEPS_PER_EPOCH, SHORT_SYNTHETIC, slow_fixture
 
 ARGS = SHORT_RUN_ARGS  # the shared short run's flags: conftest.py's `short_run` is the uninterrupted reference
@@ -538,6 +539,21 @@ def test_lock_refuses_second_run_and_frees_on_exit(tmp_path: Path, capsys: pytes
                                     "choose another --out\n"
     with RunLock(run):
         pass
+
+
+def test_the_lock_and_the_early_check_refuse_a_busy_folder_alike(tmp_path: Path) -> None:
+    """A folder another run holds is refused in the same words by the check before any work (check_run_out) and by
+    the lock itself (a run that took it in between): the holder's pid, `out` for Python, `--out` on the command
+    line."""
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(CifarkitError) as early:
+            check_run_out(run, kind="resume")
+        with pytest.raises(CifarkitError) as late:
+            RunLock(run).__enter__()
+    expected = f"another cifarkit run (pid {os.getpid()}) is using {run}; wait for it or choose another "
+    assert (str(early.value), early.value.cli_line()) == (expected + "out", expected + "--out")
+    assert (str(late.value), late.value.cli_line()) == (str(early.value), early.value.cli_line())
 
 
 # ------------------------------------------------------------------------------------------ numerical faults

@@ -52,11 +52,16 @@ def _check_not_in_use(run: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        raise _refuse("another cifarkit run (pid {holder}) is using {run}; wait for it or choose another {flag}",
-                      holder=holder, run=run) from None
+        raise _in_use(fd, run) from None
     finally:
         os.close(fd)
+
+
+def _in_use(fd: int, run: Path) -> CifarkitError:
+    """The refusal of a folder whose lock (open as `fd`) a live run holds, naming that run's pid."""
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    return _refuse("another cifarkit run (pid {holder}) is using {run}; wait for it or choose another {flag}",
+                   holder=holder, run=run)
 
 
 def check_run_out(out: str | os.PathLike[str], *, kind: str) -> Path:
@@ -118,10 +123,9 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            refusal = _in_use(fd, self.path.parent)
             os.close(fd)
-            raise CifarkitError(f"another cifarkit run (pid {holder}) is using {self.path.parent}; "
-                                "wait for it or choose another --out") from None
+            raise refusal from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
