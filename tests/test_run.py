@@ -28,7 +28,7 @@ from cifarkit.errors import CifarkitError, os_error_line, write_error
 from cifarkit.inference import MODEL_FORMAT, save_model
 from cifarkit.models import CustomResNet
 from cifarkit.report.gradcam import grad_cam
-from cifarkit.run import check_run_out, write_config
+from cifarkit.run import check_run_out, weights_note, write_config
 
 IMAGES = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 
@@ -147,6 +147,19 @@ def test_train_refuses_a_finished_run_without_its_checkpoint(run: Path, tmp_path
     started.mkdir()
     shutil.copy(run / "config.json", started / "config.json")
     assert check_run_out(started, kind="train") == started
+
+
+def test_the_weights_line_of_a_checkpoint_says_whether_the_run_finished(run: Path) -> None:
+    """A run's last checkpoint is said to precede model.pt only while model.pt is missing; beside a finished run's
+    model.pt the line names that file as its final weights, never as one still to come."""
+    last = run / "checkpoints" / "last.pt"
+    assert (run / "model.pt").is_file()
+    assert weights_note(last) == (f"weights: {last} (the last checkpoint; the finished run's weights are "
+                                  f"{run / 'model.pt'})")
+    (run / "model.pt").unlink()
+    assert weights_note(last) == f"weights: {last} (the last checkpoint: {run / 'model.pt'} is written when the run " \
+        "finishes)"
+    assert weights_note(run / "model.pt") == f"weights: {run / 'model.pt'}"
 
 
 def test_export_out_is_checked_before_work(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

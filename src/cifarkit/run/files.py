@@ -178,10 +178,13 @@ def is_checkpoint(weights: Path) -> bool:
 
 
 def weights_note(weights: Path) -> str:
-    """One line that says which weights of a run are used."""
+    """One line that says which weights of a run are used: a run's last checkpoint says where its final weights are,
+    or will be once the run finishes."""
     if is_checkpoint(weights) and weights.parent.name == Path(CHECKPOINT).parent.name:
-        return (f"weights: {weights} (the last checkpoint: {weights.parent.parent / MODEL} is written when the "
-                "run finishes)")
+        model = weights.parent.parent / MODEL
+        if model.is_file():
+            return f"weights: {weights} (the last checkpoint; the finished run's weights are {model})"
+        return f"weights: {weights} (the last checkpoint: {model} is written when the run finishes)"
     return f"weights: {weights}"
 
 
