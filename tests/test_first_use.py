@@ -3,7 +3,9 @@ and errors that name their cause, and words that read right."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import re
@@ -23,6 +25,7 @@ from cifarkit.app.views import describe_run
 from cifarkit.cli import build_parser, main
 from cifarkit.cli_flags import given_config
 from cifarkit.config import TrainConfig
+from cifarkit.console import ConsoleHandler
 from cifarkit.data import Cifar10, resolve_data, subset
 from cifarkit.errors import REPOSITORY, CifarkitError
 from cifarkit.report import write_report
@@ -144,17 +147,29 @@ def test_flags_cut_short_are_refused(argv: list[str], wrong: str, capsys: pytest
 def test_a_subset_below_the_class_count_is_said_in_one_line(tiny_data: Cifar10,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """subset 5 of 10-class data warns once that 5 classes get no image; test_subset 3 that 7 get none; a subset of
-    10 (one image per class) says nothing."""
+    10 (one image per class) says nothing. The log record names the arguments (`subset=5`); the command line's
+    console says the flags (`--subset 5`)."""
     with caplog.at_level(logging.WARNING):
         small = subset(tiny_data, 5, 3)
     assert len(np.unique(small.train_labels)) == 5  # what the warning says, counted
     assert [r.getMessage() for r in caplog.records] == [
-        "subset 5 leaves 5 of the 10 classes without a single image; give 10 or more",
-        "test_subset 3 leaves 7 of the 10 classes without a single image; give 10 or more"]
+        "subset=5 leaves 5 of the 10 classes without a single image; give 10 or more",
+        "test_subset=3 leaves 7 of the 10 classes without a single image; give 10 or more"]
+    assert [console_line(r) for r in caplog.records] == [
+        "warning: --subset 5 leaves 5 of the 10 classes without a single image; give 10 or more",
+        "warning: --test-subset 3 leaves 7 of the 10 classes without a single image; give 10 or more"]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         subset(tiny_data, 10, 10)
     assert caplog.records == []
+
+
+def console_line(record: logging.LogRecord) -> str:
+    """What the command line's console says for `record` (console.ConsoleHandler, its stderr captured)."""
+    stream = io.StringIO()
+    with contextlib.redirect_stderr(stream):
+        ConsoleHandler().emit(record)
+    return stream.getvalue().strip()
 
 
 def test_predict_refuses_an_animated_image_as_the_app_does(tmp_path: Path) -> None:

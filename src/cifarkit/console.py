@@ -17,11 +17,12 @@ def say(line: str) -> None:
 
 class ConsoleHandler(logging.Handler):
     """Library warnings (cifarkit.data logs through `logging`, so that Python users can filter them) as `say` lines
-    on the command line: one channel, never glued to a progress bar."""
+    on the command line: one channel, never glued to a progress bar. A record that names an argument (`subset=5`)
+    carries the command line's words in its `cli` attribute (`--subset 5`), which is what is said here."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            say(f"{record.levelname.lower()}: {record.getMessage()}")
+            say(f"{record.levelname.lower()}: {getattr(record, 'cli', None) or record.getMessage()}")
         except Exception:  # a handler never raises into the code that logged
             self.handleError(record)
 

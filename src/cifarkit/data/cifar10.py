@@ -72,8 +72,8 @@ def subset(data: Cifar10, n_train: int | None, n_test: int | None, *, seed: int 
     for name, n, labels in (("subset", n_train, train[1]), ("test_subset", n_test, test[1])):
         classes = len(np.unique(labels))
         if n is not None and n < min(classes, len(labels)):
-            log.warning("%s %d leaves %d of the %d classes without a single image; give %d or more", name, n,
-                        classes - n, classes, classes)
+            said = f"{n} leaves {classes - n} of the {classes} classes without a single image; give {classes} or more"
+            log.warning(f"{name}={said}", extra={"cli": f"--{name.replace('_', '-')} {said}"})
     if n_train is not None:
         train = class_balanced_subset(*train, n_train, seed=seed)
     if n_test is not None:
