@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cifarkit
 import cifarkit.device
-from cifarkit.cli import main
+from cifarkit.cli import build_parser, main
+from cifarkit.cli_flags import check_args
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, normalization
 from cifarkit.errors import CifarkitError, os_error_line, write_error
@@ -89,7 +91,6 @@ def test_a_bare_state_dict_loads_and_says_what_it_assumes(run: Path, tmp_path: P
     alone.parent.mkdir()
     torch.save(weights, alone)
     image = tmp_path / "cat.png"
-    from PIL import Image
     Image.fromarray(IMAGES[0]).save(image)
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(alone), str(image), "--device", "cpu"]) == 0
@@ -160,6 +161,20 @@ def test_the_weights_line_of_a_checkpoint_says_whether_the_run_finished(run: Pat
     assert weights_note(last) == f"weights: {last} (the last checkpoint: {run / 'model.pt'} is written when the run " \
         "finishes)"
     assert weights_note(run / "model.pt") == f"weights: {run / 'model.pt'}"
+
+
+def test_images_to_predict_are_checked_with_the_arguments(run: Path, tmp_path: Path) -> None:
+    """predict's image paths are checked by check_args, the torch-free check before any command runs: a missing file
+    and a folder are each refused by name, after an image that exists."""
+    image = tmp_path / "cat.png"
+    Image.fromarray(IMAGES[0]).save(image)
+    for missing, words in ((tmp_path / "none.png", f"no image at {tmp_path / 'none.png'}"),
+                           (tmp_path, f"{tmp_path} is a folder, not an image file")):
+        args = build_parser().parse_args(["predict", "--checkpoint", str(run), str(image), str(missing)])
+        with pytest.raises(CifarkitError) as info:
+            check_args(args)
+        assert info.value.cli_line() == words
+    check_args(build_parser().parse_args(["predict", "--checkpoint", str(run), str(image)]))
 
 
 def test_export_out_is_checked_before_work(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -265,7 +280,6 @@ def test_bf16_without_units_warns_once_in_predict(run: Path, tmp_path: Path, mon
     """predict --precision bf16 on a CPU without bf16 units (the policy's flags forced to AVX2 only): the warning is
     said once, the prediction still printed."""
     monkeypatch.setattr(cifarkit.device, "read_cpu_flags", lambda: frozenset({"avx2"}))
-    from PIL import Image
     image = tmp_path / "a.png"
     Image.fromarray(IMAGES[1]).save(image)
     capsys.readouterr()
@@ -287,8 +301,9 @@ for argv in {cases!r}:
 
 @pytest.mark.slow  # starts an interpreter
 def test_mistakes_are_answered_without_torch(run: Path, tmp_path: Path) -> None:
-    """A wrong flag or output, a missing or non-PyTorch weights file, a damaged metrics.json: each answered with exit 2
-    in well under a second, and torch never imported (checked in a fresh interpreter's sys.modules)."""
+    """A wrong flag or output, a missing or non-PyTorch weights file, an image to predict that is missing or a folder,
+    a damaged metrics.json: each answered with exit 2 in well under a second, and torch never imported (checked in a
+    fresh interpreter's sys.modules)."""
     note = tmp_path / "notes.txt"
     note.write_text("mine\n")
     (tmp_path / "broken").mkdir()
@@ -299,6 +314,8 @@ def test_mistakes_are_answered_without_torch(run: Path, tmp_path: Path) -> None:
              ["train", "--out", str(note)], ["train", "--resume", "--out", str(note)],
              ["lr-find", "--out", str(run)], ["evaluate", "--checkpoint", str(tmp_path / "none")],
              ["predict", "--checkpoint", str(note), str(note)], ["evaluate", "--checkpoint", str(run), "--device", "x"],
+             ["predict", "--checkpoint", str(run), str(note), str(tmp_path / "none.png")],
+             ["predict", "--checkpoint", str(run), str(tmp_path)],
              ["report", str(tmp_path / "broken")], ["export", str(run), "--out", str(tmp_path)],
              ["app", str(run), "--port", "0"], ["bench", "--precision", "fp64"]]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(cifarkit.__file__).parents[1]),

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from cifarkit import run as R
 from cifarkit.config import TrainConfig, check_device_name, check_precision_name
+from cifarkit.data.images import check_image_path
 from cifarkit.errors import CifarkitError, one_line
 
 NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
@@ -136,6 +137,8 @@ def check_args(args: argparse.Namespace) -> None:
         R.check_run_out(given.get("out", TrainConfig.out), kind=kind)
     elif args.command in ("evaluate", "predict"):
         R.check_torch_file(R.find_weights(args.checkpoint))
+        for image in getattr(args, "images", ()):
+            check_image_path(image)
     elif args.command == "report":
         R.find_weights(R.report_folder(args.run))
     elif args.command in ("app", "export"):

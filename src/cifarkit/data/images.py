@@ -102,11 +102,20 @@ def image_problem(image: Image.Image) -> str | None:
     return None
 
 
+def check_image_path(path: str | os.PathLike[str]) -> None:
+    """Refuse a path that holds no image file (missing, or a folder) in one line, before any work."""
+    if os.path.isdir(path):
+        raise CifarkitError(f"{path} is a folder, not an image file")
+    if not os.path.exists(path):
+        raise CifarkitError(f"no image at {path}")
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """An image file as RGB uint8 [32, 32, 3], resized (bilinear) from any other size, as a user's photo needs.
 
     A file of more than MAX_PIXELS, or an animated one, is refused from its header (image_problem), before decoding;
     anything else that is not an image is a CifarkitError naming the file."""
+    check_image_path(path)
     try:
         with warnings.catch_warnings():
             # PIL warns (two raw lines) past 89 MP and refuses past 179 MP: the cap below is stricter and says it once
@@ -118,10 +127,6 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
                 return to_rgb32(image)
     except CifarkitError:
         raise
-    except FileNotFoundError:
-        raise CifarkitError(f"no image at {path}") from None
-    except IsADirectoryError:
-        raise CifarkitError(f"{path} is a folder, not an image file") from None
     except Image.DecompressionBombError:
         raise CifarkitError(f"{path}: refused: its header declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
                             f"pixels, past the {MAX_PIXELS / 1e6:.1f} MP (4096x4096) cap (a decompression bomb?)") from None
