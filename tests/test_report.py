@@ -17,10 +17,12 @@ from cifarkit import report
 from cifarkit.data import normalization
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES, make_synthetic
+from cifarkit.cli import build_parser
+from cifarkit.cli_flags import given_config
 from cifarkit.errors import CifarkitError
 from cifarkit.inference import save_model
 from cifarkit.models.custom_resnet import CustomResNet
-from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP
+from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP, train_command_line
 from cifarkit.report.figures import step_losses
 from cifarkit.run import write_config
 from helpers import colour_pixels, png_pixels, predictions_by_hand, slow_fixture
@@ -141,6 +143,20 @@ def test_classification_report_and_most_confused_pairs(built: Path) -> None:
     assert pairs, "an untrained model gets most of the 30 images wrong: some pair is confused"
     text = (built / "report.md").read_text()
     assert "### Most confused pairs" in text and f"| {pairs[0][0]} | {pairs[0][1]} | {pairs[0][2]} |" in text
+
+
+def test_the_train_again_line_is_a_command_that_parses() -> None:
+    """The report's "Train again" line from a config.json as a run records it (data_fingerprint, extra, the LRs the
+    range test found) is a `cifarkit train` command line argparse accepts, and its flags give back every choice that
+    differs from the defaults: no recorded field (data_fingerprint, extra) is written as a flag."""
+    values = TrainConfig(data="/data/cifar", out="runs/a", epochs=3, batch_size=16, lr_min=1e-5, lr_max=1e-3,
+                         plots=False, data_fingerprint="ab" * 32, extra={"note": "x"}).to_dict()
+    line = train_command_line(values, lrs_found=True)
+    assert line.startswith("cifarkit train ")
+    given = given_config(build_parser().parse_args(line.split()[1:]))
+    assert given == {"out": "NEW_RUN", "data": "/data/cifar", "epochs": 3, "batch_size": 16, "plots": False}
+    given = given_config(build_parser().parse_args(train_command_line(values, lrs_found=False).split()[1:]))
+    assert (given["lr_min"], given["lr_max"]) == (1e-5, 1e-3)
 
 
 @pytest.mark.slow

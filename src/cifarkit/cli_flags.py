@@ -13,11 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from cifarkit import run as R
-from cifarkit.config import TrainConfig, check_device_name, check_precision_name
+from cifarkit.config import NOT_FLAGS, TrainConfig, check_device_name, check_precision_name
 from cifarkit.data.images import check_image_path
 from cifarkit.errors import CifarkitError, one_line
 
-NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
 LR_FIND_FIELDS = ("data", "out", "batch_size", "weight_decay", "label_smoothing", "seed", "device", "subset",
                   "augment", "pad_mode", "std", "cutout_p", "cutout_size", "workers", "precision", "channels_last",
                   "lr_find_iters", "lr_find_start", "lr_find_end")

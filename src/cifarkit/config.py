@@ -20,6 +20,7 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision; what auto picks: device.choose_precision
 DEVICES = ("auto", "cpu", "cuda", "mps")  # --device; "cuda:N" names one GPU
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from cifarkit import run as R
 from cifarkit.atomic import write_text
-from cifarkit.config import TrainConfig
+from cifarkit.config import NOT_FLAGS, TrainConfig
 from cifarkit.errors import CifarkitError
 from cifarkit.report.render import (Block, fmt_count, fmt_duration, fmt_epoch, fmt_lr, fmt_pct, to_html,
                                     to_markdown)
@@ -136,7 +136,7 @@ def _blocks(run_dir: Path) -> list[Block]:
         ["PyTorch / Python", f"{hw.get('torch', '?')} / {hw.get('python', '?')}"]])]
     b += [("h2", "Configuration"),
           ("table", ["field", "value"], [[k, f"`{json.dumps(v)}`"] for k, v in config.items()]),
-          ("p", f"Train again with `{_train_command(config, bool(finder))}`; redraw the plots and this report with "
+          ("p", f"Train again with `{train_command_line(config, bool(finder))}`; redraw the plots and this report with "
                 f"`cifarkit report {run_dir}`.")]
     return b
 
@@ -169,11 +169,16 @@ def _per_class_blocks(per_class: dict[str, Any] | None) -> list[Block]:
     return b
 
 
-def _train_command(values: dict[str, Any], lrs_found: bool) -> str:
-    """The `cifarkit train` command line that gives this config (only the flags that differ from the defaults)."""
+def train_command_line(values: dict[str, Any], lrs_found: bool) -> str:
+    """The `cifarkit train` command line that gives this config (config.json's `values`): only the flags that differ
+    from the defaults, never a field that is no flag (config.NOT_FLAGS), the LRs left out when the range test found
+    them.
+
+        train_command_line(read_config(run).to_dict(), lrs_found=True)  # "cifarkit train --out NEW_RUN --epochs 3"
+    """
     # peak_epoch's default follows the epochs: compare with the default for this run's epochs
     defaults = TrainConfig(epochs=values.get("epochs", TrainConfig.epochs)).to_dict() | {"epochs": TrainConfig.epochs}
-    skip = {"extra", "out"} | ({"lr_min", "lr_max"} if lrs_found else set())  # LRs found by the range test
+    skip = {*NOT_FLAGS, "out"} | ({"lr_min", "lr_max"} if lrs_found else set())  # LRs found by the range test
     words = ["cifarkit train --out NEW_RUN"]
     for f in dataclasses.fields(TrainConfig):
         value = values.get(f.name)
