@@ -11,7 +11,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from cifarkit.config import TrainConfig
 from cifarkit.data import CIFAR10_MEAN, CIFAR10_STD
-from cifarkit.data.augment import AugmentParams, apply_params, augment_batch, normalize_batch, sample_params
+from cifarkit.data.augment import AugmentParams, apply_params, normalize_batch, sample_params
 from cifarkit.data.loaders import DeviceBatches, rank_indices
 from cifarkit.errors import CifarkitError
 
@@ -78,6 +78,15 @@ def fixed_params(offsets: list[tuple[int, int]], flips: list[bool]) -> AugmentPa
                          torch.zeros(n, 2, dtype=torch.long))
 
 
+def augment(images: torch.Tensor, generator: torch.Generator, *, mean: tuple[float, ...], std: tuple[float, ...],
+            pad_mode: str, cutout_size: int, cutout_p: float) -> torch.Tensor:
+    """One training step's augmentation as the batched path runs it (DeviceBatches): parameters drawn from
+    `generator` by sample_params, applied by apply_params."""
+    n, h, w, _ = images.shape
+    params = sample_params(n, generator, height=h, width=w, cutout_size=cutout_size, cutout_p=cutout_p)
+    return apply_params(images, params, mean=mean, std=std, pad_mode=pad_mode, cutout_size=cutout_size)
+
+
 @pytest.mark.parametrize("pad_mode", ["reflect", "zero"])
 def test_equals_reference_crop_and_flip_for_every_offset(pad_mode: str) -> None:
     """For every crop offset (0..8 x 0..8) and both flips, the batched gather equals F.pad + slice + flip exactly
@@ -116,7 +125,7 @@ def test_crop_offsets_uniform_and_flip_rate_half() -> None:
     (6 standard deviations)."""
     batch = torch.from_numpy(np.repeat(coordinate_image()[None], 10_000, axis=0))
     g = torch.Generator().manual_seed(0)
-    out = augment_batch(batch, g, mean=MEAN, std=STD, pad_mode="reflect", cutout_size=8, cutout_p=0.0)
+    out = augment(batch, g, mean=MEAN, std=STD, pad_mode="reflect", cutout_size=8, cutout_p=0.0)
     offsets, flips, hole = decode(out)
     assert not hole.any()
     assert chi2_uniform(offsets[:, 0], 9) < CHI2_001[8]
@@ -128,7 +137,7 @@ def test_cutout_one_8x8_hole_of_mean_inside_image_at_rate_half() -> None:
     """Cutout cuts exactly one 8x8 hole filled with 0 (the mean after normalising) in 0.5 +- 0.03 of images; its
     top-left is uniform over 0..24 in each axis (CoarseDropout's rule), so it always lies fully inside."""
     batch = torch.from_numpy(np.repeat(coordinate_image()[None], 10_000, axis=0))
-    out = augment_batch(batch, torch.Generator().manual_seed(1), mean=MEAN, std=STD, pad_mode="reflect",
+    out = augment(batch, torch.Generator().manual_seed(1), mean=MEAN, std=STD, pad_mode="reflect",
                         cutout_size=8, cutout_p=0.5)
     hole = (out == 0).all(dim=1)
     assert torch.equal((out == 0).any(dim=1), hole)  # a hole zeroes all three channels, nothing else is zero
@@ -188,20 +197,20 @@ def test_normalize_batch_equals_albumentations_test_transform() -> None:
         memory_format=torch.channels_last)
 
 
-def test_augment_batch_reproducible_and_rejects_wrong_input() -> None:
-    """The same generator seed gives the same batch, another seed a different one; non-uint8 or non-NHWC input
-    raises CifarkitError."""
+def test_augmentation_reproducible_and_rejects_wrong_input() -> None:
+    """The same generator seed gives the same batch, another seed a different one; non-uint8 or non-NHWC input to
+    apply_params raises CifarkitError."""
     batch = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
     kw = dict(mean=MEAN, std=STD, pad_mode="reflect", cutout_size=8, cutout_p=0.5)
-    a = augment_batch(batch, torch.Generator().manual_seed(7), **kw)
-    b = augment_batch(batch, torch.Generator().manual_seed(7), **kw)
-    c = augment_batch(batch, torch.Generator().manual_seed(8), **kw)
+    a = augment(batch, torch.Generator().manual_seed(7), **kw)
+    b = augment(batch, torch.Generator().manual_seed(7), **kw)
+    c = augment(batch, torch.Generator().manual_seed(8), **kw)
     assert a.shape == (16, 3, 32, 32) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
-    with pytest.raises(CifarkitError):
-        augment_batch(batch.float(), torch.Generator(), **kw)
-    with pytest.raises(CifarkitError):
-        augment_batch(batch.permute(0, 3, 1, 2).contiguous(), torch.Generator(), **kw)
+    params = sample_params(16, torch.Generator().manual_seed(7), cutout_size=8, cutout_p=0.5)
+    for wrong in (batch.float(), batch.permute(0, 3, 1, 2).contiguous()):
+        with pytest.raises(CifarkitError, match="expected uint8 images"):
+            apply_params(wrong, params, mean=MEAN, std=STD)
 
 
 def make_batches(n: int, **kw: object) -> DeviceBatches:

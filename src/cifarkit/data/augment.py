@@ -93,6 +93,7 @@ def apply_params(images_uint8_nhwc: torch.Tensor, params: AugmentParams, *, mean
     so a DeviceBatches step reads the dataset once; without it the whole input is the batch.
     """
     check_pad_mode(pad_mode)
+    _check_images(images_uint8_nhwc)
     n, h, w, c = images_uint8_nhwc.shape
     dev = images_uint8_nhwc.device
     rows_idx = torch.arange(n, device=dev) if index is None else index
@@ -134,17 +135,6 @@ def params_to(params: AugmentParams, device: torch.device) -> AugmentParams:
     packed = torch.cat([params.offsets, params.flip[:, None].long(), params.cutout[:, None].long(), params.hole], 1)
     packed = packed.pin_memory().to(device, non_blocking=True)
     return AugmentParams(packed[:, 0:2], packed[:, 2].bool(), packed[:, 3].bool(), packed[:, 4:6])
-
-
-def augment_batch(images_uint8_nhwc: torch.Tensor, generator: torch.Generator, *, mean: Sequence[float],
-                  std: Sequence[float], pad_mode: str = "reflect", cutout_size: int = 8, cutout_p: float = 0.5,
-                  channels_last: bool = False) -> torch.Tensor:
-    """The training augmentation of a uint8 NHWC batch -> float32 [B, 3, H, W], randomness from `generator`."""
-    _check_images(images_uint8_nhwc)
-    n, h, w, _ = images_uint8_nhwc.shape
-    params = sample_params(n, generator, height=h, width=w, cutout_size=cutout_size, cutout_p=cutout_p)
-    return apply_params(images_uint8_nhwc, params, mean=mean, std=std, pad_mode=pad_mode, cutout_size=cutout_size,
-                        channels_last=channels_last)
 
 
 def normalize_batch(images_uint8_nhwc: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
