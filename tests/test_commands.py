@@ -18,7 +18,8 @@ from PIL import Image
 import cifarkit
 import cifarkit.data.sources
 import cifarkit.train
-from cifarkit.cli import SUMMARY_PRECISION, build_parser
+from cifarkit.cli import build_parser
+from cifarkit.commands import SUMMARY_PRECISION
 from cifarkit.data import normalization, resolve_data
 from cifarkit.data.augment import normalize_batch
 from cifarkit.device import choose_precision

@@ -1,6 +1,6 @@
-"""The bodies of the commands: train, lr-find, evaluate, predict and report (app and export live with their optional
-extras in `cifarkit.app` and `cifarkit.export`; sweep and compare in `cifarkit.study`). cli.py parses the flags,
-calls one of these and prints what it returns.
+"""The bodies of the commands: summary, cache, train, lr-find, evaluate, predict and report (app and export live
+with their optional extras in `cifarkit.app` and `cifarkit.export`; sweep and compare in `cifarkit.study`). cli.py
+parses the flags, calls one of these and prints what it returns.
 
 Each checks all its inputs first (weights, data, fingerprints), then says on stderr what it uses, then works.
 """
@@ -17,15 +17,39 @@ from cifarkit.checkpoint import saved_config
 from cifarkit.config import TrainConfig
 from cifarkit.console import say
 from cifarkit.data import data_fingerprint, resolve_data, subset
+from cifarkit.data.archive import cache_root
+from cifarkit.data.cache import cache_entries, clear_cache, format_cache
 from cifarkit.data.sources import describe_data
 from cifarkit.device import pick_device, resolve_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.inference import evaluate, open_run, predict
 from cifarkit.lr_finder import LRFinderResult, lr_find
+from cifarkit.models.summary import model_summary
 from cifarkit.report import write_plots, write_report
 from cifarkit.report.interpret import classification_report, most_confused
 from cifarkit.report.plots import plot_lr_finder, save_figure
 from cifarkit.train import History, fit
+
+SUMMARY_PRECISION = ("summary: --precision does not apply: the table counts parameters and multiply-adds, which are "
+                     "the same in every precision")
+
+
+def summary_command(batch_size: int, *, precision: str | None = None) -> str:
+    """`cifarkit summary`: torchinfo's table of the model for an input batch of `batch_size`; a `precision` given is
+    said not to apply (the counts are the same in every precision)."""
+    if precision is not None:
+        say(SUMMARY_PRECISION)
+    return model_summary(batch_size)
+
+
+def cache_command(*, clear: bool = False) -> str:
+    """`cifarkit cache`: what the data cache holds (entries, sizes, the data each came from); with `clear`, empty it
+    and say how much was removed."""
+    root = cache_root()
+    if clear:
+        entries, size = clear_cache(root)
+        return f"cleared {root}: {entries} entr{'y' if entries == 1 else 'ies'}, {size / 1e6:,.1f} MB"
+    return format_cache(cache_entries(root), root)
 
 
 def train_command(given: dict[str, Any], *, resume: bool = False) -> History:

@@ -152,8 +152,10 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, imag
                   int((exported.argmax(1) != expected.argmax(1)).sum()), exported_rate, torch_rate)
 
 
-def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 1000, data: str | None = None) -> int:
-    """Export, check against PyTorch on the run's test images, then write `out`; prints the figures."""
+def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 1000,
+                   data: str | None = None) -> list[str]:
+    """Export, check against PyTorch on the run's test images, then write `out`; returns the result's lines (what
+    was written, the parity figures, the speeds), which the command line prints."""
     if fmt not in EXPORTERS:
         raise CifarkitError(f"--format must be one of {sorted(EXPORTERS)}, got {fmt!r}")
     if check_images < 0:
@@ -179,9 +181,8 @@ def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 10
                 shutil.copyfileobj(src, f)  # a reader never sees half a file
         except OSError as e:
             raise write_error(out, e) from e
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): input images uint8 [B, 32, 32, 3] RGB, "
-          f"output probs float32 [B, {len(run.classes)}] (softmax), normalisation inside")
-    print(f"parity: {figures}")
-    print(f"CPU images/s at batch {BATCH} on {parity.images} images: {name} {parity.exported_images_per_s:.0f}, "
-          f"PyTorch eval {parity.torch_images_per_s:.0f}")
-    return 0
+    return [f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): input images uint8 [B, 32, 32, 3] RGB, "
+            f"output probs float32 [B, {len(run.classes)}] (softmax), normalisation inside",
+            f"parity: {figures}",
+            f"CPU images/s at batch {BATCH} on {parity.images} images: {name} {parity.exported_images_per_s:.0f}, "
+            f"PyTorch eval {parity.torch_images_per_s:.0f}"]
