@@ -202,3 +202,29 @@ def test_the_name_guard_sees_a_literal(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text('"""Reads metrics.json."""\nPATH = "runs/a/metrics.json"\n')
     assert spelled_names(module, ("metrics.json",)) == ["m.py:2 'runs/a/metrics.json'"]
+
+
+def printing_modules() -> dict[str, int]:
+    """module -> line of its first print() call (results go to stdout through whoever prints them)."""
+    found: dict[str, int] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                found.setdefault(module_name(path), node.lineno)
+    return found
+
+
+def test_cli_parses_dispatches_and_prints() -> None:
+    """cli imports the command bodies and the torch-free pieces it parses with, never the data, the model, training,
+    inference or the report itself; command bodies return their results, and only cli prints them (app.server prints
+    the address it serves; the study's commands print their own tables)."""
+    allowed = {"cifarkit", "cifarkit.cli_flags", "cifarkit.commands", "cifarkit.config", "cifarkit.console",
+               "cifarkit.errors", "cifarkit.run", "cifarkit.app", "cifarkit.app.server", "cifarkit.export",
+               "cifarkit.bench", "cifarkit.study", "cifarkit.study.commands"}
+    assert "cifarkit.commands" in GRAPH["cifarkit.cli"]  # the reader sees the dispatch
+    assert set(GRAPH["cifarkit.cli"]) <= allowed, set(GRAPH["cifarkit.cli"]) - allowed
+    printing = printing_modules()
+    assert "cifarkit.cli" in printing  # the reader sees a print
+    bad = {m: line for m, line in printing.items() if m not in ("cifarkit.cli", "cifarkit.app.server")
+           and not in_layer(m, "cifarkit.study")}
+    assert not bad, bad

@@ -18,8 +18,8 @@ from typing import Any
 
 from cifarkit import __version__
 from cifarkit import run as R
-from cifarkit.cli_flags import (LR_FIND_FIELDS, MAX_TOP_K, SUMMARY_PRECISION, Parser, add_config_flags, add_run_flags,
-                                check_args, count, given_config, is_out_of_memory)
+from cifarkit.cli_flags import (LR_FIND_FIELDS, MAX_TOP_K, Parser, add_config_flags, add_run_flags, check_args, count,
+                                given_config, is_out_of_memory)
 from cifarkit.config import TrainConfig
 from cifarkit.console import route_logging, say
 from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
@@ -91,15 +91,9 @@ def add_cache_parser(sub: Any) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from cifarkit.data.archive import cache_root
-    from cifarkit.data.cache import cache_entries, clear_cache, format_cache
+    from cifarkit.commands import cache_command
 
-    root = cache_root()
-    if args.clear:
-        entries, size = clear_cache(root)
-        print(f"cleared {root}: {entries} entr{'y' if entries == 1 else 'ies'}, {size / 1e6:,.1f} MB")
-    else:
-        print(format_cache(cache_entries(root), root))
+    print(cache_command(clear=args.clear))
     return 0
 
 
@@ -145,17 +139,18 @@ def cmd_app(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from cifarkit.export import export_command
 
-    return export_command(args.run, fmt=args.format, out=args.out, check_images=args.check_images, data=args.data)
+    for line in export_command(args.run, fmt=args.format, out=args.out, check_images=args.check_images,
+                               data=args.data):
+        print(line)
+    return 0
 
 # ---------------------------------------------------------------------------------- end of app and export
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from cifarkit.models.summary import model_summary
+    from cifarkit.commands import summary_command
 
-    if args.precision is not None:
-        say(SUMMARY_PRECISION)
-    print(model_summary(args.batch_size))
+    print(summary_command(args.batch_size, precision=args.precision))
     return 0
 
 
