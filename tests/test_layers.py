@@ -1,6 +1,7 @@
-"""Imports go one way, down LAYERS: cli -> study, app, export, bench -> commands -> train -> report -> inference ->
-data, models, run; read from the source with `ast` (imports inside functions included), so a circle cannot hide
-behind a lazy import."""
+"""Imports go one way, down LAYERS: cli -> study, cli_flags -> app, export, bench -> commands -> train (and its
+log, data, range test) -> report -> inference -> checkpoint, device, distributed -> data, models, run, config ->
+errors, console, atomic, cpuinfo, net; read from the source with `ast` (imports inside functions included), so a
+circle cannot hide behind a lazy import."""
 
 from __future__ import annotations
 
@@ -71,14 +72,22 @@ def in_layer(module: str, layer: str) -> bool:
 
 
 # Top to bottom: a module may import from its own layer's neighbours and from any layer below, never from one above.
+# Every package and every top-level module has its place (test_the_layers_are_every_module).
 LAYERS = (
     ("cifarkit.cli", "cifarkit.__main__"),  # parses, dispatches, prints
-    ("cifarkit.study", "cifarkit.app", "cifarkit.export", "cifarkit.bench"),  # commands with packages of their own
-    ("cifarkit.commands",),  # the bodies of train, lr-find, evaluate, predict, report
-    ("cifarkit.train",),  # fit: the loop
+    ("cifarkit.study", "cifarkit.cli_flags"),  # the flags and their checks; sweep and compare build their own parsers
+    ("cifarkit.app", "cifarkit.export", "cifarkit.bench"),  # commands with extras of their own, below argparse
+    ("cifarkit.commands",),  # the bodies of train, lr-find, evaluate, predict, report, summary, cache
+    ("cifarkit.train", "cifarkit.runlog", "cifarkit.training_data", "cifarkit.lr_finder", "cifarkit.interruptions",
+     "cifarkit.schedule"),  # fit: the loop, its log, its data, the range test, stopping, the one-cycle schedule
     ("cifarkit.report",),  # a run's figures and report
     ("cifarkit.inference",),  # a trained model at work: model file, preprocessing, open_run, evaluate
-    ("cifarkit.data", "cifarkit.models", "cifarkit.run"),  # the data, the network, the run folder
+    ("cifarkit.checkpoint", "cifarkit.device", "cifarkit.distributed", "cifarkit.flops"),  # torch's safe loads and
+    # saves, the device and precision policy, the ranks' collectives, multiply-adds
+    ("cifarkit.data", "cifarkit.models", "cifarkit.run", "cifarkit.config"),  # the data, the network, the run folder,
+    # TrainConfig (which checks its values with data.stats; data never imports it)
+    ("cifarkit.errors", "cifarkit.console", "cifarkit.atomic", "cifarkit.cpuinfo", "cifarkit.net"),  # torch-free
+    # pieces every layer may use: the error, the console, whole-file writes, the CPUs, a server's address
 )
 
 
@@ -107,7 +116,8 @@ def test_no_import_cycle() -> None:
 @pytest.mark.parametrize("lower", [layer for level in LAYERS[1:] for layer in level])
 def test_lower_layers_never_import_upper_ones(lower: str) -> None:
     """No layer imports one above it (LAYERS): models, data and report never import train, commands or cli; inference
-    never imports report or train; nothing below cli imports the app, the study or export."""
+    never imports report or train; nothing below cli imports the app, the study or export; the app never imports the
+    command line's flags; a top-level module (checkpoint, device, runlog, ...) is held to its layer like a package."""
     level = next(i for i, names in enumerate(LAYERS) if lower in names)
     upper = [name for names in LAYERS[:level] for name in names]
     bad = [f"{m} imports {t} (line {line})" for m, edges in GRAPH.items() if in_layer(m, lower)
@@ -115,11 +125,14 @@ def test_lower_layers_never_import_upper_ones(lower: str) -> None:
     assert not bad, bad
 
 
-def test_the_layers_are_every_package() -> None:
-    """Every package of cifarkit has its place in LAYERS (a new one cannot slip past the rule above)."""
-    packages = {".".join(module_name(p).split(".")[:2]) for p in PACKAGE.glob("*/__init__.py")}
-    placed = {name for names in LAYERS for name in names}
-    assert packages and packages <= placed, packages - placed
+def test_the_layers_are_every_module() -> None:
+    """Every package of cifarkit and every top-level module has its place in LAYERS, once (a new one cannot slip
+    past the rule above); the package itself (cifarkit/__init__.py) is the only module outside them."""
+    top = {module_name(p) for p in PACKAGE.glob("*.py")} | {module_name(p) for p in PACKAGE.glob("*/__init__.py")}
+    placed = [name for names in LAYERS for name in names]
+    assert len(placed) == len(set(placed)), placed
+    assert {"cifarkit.cli_flags", "cifarkit.lr_finder", "cifarkit.checkpoint", "cifarkit.device"} <= top
+    assert top - {"cifarkit"} == set(placed), (top - {"cifarkit"}) ^ set(placed)
 
 
 def test_only_the_entry_points_import_cli() -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
-import socket
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -15,15 +13,14 @@ from typing import Any, NoReturn
 from cifarkit import run as R
 from cifarkit.config import NOT_FLAGS, TrainConfig, check_device_name, check_precision_name
 from cifarkit.data.images import check_image_path
-from cifarkit.errors import CifarkitError, one_line
+from cifarkit.errors import CifarkitError
+from cifarkit.net import check_address
 
 LR_FIND_FIELDS = ("data", "out", "batch_size", "weight_decay", "label_smoothing", "seed", "device", "subset",
                   "augment", "pad_mode", "std", "cutout_p", "cutout_size", "workers", "precision", "channels_last",
                   "lr_find_iters", "lr_find_start", "lr_find_end")
 MAX_TOP_K = 10  # CIFAR-10's classes
 PRECISION_HELP = "auto, bf16, fp16 or fp32 (autocast); auto: what the hardware runs best, as train's --precision"
-SUMMARY_PRECISION = ("summary: --precision does not apply: the table counts parameters and multiply-adds, which are "
-                     "the same in every precision")
 
 
 class Parser(argparse.ArgumentParser):
@@ -86,35 +83,6 @@ def add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", default="auto", help=f"where {what} runs: auto (cuda, then mps, then cpu), cpu, cuda "
                    "or mps (default: auto)")
     p.add_argument("--precision", default="auto", help=f"{PRECISION_HELP} (default: auto)")
-
-
-def check_address(host: str, port: int) -> None:
-    """The app's --host and --port, tried by binding a socket before anything loads: a busy port or an address this
-    machine does not have is one line in the command line's words."""
-    if not 0 < port < 65536:
-        raise CifarkitError(f"--port must be in 1..65535, got {port}")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as e:
-        reason = e.strerror if isinstance(e, socket.gaierror) and e.strerror else one_line(e)
-        raise CifarkitError(f"--host {host} is not a name or address this machine can resolve ({reason}); use "
-                            "127.0.0.1, or 0.0.0.0 to serve every network") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise CifarkitError(f"port {port} on {host} is in use by another program: choose another --port") \
-                    from None
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise CifarkitError(f"--host {host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 to "
-                                    "serve every network") from None
-            if e.errno == errno.EACCES:
-                raise CifarkitError(f"port {port} needs administrator rights here: choose a --port above 1023") \
-                    from None
-            raise CifarkitError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 from cifarkit.app.uploads import BOUNDS, MAX_BYTES, MAX_FILES
 from cifarkit.app.views import (GRADCAM_LAYERS, MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view,
                                 load_explainer, misclassified_view, predict_view)
-from cifarkit.cli_flags import check_address
 from cifarkit.errors import CifarkitError, pip_install
+from cifarkit.net import check_address
 
 INSTALL = f"the app needs Gradio: {pip_install('app')}"
 # Gradio's galleries cut captions to one line ("...") inside square tiles, and keep 450 px for a gallery of height
