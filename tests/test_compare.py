@@ -150,6 +150,17 @@ def test_compare_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.Capt
     assert_one_error_line(code, err, message)
 
 
+def test_an_out_that_is_a_file_is_refused_before_the_runs_are_read(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """compare --out naming a file: exit 2 and one `error:` line saying --out is a file, the file untouched; the
+    runs given do not exist, so the line came before they were read."""
+    out = tmp_path / "afile"
+    out.write_text("kept")
+    code, _, err = run_cli(["compare", str(tmp_path / "none"), "--out", str(out)], capsys)
+    assert_one_error_line(code, err, f"--out {out} is a file")
+    assert out.read_text() == "kept"
+
+
 def test_docs_results_are_compares_output() -> None:
     """docs/results/compare.csv is what `cifarkit compare docs/results/runs.csv` writes (the docs' table is the
     product's), and every one of the 42 runs is counted."""

@@ -311,3 +311,21 @@ def test_train_loads_neither_optuna_nor_scipy() -> None:
             "print(sorted(m for m in ('optuna', 'scipy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("case", ["a file", "a run folder"])
+def test_an_unusable_out_is_refused_before_the_data_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         case: str) -> None:
+    """--out naming a file, or a training run's folder: exit 2 and one `error:` line naming --out, said before the
+    data is looked at (the data named does not exist, so a later check would name it instead), the file untouched."""
+    out = tmp_path / "out"
+    if case == "a file":
+        out.write_text("kept")
+    else:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    code, stdout, err = run_cli(["sweep", "--out", str(out), "--data", str(tmp_path / "none"), "--epochs", "1"],
+                                capsys)
+    assert_one_error_line(code, err, f"--out {out}", "is a file" if case == "a file" else "is a run folder")
+    assert stdout == ""
+    assert (out.read_text() == "kept") if case == "a file" else sorted(os.listdir(out)) == ["config.json"]

@@ -10,11 +10,13 @@ import errno
 import socket
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from cifarkit import run as R
 from cifarkit.config import TrainConfig, check_device_name, check_precision_name
 from cifarkit.errors import CifarkitError, one_line
+from cifarkit.run.claim import check_out_folder
 
 NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
 LR_FIND_FIELDS = ("data", "out", "batch_size", "weight_decay", "label_smoothing", "seed", "device", "subset",
@@ -117,6 +119,14 @@ def check_address(host: str, port: int) -> None:
             raise CifarkitError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
+def check_sweep_out(out: Path) -> Path:
+    """A sweep's --out, before any data loads: a folder (new, or a sweep's) that can be written, not a run folder."""
+    check_out_folder(out, what="the sweep's runs")
+    if (out / R.CONFIG).is_file():
+        raise CifarkitError(f"--out {out} is a run folder: give a new folder, or the folder of a sweep")
+    return out
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no torch, run before any command imports it: a mistake gets its line at once."""
     for name, check in (("device", check_device_name), ("precision", check_precision_name)):
@@ -144,6 +154,10 @@ def check_args(args: argparse.Namespace) -> None:
             check_address(args.host, args.port)
         if args.command == "export":
             R.check_out_file(args.out, suffix=args.format)
+    elif args.command == "sweep":
+        check_sweep_out(args.sweep_out)
+    elif args.command == "compare" and args.out is not None:
+        check_out_folder(args.out, what="compare's files")
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from cifarkit.atomic import atomic_write
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, one_line
 from cifarkit.run import CONFIG
+from cifarkit.run.claim import check_out_folder
 from cifarkit.study.runs import RunRow, collect, write_runs_csv
 from cifarkit.study.stats import Group, group_stats, welch_p
 
@@ -72,14 +73,18 @@ def compare_command(paths: list[Path], *, out: Path | None, baseline: str | None
     """Read the runs, write OUT/compare.csv, OUT/runs.csv, OUT/compare.png and OUT/compare.md; return the table.
 
     OUT is --out, else the sweep folder given (the folder of the runs when all are in one)."""
-    rows, notes = collect(paths)
-    groups = compare(rows, baseline)
     if out is None:
         parents = {p if p.is_dir() and not (p / CONFIG).is_file() else p.parent for p in paths}
         if len(parents) != 1:
             raise CifarkitError("the runs come from several folders: say where to write with --out")
         out = parents.pop()
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_folder(out, what="compare's files")
+    rows, notes = collect(paths)
+    groups = compare(rows, baseline)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CifarkitError(f"cannot make --out {out}: {e.strerror or one_line(e)}; choose another --out") from None
     write_csv(groups, out / "compare.csv")
     write_runs_csv(rows, out / "runs.csv")
     if plots:

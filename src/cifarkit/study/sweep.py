@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from cifarkit.config import TrainConfig
 from cifarkit.data import resolve_data
-from cifarkit.errors import CifarkitError
-from cifarkit.run import CHECKPOINT, CONFIG, LR_FINDER, read_optional_json
+from cifarkit.cli_flags import check_sweep_out
+from cifarkit.errors import CifarkitError, one_line
+from cifarkit.run import CHECKPOINT, LR_FINDER, read_optional_json
 from cifarkit.study import engine
 from cifarkit.study.plan import Plan, label, run_name
 from cifarkit.study.runs import final_accuracy, history_column, is_finished
@@ -269,21 +270,31 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -> int:
     """Check everything (the out folder, the data, the storage and the study's plan), then run the sweep. A start
     that fails leaves no new folder behind."""
-    if (out / CONFIG).is_file():
-        raise CifarkitError(f"{out} is a run folder: give a new folder, or the folder of a sweep, as --out")
-    if "data" not in plan.grid:
-        data = resolve_data(plan.base.get("data"))  # no data: one line, before any run; else decoded once, for all
-        if data.path:
-            plan = replace(plan, base=plan.base | {"data": data.path})
-        tqdm.write(f"data: {data.source}")
-    made = not out.exists()
+    check_sweep_out(out)
+    new = _first_new(out)
     try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CifarkitError(f"cannot make --out {out}: {e.strerror or one_line(e)}; choose another --out") from None
+        if "data" not in plan.grid:
+            data = resolve_data(plan.base.get("data"))  # no data: one line, before any run; else decoded once
+            if data.path:
+                plan = replace(plan, base=plan.base | {"data": data.path})
+            tqdm.write(f"data: {data.source}")
         if storage is not None:  # reached before anything is written
             engine.open_storage(storage).engine.dispose()
-        out.mkdir(parents=True, exist_ok=True)
         sweep = Sweep(plan, out, storage or engine.default_storage(out), workers)
     except BaseException:
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
         raise
     return sweep.run()
+
+
+def _first_new(path: Path) -> Path | None:
+    """The topmost folder of `path` that does not exist yet (what mkdir(parents=True) makes), or None."""
+    new = None
+    while not path.exists() and path != path.parent:
+        new, path = path, path.parent
+    return new
