@@ -72,12 +72,12 @@ def write_csv(groups: list[Group], path: Path) -> None:
 def compare_command(paths: list[Path], *, out: Path | None, baseline: str | None, plots: bool = True) -> str:
     """Read the runs, write OUT/compare.csv, OUT/runs.csv, OUT/compare.png and OUT/compare.md; return the table.
 
-    OUT is --out, else the sweep folder given (the folder of the runs when all are in one)."""
+    OUT is --out; without it, a sweep folder given alone (run folders and runs.csv files need --out)."""
     if out is None:
-        parents = {p if p.is_dir() and not (p / CONFIG).is_file() else p.parent for p in paths}
-        if len(parents) != 1:
-            raise CifarkitError("the runs come from several folders: say where to write with --out")
-        out = parents.pop()
+        if len(paths) != 1 or not paths[0].is_dir() or (paths[0] / CONFIG).is_file():
+            raise CifarkitError("give --out: compare writes into the sweep folder when that is all it is given, and "
+                                "needs --out for run folders, runs.csv files or several folders")
+        out = paths[0]
     check_out_folder(out, what="compare's files")
     rows, notes = collect(paths)
     groups = compare(rows, baseline)
