@@ -329,3 +329,17 @@ def test_an_unusable_out_is_refused_before_the_data_loads(tmp_path: Path, capsys
     assert_one_error_line(code, err, f"--out {out}", "is a file" if case == "a file" else "is a run folder")
     assert stdout == ""
     assert (out.read_text() == "kept") if case == "a file" else sorted(os.listdir(out)) == ["config.json"]
+
+
+@pytest.mark.parametrize("seeds, grid, search, trials, said", [
+    ("0", [], [], None, "1 trial (1 config x 1 seed)"),
+    ("0-2", ["label_smoothing=0,0.1"], [], None, "6 trials (2 configs x 3 seeds)"),
+    ("0", [], ["lr_max=1e-3:1e-2"], 1, "1 search trial"),
+    ("0", [], ["lr_max=1e-3:1e-2"], 20, "20 search trials"),
+])
+def test_the_sweeps_size_is_said_in_singular_and_plural(seeds: str, grid: list[str], search: list[str],
+                                                        trials: int | None, said: str) -> None:
+    """The first line's count of trials, configs and seeds: one is singular, every other count plural."""
+    from cifarkit.study.sweep import trials_said
+
+    assert trials_said(make_plan({}, seeds=seeds, grid=grid, search=search, trials=trials)) == said

@@ -68,12 +68,8 @@ class Sweep:
         engine.hand_out_dead(self.storage, self.study)
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
-        seeds = len(self.plan.seeds)
-        configs = total // seeds
-        each = f"{configs} config{'s' * (configs > 1)} x {seeds} seed{'s' * (seeds > 1)}"
-        mode = f"{total} search trials" if self.plan.search else f"{total} trials ({each})"
-        tqdm.write(f"sweep {self.out}: {mode}, {done} already finished; {self.workers} at once "
-                   f"({len(self.slices[0])} CPU thread{'s' * (len(self.slices[0]) > 1)} each); study "
+        tqdm.write(f"sweep {self.out}: {trials_said(self.plan)}, {done} already finished; {self.workers} at once "
+                   f"({plural(len(self.slices[0]), 'CPU thread')} each); study "
                    f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
         self.bar = tqdm(total=total, initial=done, desc="sweep", unit="trial", dynamic_ncols=True)
         beat = time.monotonic()
@@ -115,7 +111,7 @@ class Sweep:
         others = c["running"] - len(self.jobs)
         if others > 0 and not self.waiting_said:
             self.waiting_said = True
-            tqdm.write(f"waiting for {others} trial{'s' * (others > 1)} that other sweep processes run (a trial "
+            tqdm.write(f"waiting for {plural(others, 'trial')} that other sweep processes run (a trial "
                        f"whose heartbeat stops for {engine.GRACE_S} s is handed out again)")
         return others > 0
 
@@ -261,6 +257,20 @@ class Sweep:
             engine.give_back(self.storage, self.study, job.tid)
         print("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
         return 130
+
+
+def plural(n: int, word: str) -> str:
+    """`n word` or `n words`."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def trials_said(plan: Plan) -> str:
+    """The sweep's size as its first line says it: "4 trials (2 configs x 2 seeds)", "1 trial (1 config x 1 seed)",
+    "20 search trials"."""
+    if plan.search:
+        return plural(plan.trials or 0, "search trial")
+    total, seeds = len(plan.tickets()), len(plan.seeds)
+    return f"{plural(total, 'trial')} ({plural(total // seeds, 'config')} x {plural(seeds, 'seed')})"
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
