@@ -343,3 +343,25 @@ def test_the_sweeps_size_is_said_in_singular_and_plural(seeds: str, grid: list[s
     from cifarkit.study.sweep import trials_said
 
     assert trials_said(make_plan({}, seeds=seeds, grid=grid, search=search, trials=trials)) == said
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    """A sweep waiting on a trial that another live process holds, stopped by SIGTERM or SIGINT, returns 128 + the
+    signal (143, 130), as `cifarkit train` does, and hands nothing out: the held trial stays RUNNING."""
+    import threading
+
+    from cifarkit.study.sweep import Sweep
+
+    out = tmp_path / "s"
+    out.mkdir()
+    plan = make_plan({}, seeds="0", grid=[], search=[], trials=None)
+    sweep = Sweep(plan, out, engine.default_storage(out), 1)
+    assert engine.claim(sweep.storage, sweep.study, lambda t: True) is not None  # held by this process: alive
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signum))
+    timer.start()
+    try:
+        assert sweep.run() == 128 + signum
+    finally:
+        timer.cancel()
+    assert [t.state for t in trials_of(out)] == [optuna.trial.TrialState.RUNNING]

@@ -73,7 +73,13 @@ class Sweep:
                    f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
         self.bar = tqdm(total=total, initial=done, desc="sweep", unit="trial", dynamic_ncols=True)
         beat = time.monotonic()
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        stop = {"signum": int(signal.SIGINT)}  # Ctrl-C arrives as KeyboardInterrupt; SIGTERM is made one, and noted
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            stop["signum"] = signum
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             while True:
                 for slot in list(self.jobs):
@@ -89,7 +95,7 @@ class Sweep:
                     break
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
-            return self._interrupted()
+            return self._interrupted(stop["signum"])
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.bar.close()
@@ -240,9 +246,9 @@ class Sweep:
         if self.bar is not None:
             self.bar.update(1)
 
-    def _interrupted(self) -> int:
+    def _interrupted(self, signum: int) -> int:
         """Ctrl-C or SIGTERM: every child stops at a step boundary with a checkpoint; their trials go back to the
-        queue, so the same command resumes them."""
+        queue, so the same command resumes them. The exit code is the command line's: 128 + the signal."""
         if self.bar is not None:
             self.bar.close()  # the lines below start lines of their own
         for job in self.jobs.values():
@@ -256,7 +262,7 @@ class Sweep:
                     job.proc.kill()
             engine.give_back(self.storage, self.study, job.tid)
         print("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
-        return 130
+        return 128 + signum
 
 
 def plural(n: int, word: str) -> str:
@@ -271,10 +277,6 @@ def trials_said(plan: Plan) -> str:
         return plural(plan.trials or 0, "search trial")
     total, seeds = len(plan.tickets()), len(plan.seeds)
     return f"{plural(total, 'trial')} ({plural(total // seeds, 'config')} x {plural(seeds, 'seed')})"
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -> int:
