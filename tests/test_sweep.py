@@ -128,14 +128,15 @@ def test_grid_of_two_seeds_with_two_workers_then_a_rerun_trains_nothing(tmp_path
         for seed in (0, 1):
             config = json.loads((out / f"{recipe}-seed{seed}" / "config.json").read_text())
             assert (config["lr_min"], config["lr_max"], config["seed"]) == (found["lr_min"], found["lr_max"], seed)
-    assert stdout.count("used by its 2 seeds") == 2
-    assert sum(line.startswith("done ") for line in stdout.splitlines()) == 4
+    assert stdout == ""  # a sweep's lines are messages, on stderr; its results are the run folders
+    assert err.count("used by its 2 seeds") == 2
+    assert sum(line.startswith("done ") for line in err.splitlines()) == 4
 
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "study.db"}
     code, stdout, err = sweep(capsys, out, *args)
     assert code == 0, stdout + err
-    assert "4 already finished" in stdout
-    assert "done " not in stdout and "lr-find " not in stdout
+    assert "4 already finished" in err
+    assert "done " not in err and "lr-find " not in err
     assert {p: p.stat().st_mtime_ns for p in files} == files
     assert len(trials_of(out)) == 4
 
@@ -166,7 +167,7 @@ def test_kill9_mid_sweep_then_rerun_runs_each_trial_once_and_resumes_exactly(tmp
 
     code, stdout, err = sweep(capsys, out, *args)
     assert code == 0, stdout + err
-    assert f"resume {killed.name} from its checkpoint" in stdout
+    assert f"resume {killed.name} from its checkpoint" in err
     trials = trials_of(out)
     assert complete_runs(trials) == ["label_smoothing=0-seed0", "label_smoothing=0.1-seed0"]
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
@@ -204,10 +205,10 @@ def test_search_prunes_a_trial_with_a_huge_lr(tmp_path: Path, data: Path, capsys
     assert sorted(trials) == [1e-3, 5.0]
     good, bad = trials[1e-3], trials[5.0]
     assert good.state == optuna.trial.TrialState.COMPLETE
-    assert bad.state == optuna.trial.TrialState.PRUNED, stdout
+    assert bad.state == optuna.trial.TrialState.PRUNED, err
     epochs = len((out / bad.user_attrs["run"] / "history.csv").read_text().splitlines()) - 1
     assert 1 <= epochs < 4
-    assert f"pruned {bad.user_attrs['run']} after epoch" in stdout
+    assert f"pruned {bad.user_attrs['run']} after epoch" in err
 
 
 # ------------------------------------------------------------------------------------- a shared PostgreSQL study
@@ -346,9 +347,11 @@ def test_the_sweeps_size_is_said_in_singular_and_plural(seeds: str, grid: list[s
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signal.Signals) -> None:
+def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signal.Signals,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """A sweep waiting on a trial that another live process holds, stopped by SIGTERM or SIGINT, returns 128 + the
-    signal (143, 130), as `cifarkit train` does, and hands nothing out: the held trial stays RUNNING."""
+    signal (143, 130), as `cifarkit train` does, and hands nothing out: the held trial stays RUNNING. Every line it
+    says (its size, the wait, the stop) is on stderr; stdout stays empty."""
     import threading
 
     from cifarkit.study.sweep import Sweep
@@ -365,3 +368,7 @@ def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signa
     finally:
         timer.cancel()
     assert [t.state for t in trials_of(out)] == [optuna.trial.TrialState.RUNNING]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "1 trial (1 config x 1 seed)" in captured.err and "waiting for 1 trial" in captured.err
+    assert "interrupted: " in captured.err

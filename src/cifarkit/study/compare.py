@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from cifarkit.atomic import atomic_write
+from cifarkit.console import say
 from cifarkit.errors import CifarkitError, one_line
 from cifarkit.run import CONFIG
 from cifarkit.run.claim import check_out_folder
@@ -95,6 +95,6 @@ def compare_command(paths: list[Path], *, out: Path | None, baseline: str | None
         write_compare_md(header, [r[:len(header)] for r in table_rows(groups)], baseline, out / "compare.md", notes,
                          image="compare.png", curves=any(r.curve for r in rows))
     for note in notes:
-        print(note, file=sys.stderr)
+        say(note)
     written = "compare.csv, runs.csv" + (", compare.png, compare.md" if plots else "")
     return format_table(groups, baseline) + f"\n\nfinal test accuracy in %, 95% t-interval; wrote {written} in {out}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,9 +19,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cifarkit.config import TrainConfig
-from cifarkit.data import resolve_data
 from cifarkit.cli_flags import check_sweep_out
+from cifarkit.config import TrainConfig
+from cifarkit.console import say
+from cifarkit.data import resolve_data
 from cifarkit.errors import CifarkitError, one_line
 from cifarkit.run import CHECKPOINT, LR_FINDER, read_optional_json
 from cifarkit.study import engine
@@ -68,7 +68,7 @@ class Sweep:
         engine.hand_out_dead(self.storage, self.study)
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
-        tqdm.write(f"sweep {self.out}: {trials_said(self.plan)}, {done} already finished; {self.workers} at once "
+        say(f"sweep {self.out}: {trials_said(self.plan)}, {done} already finished; {self.workers} at once "
                    f"({plural(len(self.slices[0]), 'CPU thread')} each); study "
                    f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
         self.bar = tqdm(total=total, initial=done, desc="sweep", unit="trial", dynamic_ncols=True)
@@ -100,7 +100,7 @@ class Sweep:
             signal.signal(signal.SIGTERM, previous)
             self.bar.close()
         c = engine.counts(self.study)
-        print(f"sweep {self.out}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed; compare with: "
+        say(f"sweep {self.out}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed; compare with: "
               f"cifarkit compare {self.out}")
         return 1 if self.failed else 0
 
@@ -117,7 +117,7 @@ class Sweep:
         others = c["running"] - len(self.jobs)
         if others > 0 and not self.waiting_said:
             self.waiting_said = True
-            tqdm.write(f"waiting for {plural(others, 'trial')} that other sweep processes run (a trial "
+            say(f"waiting for {plural(others, 'trial')} that other sweep processes run (a trial "
                        f"whose heartbeat stops for {engine.GRACE_S} s is handed out again)")
         return others > 0
 
@@ -148,7 +148,7 @@ class Sweep:
             return True
         self.jobs[slot] = job
         if (run / CHECKPOINT).is_file():
-            tqdm.write(f"resume {name} from its checkpoint")
+            say(f"resume {name} from its checkpoint")
             self._launch(job, "train", resume=True)
         elif job.config.lr_min is None or job.config.lr_max is None:
             lrs = self._known_lrs(recipe)
@@ -206,7 +206,7 @@ class Sweep:
                 lrs = self._known_lrs(job.recipe)
                 assert lrs is not None
                 seeds = "the trial" if self.plan.search else f"its {len(self.plan.seeds)} seeds"
-                tqdm.write(f"lr-find {job.recipe or 'the recipe'}: LRMIN {lrs[0]:.3g}, LRMAX {lrs[1]:.3g}, "
+                say(f"lr-find {job.recipe or 'the recipe'}: LRMIN {lrs[0]:.3g}, LRMAX {lrs[1]:.3g}, "
                            f"used by {seeds} ({self.lr_dir(job.recipe)})")
                 self._with_lrs(job, lrs)
                 self._launch(job, "train")
@@ -242,7 +242,7 @@ class Sweep:
         self._line(f"done {config}, seed {job.seed}: final test accuracy {100 * acc:.2f}% ({how}; {job.run})")
 
     def _line(self, text: str) -> None:
-        tqdm.write(text)
+        say(text)
         if self.bar is not None:
             self.bar.update(1)
 
@@ -261,7 +261,7 @@ class Sweep:
                 except subprocess.TimeoutExpired:
                     job.proc.kill()
             engine.give_back(self.storage, self.study, job.tid)
-        print("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
+        say("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep")
         return 128 + signum
 
 
@@ -280,23 +280,24 @@ def trials_said(plan: Plan) -> str:
 
 
 def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -> int:
-    """Check everything (the out folder, the data, the storage and the study's plan), then run the sweep. A start
-    that fails leaves no new folder behind."""
+    """Check everything (the out folder, the storage, the study's plan, then the data), then run the
+    sweep. A start that fails leaves no new folder behind. Every line it says goes to stderr (console.say): a
+    sweep's results are its run folders, which `cifarkit compare` reads."""
     check_sweep_out(out)
+    if storage is not None:  # reached before anything is written or loaded
+        engine.open_storage(storage).engine.dispose()
     new = _first_new(out)
     try:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CifarkitError(f"cannot make --out {out}: {e.strerror or one_line(e)}; choose another --out") from None
+        sweep = Sweep(plan, out, storage or engine.default_storage(out), workers)  # another plan's study: refused
         if "data" not in plan.grid:
             data = resolve_data(plan.base.get("data"))  # no data: one line, before any run; else decoded once
             if data.path:
-                plan = replace(plan, base=plan.base | {"data": data.path})
-            tqdm.write(f"data: {data.source}")
-        if storage is not None:  # reached before anything is written
-            engine.open_storage(storage).engine.dispose()
-        sweep = Sweep(plan, out, storage or engine.default_storage(out), workers)
+                sweep.plan = replace(plan, base=plan.base | {"data": data.path})
+            say(f"data: {data.source}")
     except BaseException:
         if new is not None:
             shutil.rmtree(new, ignore_errors=True)
