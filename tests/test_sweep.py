@@ -27,6 +27,7 @@ from helpers import assert_one_error_line, run_cli, slow_fixture
 
 from cifarkit import cli
 from cifarkit.data import make_synthetic
+from cifarkit.errors import CifarkitError
 
 optuna = pytest.importorskip("optuna", reason="cifarkit[sweep] is not installed")
 
@@ -372,3 +373,33 @@ def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signa
     assert captured.out == ""
     assert "1 trial (1 config x 1 seed)" in captured.err and "waiting for 1 trial" in captured.err
     assert "interrupted: " in captured.err
+
+
+@pytest.mark.parametrize("raised, line, code", [
+    (OSError(28, "No space left on device", "r/history.csv"), "error: cannot write r/history.csv: disk full", 2),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "error: a batch of 16 images does not fit", 2),
+    (CifarkitError("lr_max must be positive", cli="--lr-max must be positive"), "error: --lr-max must be", 2),
+])
+def test_a_trials_process_answers_errors_as_the_command_line_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], raised: Exception,
+        line: str, code: int) -> None:
+    """A trial's process says a full disk, an allocator's failure and a user error as `cifarkit train` would: one
+    `error:` line in the command line's words (no `[Errno 28]`), exit 2, so the sweep's report of the trial reads
+    it."""
+    import torch
+
+    import cifarkit.commands  # noqa: F401 - imported with the real fit, which it keeps after the patch below
+    import cifarkit.train
+    from cifarkit.study.worker import run_job
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(cifarkit.train, "fit", fail)
+    config = {"out": str(tmp_path / "r"), "batch_size": 16, "lr_min": 1e-4, "lr_max": 1e-3}
+    job = {"kind": "train", "config": config, "resume": False, "threads": torch.get_num_threads()}
+    capsys.readouterr()
+    assert run_job(job) == code
+    err = capsys.readouterr().err
+    assert_one_error_line(code, err, line)
+    assert "Errno" not in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import signal
 import socket
 import typing
 from collections.abc import Callable, Sequence
@@ -15,7 +16,8 @@ from typing import Any, NoReturn
 
 from cifarkit import run as R
 from cifarkit.config import TrainConfig, check_device_name, check_precision_name
-from cifarkit.errors import CifarkitError, one_line
+from cifarkit.console import say
+from cifarkit.errors import CifarkitError, TrainingInterrupted, one_line, os_error_line
 from cifarkit.run.claim import check_out_folder
 
 NOT_FLAGS = ("extra", "data_fingerprint")  # TrainConfig fields a run records, not choices a user makes
@@ -158,6 +160,36 @@ def check_args(args: argparse.Namespace) -> None:
         check_sweep_out(args.sweep_out)
     elif args.command == "compare" and args.out is not None:
         check_out_folder(args.out, what="compare's files")
+
+
+def say_error(line: str) -> int:
+    """The one `error: ...` line of a failed command, on stderr; its exit code, 2."""
+    say(f"error: {line}")
+    return 2
+
+
+def run_guarded(work: Callable[[], int], *, batch_size: int | None = None) -> int:
+    """`work()`'s exit code, with what a user can cause turned into the command line's answer: a CifarkitError, an
+    OSError (a full disk, a read-only or vanished folder) or an allocator's failure is one `error:` line and 2; a
+    stop by a signal is an `interrupted:` line and 128 + the signal. `cifarkit` and each sweep trial's process run
+    their work through it; any other exception is a bug, and raises."""
+    try:
+        return work()
+    except CifarkitError as e:
+        return say_error(e.cli_line())
+    except OSError as e:
+        return say_error(os_error_line(e))
+    except TrainingInterrupted as e:
+        say(f"interrupted: {e}")
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 128 + signal.SIGINT
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        return say_error(f"a batch{f' of {batch_size} images' if batch_size else ''} does not fit in memory on this "
+                         "device; lower --batch-size")
 
 
 def is_out_of_memory(e: BaseException) -> bool:
