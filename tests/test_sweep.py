@@ -403,3 +403,37 @@ def test_a_trials_process_answers_errors_as_the_command_line_does(
     err = capsys.readouterr().err
     assert_one_error_line(code, err, line)
     assert "Errno" not in err
+
+
+def test_cuda_asked_without_a_gpu_is_one_line_before_the_study_opens(tmp_path: Path, data: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--device cuda where PyTorch sees no CUDA GPU (made so here, whatever the machine has): exit 2, one `error:`
+    line naming --device cuda, and no sweep folder, so no study holds a trial that failed for it."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "sweep"
+    code, _, err = sweep(capsys, out, *tiny(data), "--device", "cuda")
+    assert_one_error_line(code, err, "--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    assert not out.exists()
+
+
+def test_failed_trials_are_enqueued_again_once_on_a_rerun(tmp_path: Path) -> None:
+    """A trial that failed (its run stopped with an error) is enqueued again, same run folder, by the next sweep
+    over the study, and counted once, as its copy; a second look enqueues nothing more."""
+    out = tmp_path / "s"
+    out.mkdir()
+    plan = make_plan({}, seeds="0,1", grid=[], search=[], trials=None)
+    storage = engine.open_storage(engine.default_storage(out))
+    study = engine.open_study(storage, out.name, plan, 0)
+    trial = engine.claim(storage, study, lambda t: t.user_attrs["seed"] == 1)
+    assert trial is not None
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert engine.counts(study)["fail"] == 1
+    assert engine.retry_failed(study) == 1
+    assert engine.retry_failed(study) == 0
+    waiting = [t.user_attrs["run"] for t in trials_of(out) if t.state == optuna.trial.TrialState.WAITING]
+    assert sorted(waiting) == ["seed0", "seed1"]  # the plan's two tickets, the failed one again
+    counts = engine.counts(study)
+    assert (counts["fail"], counts["waiting"]) == (0, 2)

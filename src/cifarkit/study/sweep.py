@@ -66,6 +66,9 @@ class Sweep:
     # ------------------------------------------------------------------------------------------- the loop
     def run(self) -> int:
         engine.hand_out_dead(self.storage, self.study)
+        retried = engine.retry_failed(self.study)
+        if retried:
+            say(f"trying again {plural(retried, 'trial')} that failed in an earlier run of this sweep")
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
         say(f"sweep {self.out}: {trials_said(self.plan)}, {done} already finished; {self.workers} at once "
@@ -100,8 +103,9 @@ class Sweep:
             signal.signal(signal.SIGTERM, previous)
             self.bar.close()
         c = engine.counts(self.study)
-        say(f"sweep {self.out}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed; compare with: "
-              f"cifarkit compare {self.out}")
+        again = f" (logs: {self.out / 'logs'}; the same command tries them again)" if c["fail"] else ""
+        say(f"sweep {self.out}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed{again}; compare "
+            f"with: cifarkit compare {self.out}")
         return 1 if self.failed else 0
 
     def _done(self) -> int:
@@ -221,7 +225,8 @@ class Sweep:
         else:
             self.failed += 1
             self.study.tell(job.trial, state=engine.TrialState.FAIL)
-            self._line(f"failed {job.run.name} ({job.phase}): {last_error(log)} (log: {log})")
+            self._line(f"failed {job.run.name} ({job.phase}): {last_error(log)} (log: {log}; the same command "
+                       "tries it again)")
 
     def _report(self, job: Job) -> None:
         """Each new epoch's test accuracy to Optuna; a run the pruner prunes is stopped at its next step."""
@@ -280,10 +285,11 @@ def trials_said(plan: Plan) -> str:
 
 
 def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -> int:
-    """Check everything (the out folder, the storage, the study's plan, then the data), then run the
+    """Check everything (the out folder, the devices, the storage, the study's plan, then the data), then run the
     sweep. A start that fails leaves no new folder behind. Every line it says goes to stderr (console.say): a
     sweep's results are its run folders, which `cifarkit compare` reads."""
     check_sweep_out(out)
+    check_devices(plan)
     if storage is not None:  # reached before anything is written or loaded
         engine.open_storage(storage).engine.dispose()
     new = _first_new(out)
@@ -303,6 +309,16 @@ def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -
             shutil.rmtree(new, ignore_errors=True)
         raise
     return sweep.run()
+
+
+def check_devices(plan: Plan) -> None:
+    """Each --device the trials ask for, checked once here, before any study opens: a device that is not there
+    (--device cuda without a GPU) is one line, not a failed trial per run. --precision names were checked with the
+    flags; each run resolves its precision, so that the sweep itself starts no GPU context."""
+    from cifarkit.device import pick_device
+
+    for device in dict.fromkeys(plan.config(t.overrides, t.seed, Path(".")).device for t in plan.tickets()):
+        pick_device(device)
 
 
 def _first_new(path: Path) -> Path | None:
