@@ -33,7 +33,7 @@ optuna = pytest.importorskip("optuna", reason="cifarkit[sweep] is not installed"
 
 from cifarkit.checkpoint import safe_torch_load  # noqa: E402
 from cifarkit.study import engine  # noqa: E402
-from cifarkit.study.plan import make_plan  # noqa: E402
+from cifarkit.study.plan import make_plan, trials_said  # noqa: E402
 
 
 @pytest.fixture
@@ -342,8 +342,6 @@ def test_an_unusable_out_is_refused_before_the_data_loads(tmp_path: Path, capsys
 def test_the_sweeps_size_is_said_in_singular_and_plural(seeds: str, grid: list[str], search: list[str],
                                                         trials: int | None, said: str) -> None:
     """The first line's count of trials, configs and seeds: one is singular, every other count plural."""
-    from cifarkit.study.sweep import trials_said
-
     assert trials_said(make_plan({}, seeds=seeds, grid=grid, search=search, trials=trials)) == said
 
 

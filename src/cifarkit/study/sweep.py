@@ -23,10 +23,11 @@ from cifarkit.cli_flags import check_sweep_out
 from cifarkit.config import TrainConfig
 from cifarkit.console import say
 from cifarkit.data import resolve_data
+from cifarkit.device import pick_device
 from cifarkit.errors import CifarkitError, one_line
 from cifarkit.run import CHECKPOINT, LR_FINDER, read_optional_json
 from cifarkit.study import engine
-from cifarkit.study.plan import Plan, label, run_name
+from cifarkit.study.plan import Plan, label, plural, run_name, trials_said
 from cifarkit.study.runs import final_accuracy, history_column, is_finished
 from cifarkit.study.worker import cpu_slices, last_error, launch
 
@@ -270,26 +271,13 @@ class Sweep:
         return 128 + signum
 
 
-def plural(n: int, word: str) -> str:
-    """`n word` or `n words`."""
-    return f"{n} {word}{'s' * (n != 1)}"
-
-
-def trials_said(plan: Plan) -> str:
-    """The sweep's size as its first line says it: "4 trials (2 configs x 2 seeds)", "1 trial (1 config x 1 seed)",
-    "20 search trials"."""
-    if plan.search:
-        return plural(plan.trials or 0, "search trial")
-    total, seeds = len(plan.tickets()), len(plan.seeds)
-    return f"{plural(total, 'trial')} ({plural(total // seeds, 'config')} x {plural(seeds, 'seed')})"
-
-
 def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -> int:
     """Check everything (the out folder, the devices, the storage, the study's plan, then the data), then run the
     sweep. A start that fails leaves no new folder behind. Every line it says goes to stderr (console.say): a
     sweep's results are its run folders, which `cifarkit compare` reads."""
     check_sweep_out(out)
-    check_devices(plan)
+    for device in plan.devices():  # one line for a device that is not there (cuda without a GPU), not a failed
+        pick_device(device)  # trial per run; each run resolves its precision, so the sweep starts no GPU context
     if storage is not None:  # reached before anything is written or loaded
         engine.open_storage(storage).engine.dispose()
     new = _first_new(out)
@@ -309,16 +297,6 @@ def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -
             shutil.rmtree(new, ignore_errors=True)
         raise
     return sweep.run()
-
-
-def check_devices(plan: Plan) -> None:
-    """Each --device the trials ask for, checked once here, before any study opens: a device that is not there
-    (--device cuda without a GPU) is one line, not a failed trial per run. --precision names were checked with the
-    flags; each run resolves its precision, so that the sweep itself starts no GPU context."""
-    from cifarkit.device import pick_device
-
-    for device in dict.fromkeys(plan.config(t.overrides, t.seed, Path(".")).device for t in plan.tickets()):
-        pick_device(device)
 
 
 def _first_new(path: Path) -> Path | None:
