@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,9 +146,34 @@ def test_compare_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.Capt
         argv = ["compare", str(tmp_path / "empty")]
     else:
         fake_run(tmp_path / "a", final=0.9, curve=[0.9])
-        argv = ["compare", str(tmp_path / "a"), "--baseline", "nope"]
+        argv = ["compare", str(tmp_path / "a"), "--out", str(tmp_path / "cmp"), "--baseline", "nope"]
     code, _, err = run_cli(argv, capsys)
     assert_one_error_line(code, err, message)
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_runs_are_read(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """compare --out naming a file: exit 2 and one `error:` line saying --out is a file, the file untouched; the
+    runs given do not exist, so the line came before they were read."""
+    out = tmp_path / "afile"
+    out.write_text("kept")
+    code, _, err = run_cli(["compare", str(tmp_path / "none"), "--out", str(out)], capsys)
+    assert_one_error_line(code, err, f"--out {out} is a file")
+    assert out.read_text() == "kept"
+
+
+@pytest.mark.parametrize("given", ["run folders", "runs.csv"])
+def test_run_folders_or_a_runs_csv_need_out(tmp_path: Path, capsys: pytest.CaptureFixture[str], given: str) -> None:
+    """Without --out, compare writes only into a sweep folder given alone: run folders, or a runs.csv, get one
+    `error:` line asking for --out, and their folder gains no file."""
+    for seed in range(2):
+        fake_run(tmp_path / f"r{seed}", final=0.9, curve=[0.9], seed=seed)
+    (tmp_path / "runs.csv").write_text("run,config,seed,final\nr0,a,0,90\nr1,a,1,91\n")
+    before = sorted(os.listdir(tmp_path))
+    paths = [str(tmp_path / "r0"), str(tmp_path / "r1")] if given == "run folders" else [str(tmp_path / "runs.csv")]
+    code, _, err = run_cli(["compare", *paths], capsys)
+    assert_one_error_line(code, err, "give --out")
+    assert sorted(os.listdir(tmp_path)) == before
 
 
 def test_docs_results_are_compares_output() -> None:

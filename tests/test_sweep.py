@@ -27,12 +27,13 @@ from helpers import assert_one_error_line, run_cli, slow_fixture
 
 from cifarkit import cli
 from cifarkit.data import make_synthetic
+from cifarkit.errors import CifarkitError
 
 optuna = pytest.importorskip("optuna", reason="cifarkit[sweep] is not installed")
 
 from cifarkit.checkpoint import safe_torch_load  # noqa: E402
 from cifarkit.study import engine  # noqa: E402
-from cifarkit.study.plan import make_plan  # noqa: E402
+from cifarkit.study.plan import make_plan, trials_said  # noqa: E402
 
 
 @pytest.fixture
@@ -128,14 +129,15 @@ def test_grid_of_two_seeds_with_two_workers_then_a_rerun_trains_nothing(tmp_path
         for seed in (0, 1):
             config = json.loads((out / f"{recipe}-seed{seed}" / "config.json").read_text())
             assert (config["lr_min"], config["lr_max"], config["seed"]) == (found["lr_min"], found["lr_max"], seed)
-    assert stdout.count("used by its 2 seeds") == 2
-    assert sum(line.startswith("done ") for line in stdout.splitlines()) == 4
+    assert stdout == ""  # a sweep's lines are messages, on stderr; its results are the run folders
+    assert err.count("used by its 2 seeds") == 2
+    assert sum(line.startswith("done ") for line in err.splitlines()) == 4
 
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "study.db"}
     code, stdout, err = sweep(capsys, out, *args)
     assert code == 0, stdout + err
-    assert "4 already finished" in stdout
-    assert "done " not in stdout and "lr-find " not in stdout
+    assert "4 already finished" in err
+    assert "done " not in err and "lr-find " not in err
     assert {p: p.stat().st_mtime_ns for p in files} == files
     assert len(trials_of(out)) == 4
 
@@ -166,7 +168,7 @@ def test_kill9_mid_sweep_then_rerun_runs_each_trial_once_and_resumes_exactly(tmp
 
     code, stdout, err = sweep(capsys, out, *args)
     assert code == 0, stdout + err
-    assert f"resume {killed.name} from its checkpoint" in stdout
+    assert f"resume {killed.name} from its checkpoint" in err
     trials = trials_of(out)
     assert complete_runs(trials) == ["label_smoothing=0-seed0", "label_smoothing=0.1-seed0"]
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
@@ -204,10 +206,10 @@ def test_search_prunes_a_trial_with_a_huge_lr(tmp_path: Path, data: Path, capsys
     assert sorted(trials) == [1e-3, 5.0]
     good, bad = trials[1e-3], trials[5.0]
     assert good.state == optuna.trial.TrialState.COMPLETE
-    assert bad.state == optuna.trial.TrialState.PRUNED, stdout
+    assert bad.state == optuna.trial.TrialState.PRUNED, err
     epochs = len((out / bad.user_attrs["run"] / "history.csv").read_text().splitlines()) - 1
     assert 1 <= epochs < 4
-    assert f"pruned {bad.user_attrs['run']} after epoch" in stdout
+    assert f"pruned {bad.user_attrs['run']} after epoch" in err
 
 
 # ------------------------------------------------------------------------------------- a shared PostgreSQL study
@@ -311,3 +313,125 @@ def test_train_loads_neither_optuna_nor_scipy() -> None:
             "print(sorted(m for m in ('optuna', 'scipy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("case", ["a file", "a run folder"])
+def test_an_unusable_out_is_refused_before_the_data_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         case: str) -> None:
+    """--out naming a file, or a training run's folder: exit 2 and one `error:` line naming --out, said before the
+    data is looked at (the data named does not exist, so a later check would name it instead), the file untouched."""
+    out = tmp_path / "out"
+    if case == "a file":
+        out.write_text("kept")
+    else:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    code, stdout, err = run_cli(["sweep", "--out", str(out), "--data", str(tmp_path / "none"), "--epochs", "1"],
+                                capsys)
+    assert_one_error_line(code, err, f"--out {out}", "is a file" if case == "a file" else "is a run folder")
+    assert stdout == ""
+    assert (out.read_text() == "kept") if case == "a file" else sorted(os.listdir(out)) == ["config.json"]
+
+
+@pytest.mark.parametrize("seeds, grid, search, trials, said", [
+    ("0", [], [], None, "1 trial (1 config x 1 seed)"),
+    ("0-2", ["label_smoothing=0,0.1"], [], None, "6 trials (2 configs x 3 seeds)"),
+    ("0", [], ["lr_max=1e-3:1e-2"], 1, "1 search trial"),
+    ("0", [], ["lr_max=1e-3:1e-2"], 20, "20 search trials"),
+])
+def test_the_sweeps_size_is_said_in_singular_and_plural(seeds: str, grid: list[str], search: list[str],
+                                                        trials: int | None, said: str) -> None:
+    """The first line's count of trials, configs and seeds: one is singular, every other count plural."""
+    assert trials_said(make_plan({}, seeds=seeds, grid=grid, search=search, trials=trials)) == said
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signal.Signals,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep waiting on a trial that another live process holds, stopped by SIGTERM or SIGINT, returns 128 + the
+    signal (143, 130), as `cifarkit train` does, and hands nothing out: the held trial stays RUNNING. Every line it
+    says (its size, the wait, the stop) is on stderr; stdout stays empty."""
+    import threading
+
+    from cifarkit.study.sweep import Sweep
+
+    out = tmp_path / "s"
+    out.mkdir()
+    plan = make_plan({}, seeds="0", grid=[], search=[], trials=None)
+    sweep = Sweep(plan, out, engine.default_storage(out), 1)
+    assert engine.claim(sweep.storage, sweep.study, lambda t: True) is not None  # held by this process: alive
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signum))
+    timer.start()
+    try:
+        assert sweep.run() == 128 + signum
+    finally:
+        timer.cancel()
+    assert [t.state for t in trials_of(out)] == [optuna.trial.TrialState.RUNNING]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "1 trial (1 config x 1 seed)" in captured.err and "waiting for 1 trial" in captured.err
+    assert "interrupted: " in captured.err
+
+
+@pytest.mark.parametrize("raised, line, code", [
+    (OSError(28, "No space left on device", "r/history.csv"), "error: cannot write r/history.csv: disk full", 2),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "error: a batch of 16 images does not fit", 2),
+    (CifarkitError("lr_max must be positive", cli="--lr-max must be positive"), "error: --lr-max must be", 2),
+])
+def test_a_trials_process_answers_errors_as_the_command_line_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], raised: Exception,
+        line: str, code: int) -> None:
+    """A trial's process says a full disk, an allocator's failure and a user error as `cifarkit train` would: one
+    `error:` line in the command line's words (no `[Errno 28]`), exit 2, so the sweep's report of the trial reads
+    it."""
+    import torch
+
+    import cifarkit.commands  # noqa: F401 - imported with the real fit, which it keeps after the patch below
+    import cifarkit.train
+    from cifarkit.study.worker import run_job
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(cifarkit.train, "fit", fail)
+    config = {"out": str(tmp_path / "r"), "batch_size": 16, "lr_min": 1e-4, "lr_max": 1e-3}
+    job = {"kind": "train", "config": config, "resume": False, "threads": torch.get_num_threads()}
+    capsys.readouterr()
+    assert run_job(job) == code
+    err = capsys.readouterr().err
+    assert_one_error_line(code, err, line)
+    assert "Errno" not in err
+
+
+def test_cuda_asked_without_a_gpu_is_one_line_before_the_study_opens(tmp_path: Path, data: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--device cuda where PyTorch sees no CUDA GPU (made so here, whatever the machine has): exit 2, one `error:`
+    line naming --device cuda, and no sweep folder, so no study holds a trial that failed for it."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "sweep"
+    code, _, err = sweep(capsys, out, *tiny(data), "--device", "cuda")
+    assert_one_error_line(code, err, "--device cuda was asked for, but PyTorch sees no CUDA GPU here")
+    assert not out.exists()
+
+
+def test_failed_trials_are_enqueued_again_once_on_a_rerun(tmp_path: Path) -> None:
+    """A trial that failed (its run stopped with an error) is enqueued again, same run folder, by the next sweep
+    over the study, and counted once, as its copy; a second look enqueues nothing more."""
+    out = tmp_path / "s"
+    out.mkdir()
+    plan = make_plan({}, seeds="0,1", grid=[], search=[], trials=None)
+    storage = engine.open_storage(engine.default_storage(out))
+    study = engine.open_study(storage, out.name, plan, 0)
+    trial = engine.claim(storage, study, lambda t: t.user_attrs["seed"] == 1)
+    assert trial is not None
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert engine.counts(study)["fail"] == 1
+    assert engine.retry_failed(study) == 1
+    assert engine.retry_failed(study) == 0
+    waiting = [t.user_attrs["run"] for t in trials_of(out) if t.state == optuna.trial.TrialState.WAITING]
+    assert sorted(waiting) == ["seed0", "seed1"]  # the plan's two tickets, the failed one again
+    counts = engine.counts(study)
+    assert (counts["fail"], counts["waiting"]) == (0, 2)

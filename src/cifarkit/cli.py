@@ -19,10 +19,10 @@ from typing import Any
 from cifarkit import __version__
 from cifarkit import run as R
 from cifarkit.cli_flags import (LR_FIND_FIELDS, MAX_TOP_K, Parser, add_config_flags, add_run_flags, check_args, count,
-                                given_config, is_out_of_memory)
+                                given_config, run_guarded, say_error)
 from cifarkit.config import TrainConfig
 from cifarkit.console import route_logging, say
-from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line, pip_install
+from cifarkit.errors import CifarkitError, pip_install
 from cifarkit.study.commands import STUDY_COMMANDS, add_study_parsers
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,32 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help and --version print, then exit 0
         return e.code if isinstance(e.code, int) else 0
     except CifarkitError as e:
-        return _error(e.cli_line())
+        return say_error(e.cli_line())
     route_logging()
-    try:
+
+    def work() -> int:
         check_args(args)  # no torch yet
         return COMMANDS[args.command](args)
-    except CifarkitError as e:
-        return _error(e.cli_line())
-    except OSError as e:  # a full disk, a read-only or vanished folder: not a bug
-        return _error(os_error_line(e))
-    except TrainingInterrupted as e:
-        say(f"interrupted: {e}")
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    except (MemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
-            raise
-        batch = getattr(args, "batch_size", None)
-        return _error(f"a batch{f' of {batch} images' if batch else ''} does not fit in memory on this device; "
-                      "lower --batch-size")
 
-
-def _error(line: str) -> int:
-    say(f"error: {line}")
-    return 2
+    return run_guarded(work, batch_size=getattr(args, "batch_size", None))
 
 
 if __name__ == "__main__":

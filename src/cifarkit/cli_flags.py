@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from cifarkit import run as R
 from cifarkit.config import NOT_FLAGS, TrainConfig, check_device_name, check_precision_name
+from cifarkit.console import say
 from cifarkit.data.images import check_image_path
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, TrainingInterrupted, os_error_line
 from cifarkit.net import check_address
+from cifarkit.run.claim import check_out_folder
 
 LR_FIND_FIELDS = ("data", "out", "batch_size", "weight_decay", "label_smoothing", "seed", "device", "subset",
                   "augment", "pad_mode", "std", "cutout_p", "cutout_size", "workers", "precision", "channels_last",
@@ -85,6 +89,14 @@ def add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--precision", default="auto", help=f"{PRECISION_HELP} (default: auto)")
 
 
+def check_sweep_out(out: Path) -> Path:
+    """A sweep's --out, before any data loads: a folder (new, or a sweep's) that can be written, not a run folder."""
+    check_out_folder(out, what="the sweep's runs")
+    if (out / R.CONFIG).is_file():
+        raise CifarkitError(f"--out {out} is a run folder: give a new folder, or the folder of a sweep")
+    return out
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no torch, run before any command imports it: a mistake gets its line at once."""
     for name, check in (("device", check_device_name), ("precision", check_precision_name)):
@@ -114,6 +126,40 @@ def check_args(args: argparse.Namespace) -> None:
             check_address(args.host, args.port)
         if args.command == "export":
             R.check_out_file(args.out, suffix=args.format)
+    elif args.command == "sweep":
+        check_sweep_out(args.sweep_out)
+    elif args.command == "compare" and args.out is not None:
+        check_out_folder(args.out, what="compare's files")
+
+
+def say_error(line: str) -> int:
+    """The one `error: ...` line of a failed command, on stderr; its exit code, 2."""
+    say(f"error: {line}")
+    return 2
+
+
+def run_guarded(work: Callable[[], int], *, batch_size: int | None = None) -> int:
+    """`work()`'s exit code, with what a user can cause turned into the command line's answer: a CifarkitError, an
+    OSError (a full disk, a read-only or vanished folder) or an allocator's failure is one `error:` line and 2; a
+    stop by a signal is an `interrupted:` line and 128 + the signal. `cifarkit` and each sweep trial's process run
+    their work through it; any other exception is a bug, and raises."""
+    try:
+        return work()
+    except CifarkitError as e:
+        return say_error(e.cli_line())
+    except OSError as e:
+        return say_error(os_error_line(e))
+    except TrainingInterrupted as e:
+        say(f"interrupted: {e}")
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 128 + signal.SIGINT
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        return say_error(f"a batch{f' of {batch_size} images' if batch_size else ''} does not fit in memory on this "
+                         "device; lower --batch-size")
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -103,6 +103,16 @@ def check_out_file(out: str | os.PathLike[str], *, suffix: str) -> Path:
     return path
 
 
+def check_out_folder(out: str | os.PathLike[str], *, what: str) -> Path:
+    """Refuse, before any work, an output folder (of a sweep, of compare's files) that cannot be made or written: a
+    file, or a place with no writable folder. `what` names what goes in it ("the sweep's runs")."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise _refuse("{flag} {path} is a file: give a folder for {what}", path=path, what=what)
+    _writable_ancestor(path, path, folder=False)
+    return path
+
+
 # ------------------------------------------------------------------------------------------- lock and claim
 
 class RunLock:

@@ -25,8 +25,8 @@ COMPARE_DESCRIPTION = f"""Group runs by config (everything but the seed) and com
 
 Inputs: sweep folders, run folders, or runs.csv files (columns run, config, seed, final in %, and optionally best,
 best_epoch, epochs, train_seconds: what compare writes). Writes compare.csv (config, n, mean, std, ci_low, ci_high,
-min, max, best_epoch, train_seconds, p_value), runs.csv (one row per run), compare.png and compare.md. Needs:
-{pip_install('sweep')}."""
+min, max, best_epoch, train_seconds, p_value), runs.csv (one row per run), compare.png and compare.md into --out,
+or into the sweep folder when one sweep folder is all it is given. Needs: {pip_install('sweep')}."""
 
 
 def add_study_parsers(sub: Any) -> None:
@@ -54,7 +54,7 @@ def add_study_parsers(sub: Any) -> None:
     p = sub.add_parser("compare", help="group runs by config: n, mean, std, 95%% interval, Welch's test",
                        description=COMPARE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path, metavar="SWEEP_OR_RUN", help="sweep folders, run folders, runs.csv")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder given)")
+    p.add_argument("--out", type=Path, default=None, help="where to write; needed unless a single sweep folder is given, which is the default")
     p.add_argument("--baseline", default=None, metavar="CONFIG", help="the config every other is tested against "
                    "(Welch's t-test), as the table names it")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="write the tables only")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from cifarkit.atomic import atomic_write
-from cifarkit.errors import CifarkitError
+from cifarkit.console import say
+from cifarkit.errors import CifarkitError, one_line
 from cifarkit.run import CONFIG
+from cifarkit.run.claim import check_out_folder
 from cifarkit.study.runs import RunRow, collect, write_runs_csv
 from cifarkit.study.stats import Group, group_stats, welch_p
 
@@ -71,15 +72,19 @@ def write_csv(groups: list[Group], path: Path) -> None:
 def compare_command(paths: list[Path], *, out: Path | None, baseline: str | None, plots: bool = True) -> str:
     """Read the runs, write OUT/compare.csv, OUT/runs.csv, OUT/compare.png and OUT/compare.md; return the table.
 
-    OUT is --out, else the sweep folder given (the folder of the runs when all are in one)."""
+    OUT is --out; without it, a sweep folder given alone (run folders and runs.csv files need --out)."""
+    if out is None:
+        if len(paths) != 1 or not paths[0].is_dir() or (paths[0] / CONFIG).is_file():
+            raise CifarkitError("give --out: compare writes into the sweep folder when that is all it is given, and "
+                                "needs --out for run folders, runs.csv files or several folders")
+        out = paths[0]
+    check_out_folder(out, what="compare's files")
     rows, notes = collect(paths)
     groups = compare(rows, baseline)
-    if out is None:
-        parents = {p if p.is_dir() and not (p / CONFIG).is_file() else p.parent for p in paths}
-        if len(parents) != 1:
-            raise CifarkitError("the runs come from several folders: say where to write with --out")
-        out = parents.pop()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CifarkitError(f"cannot make --out {out}: {e.strerror or one_line(e)}; choose another --out") from None
     write_csv(groups, out / "compare.csv")
     write_runs_csv(rows, out / "runs.csv")
     if plots:
@@ -90,6 +95,6 @@ def compare_command(paths: list[Path], *, out: Path | None, baseline: str | None
         write_compare_md(header, [r[:len(header)] for r in table_rows(groups)], baseline, out / "compare.md", notes,
                          image="compare.png", curves=any(r.curve for r in rows))
     for note in notes:
-        print(note, file=sys.stderr)
+        say(note)
     written = "compare.csv, runs.csv" + (", compare.png, compare.md" if plots else "")
     return format_table(groups, baseline) + f"\n\nfinal test accuracy in %, 95% t-interval; wrote {written} in {out}"

@@ -198,6 +198,18 @@ def hand_out_dead(storage: RDBStorage, study: optuna.Study) -> int:
     return count + len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
 
 
+def retry_failed(study: optuna.Study) -> int:
+    """Enqueue again (same run folder) every failed trial that has no copy yet: those whose run stopped with an
+    error, so that a rerun of the sweep, once the cause is fixed, tries them again. Returns how many."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retry = _retry()
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
+    for frozen in failed:
+        retry(study, frozen)
+    return len(failed)
+
+
 def give_back(storage: RDBStorage, study: optuna.Study, tid: int) -> None:
     """A trial this process stops without finishing (Ctrl-C): failed, and enqueued again so a rerun resumes it."""
     try:

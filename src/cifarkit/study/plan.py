@@ -190,6 +190,10 @@ class Plan:
     def config(self, overrides: dict[str, Any], seed: int, out: Path) -> TrainConfig:
         return TrainConfig(**(self.base | overrides | {"seed": seed, "out": str(out)}))
 
+    def devices(self) -> list[str]:
+        """The --device of each trial's config, each once."""
+        return list(dict.fromkeys(self.config(t.overrides, t.seed, Path(".")).device for t in self.tickets()))
+
     def signature(self) -> dict[str, Any]:
         """What two sweep commands must agree on to share a study (where the data lies and which device runs may
         differ between machines)."""
@@ -223,3 +227,17 @@ def make_plan(base: dict[str, Any], *, seeds: str | None, grid: list[str], searc
     for config in corners:
         config.validate()
     return plan
+
+
+def plural(n: int, word: str) -> str:
+    """`n word` or `n words`."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def trials_said(plan: Plan) -> str:
+    """The sweep's size as its first line says it: "4 trials (2 configs x 2 seeds)", "1 trial (1 config x 1 seed)",
+    "20 search trials"."""
+    if plan.search:
+        return plural(plan.trials or 0, "search trial")
+    total, seeds = len(plan.tickets()), len(plan.seeds)
+    return f"{plural(total, 'trial')} ({plural(total // seeds, 'config')} x {plural(seeds, 'seed')})"

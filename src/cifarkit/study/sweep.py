@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,12 +19,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cifarkit.cli_flags import check_sweep_out
 from cifarkit.config import TrainConfig
+from cifarkit.console import say
 from cifarkit.data import resolve_data
-from cifarkit.errors import CifarkitError
-from cifarkit.run import CHECKPOINT, CONFIG, LR_FINDER, read_optional_json
+from cifarkit.device import pick_device
+from cifarkit.errors import CifarkitError, one_line
+from cifarkit.run import CHECKPOINT, LR_FINDER, read_optional_json
 from cifarkit.study import engine
-from cifarkit.study.plan import Plan, label, run_name
+from cifarkit.study.plan import Plan, label, plural, run_name, trials_said
 from cifarkit.study.runs import final_accuracy, history_column, is_finished
 from cifarkit.study.worker import cpu_slices, last_error, launch
 
@@ -65,18 +67,23 @@ class Sweep:
     # ------------------------------------------------------------------------------------------- the loop
     def run(self) -> int:
         engine.hand_out_dead(self.storage, self.study)
+        retried = engine.retry_failed(self.study)
+        if retried:
+            say(f"trying again {plural(retried, 'trial')} that failed in an earlier run of this sweep")
         total = self.plan.trials or len(self.plan.tickets())
         done = self._done()
-        seeds = len(self.plan.seeds)
-        configs = total // seeds
-        each = f"{configs} config{'s' * (configs > 1)} x {seeds} seed{'s' * (seeds > 1)}"
-        mode = f"{total} search trials" if self.plan.search else f"{total} trials ({each})"
-        tqdm.write(f"sweep {self.out}: {mode}, {done} already finished; {self.workers} at once "
-                   f"({len(self.slices[0])} CPU thread{'s' * (len(self.slices[0]) > 1)} each); study "
+        say(f"sweep {self.out}: {trials_said(self.plan)}, {done} already finished; {self.workers} at once "
+                   f"({plural(len(self.slices[0]), 'CPU thread')} each); study "
                    f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
         self.bar = tqdm(total=total, initial=done, desc="sweep", unit="trial", dynamic_ncols=True)
         beat = time.monotonic()
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        stop = {"signum": int(signal.SIGINT)}  # Ctrl-C arrives as KeyboardInterrupt; SIGTERM is made one, and noted
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            stop["signum"] = signum
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             while True:
                 for slot in list(self.jobs):
@@ -92,13 +99,14 @@ class Sweep:
                     break
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
-            return self._interrupted()
+            return self._interrupted(stop["signum"])
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.bar.close()
         c = engine.counts(self.study)
-        print(f"sweep {self.out}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed; compare with: "
-              f"cifarkit compare {self.out}")
+        again = f" (logs: {self.out / 'logs'}; the same command tries them again)" if c["fail"] else ""
+        say(f"sweep {self.out}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed{again}; compare "
+            f"with: cifarkit compare {self.out}")
         return 1 if self.failed else 0
 
     def _done(self) -> int:
@@ -114,7 +122,7 @@ class Sweep:
         others = c["running"] - len(self.jobs)
         if others > 0 and not self.waiting_said:
             self.waiting_said = True
-            tqdm.write(f"waiting for {others} trial{'s' * (others > 1)} that other sweep processes run (a trial "
+            say(f"waiting for {plural(others, 'trial')} that other sweep processes run (a trial "
                        f"whose heartbeat stops for {engine.GRACE_S} s is handed out again)")
         return others > 0
 
@@ -145,7 +153,7 @@ class Sweep:
             return True
         self.jobs[slot] = job
         if (run / CHECKPOINT).is_file():
-            tqdm.write(f"resume {name} from its checkpoint")
+            say(f"resume {name} from its checkpoint")
             self._launch(job, "train", resume=True)
         elif job.config.lr_min is None or job.config.lr_max is None:
             lrs = self._known_lrs(recipe)
@@ -203,7 +211,7 @@ class Sweep:
                 lrs = self._known_lrs(job.recipe)
                 assert lrs is not None
                 seeds = "the trial" if self.plan.search else f"its {len(self.plan.seeds)} seeds"
-                tqdm.write(f"lr-find {job.recipe or 'the recipe'}: LRMIN {lrs[0]:.3g}, LRMAX {lrs[1]:.3g}, "
+                say(f"lr-find {job.recipe or 'the recipe'}: LRMIN {lrs[0]:.3g}, LRMAX {lrs[1]:.3g}, "
                            f"used by {seeds} ({self.lr_dir(job.recipe)})")
                 self._with_lrs(job, lrs)
                 self._launch(job, "train")
@@ -218,7 +226,8 @@ class Sweep:
         else:
             self.failed += 1
             self.study.tell(job.trial, state=engine.TrialState.FAIL)
-            self._line(f"failed {job.run.name} ({job.phase}): {last_error(log)} (log: {log})")
+            self._line(f"failed {job.run.name} ({job.phase}): {last_error(log)} (log: {log}; the same command "
+                       "tries it again)")
 
     def _report(self, job: Job) -> None:
         """Each new epoch's test accuracy to Optuna; a run the pruner prunes is stopped at its next step."""
@@ -239,13 +248,13 @@ class Sweep:
         self._line(f"done {config}, seed {job.seed}: final test accuracy {100 * acc:.2f}% ({how}; {job.run})")
 
     def _line(self, text: str) -> None:
-        tqdm.write(text)
+        say(text)
         if self.bar is not None:
             self.bar.update(1)
 
-    def _interrupted(self) -> int:
+    def _interrupted(self, signum: int) -> int:
         """Ctrl-C or SIGTERM: every child stops at a step boundary with a checkpoint; their trials go back to the
-        queue, so the same command resumes them."""
+        queue, so the same command resumes them. The exit code is the command line's: 128 + the signal."""
         if self.bar is not None:
             self.bar.close()  # the lines below start lines of their own
         for job in self.jobs.values():
@@ -258,32 +267,41 @@ class Sweep:
                 except subprocess.TimeoutExpired:
                     job.proc.kill()
             engine.give_back(self.storage, self.study, job.tid)
-        print("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep", file=sys.stderr)
-        return 130
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+        say("interrupted: the runs stopped at a checkpoint; the same command resumes the sweep")
+        return 128 + signum
 
 
 def sweep_command(plan: Plan, *, out: Path, storage: str | None, workers: int) -> int:
-    """Check everything (the out folder, the data, the storage and the study's plan), then run the sweep. A start
-    that fails leaves no new folder behind."""
-    if (out / CONFIG).is_file():
-        raise CifarkitError(f"{out} is a run folder: give a new folder, or the folder of a sweep, as --out")
-    if "data" not in plan.grid:
-        data = resolve_data(plan.base.get("data"))  # no data: one line, before any run; else decoded once, for all
-        if data.path:
-            plan = replace(plan, base=plan.base | {"data": data.path})
-        tqdm.write(f"data: {data.source}")
-    made = not out.exists()
+    """Check everything (the out folder, the devices, the storage, the study's plan, then the data), then run the
+    sweep. A start that fails leaves no new folder behind. Every line it says goes to stderr (console.say): a
+    sweep's results are its run folders, which `cifarkit compare` reads."""
+    check_sweep_out(out)
+    for device in plan.devices():  # one line for a device that is not there (cuda without a GPU), not a failed
+        pick_device(device)  # trial per run; each run resolves its precision, so the sweep starts no GPU context
+    if storage is not None:  # reached before anything is written or loaded
+        engine.open_storage(storage).engine.dispose()
+    new = _first_new(out)
     try:
-        if storage is not None:  # reached before anything is written
-            engine.open_storage(storage).engine.dispose()
-        out.mkdir(parents=True, exist_ok=True)
-        sweep = Sweep(plan, out, storage or engine.default_storage(out), workers)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CifarkitError(f"cannot make --out {out}: {e.strerror or one_line(e)}; choose another --out") from None
+        sweep = Sweep(plan, out, storage or engine.default_storage(out), workers)  # another plan's study: refused
+        if "data" not in plan.grid:
+            data = resolve_data(plan.base.get("data"))  # no data: one line, before any run; else decoded once
+            if data.path:
+                sweep.plan = replace(plan, base=plan.base | {"data": data.path})
+            say(f"data: {data.source}")
     except BaseException:
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
         raise
     return sweep.run()
+
+
+def _first_new(path: Path) -> Path | None:
+    """The topmost folder of `path` that does not exist yet (what mkdir(parents=True) makes), or None."""
+    new = None
+    while not path.exists() and path != path.parent:
+        new, path = path, path.parent
+    return new

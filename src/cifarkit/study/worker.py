@@ -65,17 +65,21 @@ def _die_with_parent() -> None:
 
 
 def run_job(job: dict[str, Any]) -> int:
+    """One job, its errors and stops answered as `cifarkit` answers them (cli_flags.run_guarded): an `error:` line
+    and 2, an `interrupted:` line and 128 + the signal."""
     import torch
 
     from cifarkit.checkpoint import saved_config
+    from cifarkit.cli_flags import run_guarded
     from cifarkit.commands import lr_find_command
     from cifarkit.config import TrainConfig
-    from cifarkit.errors import CifarkitError
-    from cifarkit.interruptions import TrainingInterrupted
+    from cifarkit.console import route_logging
     from cifarkit.train import fit
 
     torch.set_num_threads(job["threads"])
-    try:
+    route_logging()
+
+    def work() -> int:
         config = TrainConfig.from_dict(job["config"])
         if job["kind"] == "lr-find":
             lr_find_command(config)
@@ -83,16 +87,9 @@ def run_job(job: dict[str, Any]) -> int:
             fit(saved_config(Path(config.out)), resume=True, progress=False)
         else:
             fit(config, progress=False)
-    except CifarkitError as e:
-        print(f"error: {e.cli_line()}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        return 128 + e.signum
-    return 0
+        return 0
+
+    return run_guarded(work, batch_size=job["config"].get("batch_size"))
 
 
 if __name__ == "__main__":
