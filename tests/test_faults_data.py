@@ -28,7 +28,6 @@ import torch
 from PIL import Image
 
 import cifarkit.data.sources
-from cifarkit import cli
 from cifarkit.data import Cifar10
 from helpers import SHORT_SYNTHETIC, assert_one_error_line, run_cli
 

@@ -25,7 +25,7 @@ import cifarkit.device
 from cifarkit.cli import build_parser, main
 from cifarkit.cli_flags import check_args
 from cifarkit.config import TrainConfig
-from cifarkit.data import CLASSES, normalization
+from cifarkit.data import CLASSES
 from cifarkit.errors import CifarkitError, os_error_line, write_error
 from cifarkit.inference import MODEL_FORMAT, save_model
 from cifarkit.models import CustomResNet

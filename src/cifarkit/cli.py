@@ -21,7 +21,7 @@ from cifarkit import run as R
 from cifarkit.cli_flags import (LR_FIND_FIELDS, MAX_TOP_K, Parser, add_config_flags, add_run_flags, check_args, count,
                                 given_config, run_guarded, say_error)
 from cifarkit.config import TrainConfig
-from cifarkit.console import route_logging, say
+from cifarkit.console import route_logging
 from cifarkit.errors import CifarkitError, pip_install
 from cifarkit.study.commands import STUDY_COMMANDS, add_study_parsers
 

@@ -23,7 +23,7 @@ from typing import Any
 from cifarkit.atomic import atomic_write
 from cifarkit.config import ASSIGNMENT_EPOCHS, ASSIGNMENT_PEAK_EPOCH
 from cifarkit.errors import CifarkitError
-from cifarkit.run import (CONFIG, HISTORY, LR_FINDER, METRICS, MODEL, read_config, read_metrics, read_optional_json,
+from cifarkit.run import (CONFIG, HISTORY, LR_FINDER, is_finished, read_config, read_metrics, read_optional_json,
                           read_rows)
 from cifarkit.study.plan import fmt_value
 
@@ -47,14 +47,6 @@ class RunRow:
     curve: list[float] = field(default_factory=list)
     recipe: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def is_finished(run: Path) -> bool:
-    """Whether a run folder holds a finished run: its weights, and metrics of every epoch."""
-    if not (run / MODEL).is_file() or not (run / METRICS).is_file():
-        return False
-    metrics = read_metrics(run)
-    return metrics.get("epochs_completed") == metrics.get("epochs") and metrics.get("final_test_accuracy") is not None
 
 
 def final_accuracy(run: Path) -> float:

@@ -25,10 +25,10 @@ from cifarkit.console import say
 from cifarkit.data import resolve_data
 from cifarkit.device import pick_device
 from cifarkit.errors import CifarkitError, one_line
-from cifarkit.run import CHECKPOINT, LR_FINDER, read_optional_json
+from cifarkit.run import CHECKPOINT, LR_FINDER, is_finished, read_optional_json
 from cifarkit.study import engine
 from cifarkit.study.plan import Plan, label, plural, run_name, trials_said
-from cifarkit.study.runs import final_accuracy, history_column, is_finished
+from cifarkit.study.runs import final_accuracy, history_column
 from cifarkit.study.worker import cpu_slices, last_error, launch
 
 TICK_S = 0.2
