@@ -23,7 +23,6 @@ from cifarkit import distributed as D
 from cifarkit.checkpoint import (PartialEpoch, load_checkpoint, restore_weights, resume_config, save_checkpoint,
                                  set_rng_state)
 from cifarkit.config import TrainConfig
-from cifarkit.console import say
 from cifarkit.data import Cifar10, subset
 from cifarkit.data.loaders import BatchSource, build_train_batches, resolve_augment
 from cifarkit.device import (autocast, backend_settings, backward_step, grad_scaler, host_sync_every, pick_device,
@@ -34,8 +33,7 @@ from cifarkit.interruptions import TrainingInterrupted, check_step, non_finite, 
 from cifarkit.lr_finder import range_test
 from cifarkit.models import build_model
 from cifarkit.report import write_plots, write_report
-from cifarkit.report.render import fmt_count
-from cifarkit.run import CHECKPOINT, HISTORY, check_run_out, claim_run_folder, is_finished, read_metrics, read_rows
+from cifarkit.run import CHECKPOINT, check_run_out, claim_run_folder
 from cifarkit.runlog import RunLog, weights_checksum
 from cifarkit.schedule import one_cycle, schedule_lrs
 from cifarkit.training_data import run_data
@@ -79,12 +77,9 @@ def fit(config: TrainConfig, *, data: Cifar10 | str | None = None, resume: bool 
         history.metrics["final_test_accuracy"]
 
     The run records the data it used (config.json's `data` and `data_fingerprint`); a resumed run trains on exactly
-    that data. A start that fails before the first checkpoint leaves no run folder behind. Resuming a finished run
-    says so and trains, draws and writes nothing: its History is read back from the folder.
+    that data. A start that fails before the first checkpoint leaves no run folder behind.
     """
     config.validate()
-    if resume and is_finished(config.out):
-        return _finished(Path(config.out))
     device = pick_device(config.device)
     ctx = D.init_distributed(device.type)
     device = pick_device(config.device, ctx.local_rank)
@@ -271,16 +266,6 @@ def _save(r: _Run, epoch: int, step_in_epoch: int, partial: PartialEpoch | None)
                                       "partial": asdict(partial) if partial else None,
                                       "config": r.config.to_dict(), "history": r.log.state(),
                                       "world_size": r.ctx.world_size})
-
-
-def _finished(run: Path) -> History:
-    """A finished run, read back: one line says there is nothing to resume, and where its report comes from."""
-    metrics = read_metrics(run)
-    say(f"{run} is already finished ({fmt_count(metrics['epochs'], 'epoch')}, final test accuracy "
-        f"{metrics['final_test_accuracy']:.4f}): nothing to resume; `cifarkit report {run}` redraws its plots and "
-        "report")
-    rows = [{k: float(v) for k, v in row.items() if v != ""} for row in read_rows(run / HISTORY)]
-    return History(run_dir=run, epochs=rows, metrics=metrics)
 
 
 def _finish(r: _Run) -> History:
