@@ -360,12 +360,23 @@ def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signa
     plan = make_plan({}, seeds="0", grid=[], search=[], trials=None)
     sweep = Sweep(plan, out, engine.default_storage(out), 1)
     assert engine.claim(sweep.storage, sweep.study, lambda t: True) is not None  # held by this process: alive
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signum))
-    timer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    done = threading.Event()
+
+    def stop_once_the_sweep_listens() -> None:  # the sweep takes SIGTERM over once its study is open and it waits
+        while not done.wait(0.05):
+            if signal.getsignal(signal.SIGTERM) is not before:
+                time.sleep(0.2)
+                os.kill(os.getpid(), signum)
+                return
+
+    stopper = threading.Thread(target=stop_once_the_sweep_listens, daemon=True)
+    stopper.start()
     try:
         assert sweep.run() == 128 + signum
     finally:
-        timer.cancel()
+        done.set()
+        stopper.join()
     assert [t.state for t in trials_of(out)] == [optuna.trial.TrialState.RUNNING]
     captured = capsys.readouterr()
     assert captured.out == ""

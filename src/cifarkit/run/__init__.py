@@ -14,13 +14,13 @@ from cifarkit.run.claim import RunLock, check_out_file, check_run_out, claim_run
 from cifarkit.run.files import (CHECKPOINT, CHECKPOINT_NAME, CLASSIFICATION_REPORT, CONFIG, FILE_NAMES, HISTORY,
                                 LOCK, LR_FINDER, LR_FINDER_PLOT, METRICS, MODEL, PER_CLASS, PLOTS, REPORT,
                                 REPORT_HTML, SCHEDULE, STEPS, TENSORBOARD, TRAINING_FILES, WEIGHTS_HELP,
-                                check_torch_file, find_weights, is_checkpoint, read_config, read_json, read_metrics,
-                                read_optional_json, read_rows, report_folder, run_file, run_of, weights_note,
-                                write_config, write_lr_finder, write_metrics)
+                                check_torch_file, find_weights, is_checkpoint, is_finished, read_config, read_json,
+                                read_metrics, read_optional_json, read_rows, report_folder, run_file, run_of,
+                                weights_note, write_config, write_lr_finder, write_metrics)
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_NAME", "CLASSIFICATION_REPORT", "CONFIG", "FILE_NAMES", "HISTORY", "LOCK",
            "LR_FINDER", "LR_FINDER_PLOT", "METRICS", "MODEL", "PER_CLASS", "PLOTS", "REPORT", "REPORT_HTML", "RunLock",
            "SCHEDULE", "STEPS", "TENSORBOARD", "TRAINING_FILES", "WEIGHTS_HELP", "check_out_file", "check_run_out",
-           "check_torch_file", "claim_run_folder", "find_weights", "is_checkpoint", "read_config", "read_json",
-           "read_metrics", "read_optional_json", "read_rows", "report_folder", "run_file", "run_of", "weights_note",
-           "write_config", "write_lr_finder", "write_metrics"]
+           "check_torch_file", "claim_run_folder", "find_weights", "is_checkpoint", "is_finished", "read_config",
+           "read_json", "read_metrics", "read_optional_json", "read_rows", "report_folder", "run_file", "run_of",
+           "weights_note", "write_config", "write_lr_finder", "write_metrics"]

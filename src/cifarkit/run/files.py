@@ -93,6 +93,15 @@ def read_optional_json(path: Path) -> dict[str, Any] | None:
     return read_json(path, "delete it, or restore a copy, and run the command again")
 
 
+def is_finished(run: str | os.PathLike[str]) -> bool:
+    """Whether a run folder holds a finished run: its final weights (model.pt), and metrics of every epoch."""
+    run = Path(run)
+    if not (run / MODEL).is_file() or not (run / METRICS).is_file():
+        return False
+    metrics = read_metrics(run)
+    return metrics.get("epochs_completed") == metrics.get("epochs") and metrics.get("final_test_accuracy") is not None
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of RUN/history.csv or RUN/steps.csv ([] when the file is absent)."""
     if not Path(path).is_file():
