@@ -371,12 +371,14 @@ def test_a_stopped_sweep_exits_128_plus_the_signal(tmp_path: Path, signum: signa
                 return
 
     stopper = threading.Thread(target=stop_once_the_sweep_listens, daemon=True)
+    interactive = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (xdist ignores SIGINT)
     stopper.start()
     try:
         assert sweep.run() == 128 + signum
     finally:
         done.set()
         stopper.join()
+        signal.signal(signal.SIGINT, interactive)
     assert [t.state for t in trials_of(out)] == [optuna.trial.TrialState.RUNNING]
     captured = capsys.readouterr()
     assert captured.out == ""
