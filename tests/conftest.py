@@ -5,6 +5,7 @@ layout `load_cifar10` reads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -92,21 +93,24 @@ def cpu_policy(request: pytest.FixtureRequest) -> Iterator[frozenset[str] | None
         yield CPU_FLAG_SETS[name]
 
 
+def _guard(item: pytest.Item) -> contextlib.AbstractContextManager[object]:
+    """The training guard for a test not marked slow; nothing for a slow one."""
+    if item.get_closest_marker("slow"):
+        return contextlib.nullcontext()
+    return training_refused(getattr(item, "module", None))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     """Fixtures of a test not marked slow, module- and session-scoped ones included, set up under the guard."""
-    if item.get_closest_marker("slow"):
-        return (yield)
-    with training_refused(getattr(item, "module", None)):
+    with _guard(item):
         return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """A test not marked slow runs under the guard."""
-    if item.get_closest_marker("slow"):
-        return (yield)
-    with training_refused(getattr(item, "module", None)):
+    with _guard(item):
         return (yield)
 
 
