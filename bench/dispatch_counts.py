@@ -27,7 +27,7 @@ import cifarkit
 import cifarkit.train as train_module
 from cifarkit.config import TrainConfig
 from cifarkit.data import make_synthetic
-from cifarkit.device import grad_scaler
+from cifarkit.device import backward_kernels, grad_scaler
 from cifarkit.models import build_model
 from cifarkit.schedule import one_cycle
 
@@ -82,15 +82,15 @@ def watching_fit(count: Count, config: TrainConfig, data: Any) -> None:
         torch.optim.Adam = real_adam  # type: ignore[misc]
 
 
-def step_reads(precision: str, steps: int, project: bool) -> float:
-    """Host reads per step, outside optimizer.step, of `steps` training steps on two images: through train_step
+def step_reads(precision: str, steps: int, project: bool, images: int = 2) -> float:
+    """Host reads per step, outside optimizer.step, of `steps` training steps on `images` images: through train_step
     (project), or through the bare loop torch documents for GradScaler (scale, backward, step, update)."""
     torch.manual_seed(0)
     model = build_model().train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = one_cycle(opt, lr_min=1e-4, lr_max=1e-3, epochs=1, steps_per_epoch=steps + 1, peak_epoch=0.5)
     scaler = grad_scaler(precision, torch.device("cpu"))
-    x, y = torch.randn(2, 3, 32, 32), torch.arange(2)
+    x, y = torch.randn(images, 3, 32, 32), torch.arange(images)
     count = Count()
     count.watch(opt)
     with count:
@@ -101,7 +101,8 @@ def step_reads(precision: str, steps: int, project: bool) -> float:
             opt.zero_grad()
             with torch.autocast("cpu", torch.float16, enabled=precision == "fp16"):
                 loss = F.cross_entropy(model(x), y)
-            scaler.scale(loss).backward()
+            with backward_kernels(scaler, x.device):  # the project's fp16 CPU kernels: the slow ones cost minutes
+                scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
     return sum(count.reads.values()) / steps

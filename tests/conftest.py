@@ -102,7 +102,14 @@ def _guard(item: pytest.Item) -> contextlib.AbstractContextManager[object]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    """Fixtures of a test not marked slow, module- and session-scoped ones included, set up under the guard."""
+    """Fixtures of a test not marked slow, module- and session-scoped ones included, set up under the guard. Under
+    --dist loadgroup, a grouped test that pytest-xdist did not tag fails first: xdist writes the group into the test's
+    id, which pytest 9.2 no longer lets it do (pytest-dev/pytest-xdist#1386), and the test would run beside the others
+    of its group (torchrun's ports, the app server, the browser; a module-scoped run made twice)."""
+    if (item.config.getoption("loadgroup", False) and item.get_closest_marker("xdist_group") is not None
+            and "@" not in item.nodeid):
+        pytest.fail(f"pytest-xdist ignored this test's xdist_group under pytest {pytest.__version__} "
+                    f"(pytest-dev/pytest-xdist#1386): install the dev extra's pytest", pytrace=False)
     with _guard(item):
         return (yield)
 

@@ -160,12 +160,12 @@ def test_every_command_accepts_precision_fp16(tmp_path: Path, capsys: pytest.Cap
     commands = [
         ["train", *small, "--subset", "2", "--test-subset", "2", "--batch-size", "2", "--epochs", "1", "--lr-min",
          "1e-4", "--lr-max", "1e-3", "--no-plots", "--out", str(run)],
-        ["lr-find", *small, "--subset", "2", "--batch-size", "2", "--lr-find-iters", "10", "--lr-find-start", "1e-4",
+        ["lr-find", *small, "--subset", "2", "--batch-size", "1", "--lr-find-iters", "10", "--lr-find-start", "1e-4",
          "--lr-find-end", "1", "--out", str(tmp_path / "lr")],  # 2 images: the loss falls within 10 steps
         ["evaluate", *small, "--checkpoint", str(run), "--test-subset", "2"],
         ["predict", *small, "--checkpoint", str(run), str(image)],
         ["report", *small, str(run / "model.pt")],
-        ["bench", *small, "--batch-size", "2", "--steps", "1", "--repeats", "1"],
+        ["bench", *small, "--batch-size", "1", "--steps", "1", "--warmup", "0", "--repeats", "1"],
     ]
     for argv in commands:
         code, out, err = cli(argv, capsys)

@@ -1,8 +1,8 @@
 """One precision policy for every command: the device table, --precision's resolution and warning, fp16's gradient
 scaler and its skipped steps, and the runners (training, range test, evaluation, report) running under it.
 
-fp16 autocast on a CPU without fp16 units runs PyTorch's reference convolutions, ~20x slower than fp32, so the runs
-here use tiny models or a handful of 32x32 images."""
+fp16 training on a CPU runs PyTorch's slow fp16 kernels, 17x to 250x slower than fp32, so the runs here use tiny
+models or a handful of 32x32 images."""
 
 from __future__ import annotations
 
@@ -82,8 +82,9 @@ def test_unset_facts_are_read_from_the_machine(monkeypatch: pytest.MonkeyPatch) 
 def test_resolve_keeps_explicit_choices_and_warns_once_for_emulated_bf16(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """auto becomes the policy's choice; bf16, fp16 and fp32 are kept as asked. bf16 where the policy would not pick
-    it (a T4; a CPU without bf16 units) prints exactly one `warning:` line on stderr and still runs in bf16; nothing
-    else prints. An unknown precision is one CifarkitError."""
+    it (a T4; a CPU without bf16 units) and fp16 on a CPU (never the policy's choice there) print exactly one
+    `warning:` line on stderr and still run as asked; nothing else prints. An unknown precision is one
+    CifarkitError."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     t4 = torch.device("cuda")
     assert [resolve_precision(p, t4) for p in ("auto", "fp16", "fp32")] == ["fp16", "fp16", "fp32"]
@@ -94,8 +95,10 @@ def test_resolve_keeps_explicit_choices_and_warns_once_for_emulated_bf16(
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     assert resolve_precision("bf16", torch.device("cuda")) == "bf16" and capsys.readouterr().err == ""
     monkeypatch.setattr(device_module, "read_cpu_flags", lambda: frozenset({"avx2"}))
-    assert resolve_precision("auto", CPU) == "fp32" and resolve_precision("fp16", CPU) == "fp16"
-    assert capsys.readouterr().err == ""
+    assert resolve_precision("auto", CPU) == "fp32" and capsys.readouterr().err == ""
+    assert resolve_precision("fp16", CPU) == "fp16"
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("warning: --precision fp16 on cpu") and "picks fp32" in err
     assert resolve_precision("bf16", CPU) == "bf16"
     assert len(capsys.readouterr().err.splitlines()) == 1
     with pytest.raises(CifarkitError) as info:  # the API's words; the command line's beside them
@@ -149,6 +152,27 @@ def test_backward_step_skips_overflowing_gradients_and_lowers_the_scale() -> Non
     assert backward_step(model(x).square().mean(), opt, scaler) is False
     assert not torch.equal(model.weight, before) and scaler.get_scale() == 2.0**15
     assert backward_step(model(x).square().mean(), opt, grad_scaler("fp32", CPU)) is False
+
+
+def test_fp16_backward_on_a_cpu_takes_pytorchs_kernels_and_restores_the_flag(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """backward_step runs an fp16 backward on the CPU with oneDNN off (PyTorch's own fp16 kernels; oneDNN's fp16
+    weight gradient is the slow one) and an fp32 backward with oneDNN as it was; the flag comes back as it was, off
+    included. Seen from a gradient hook, which runs inside the backward pass."""
+    torch.manual_seed(0)
+    conv, x, seen = nn.Conv2d(3, 4, 3), torch.randn(2, 3, 8, 8), []
+    conv.weight.register_hook(lambda g: seen.append(torch.backends.mkldnn.enabled))
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+    for precision in ("fp16", "fp32"):
+        with autocast(precision, CPU):
+            loss = conv(x).float().square().mean()
+        backward_step(loss, opt, grad_scaler(precision, CPU))
+    assert seen == [False, True] and torch.backends.mkldnn.enabled is True
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    with autocast("fp16", CPU):
+        loss = conv(x).float().square().mean()
+    backward_step(loss, opt, grad_scaler("fp16", CPU))
+    assert seen[-1] is False and torch.backends.mkldnn.enabled is False
 
 
 class Recorder(nn.Module):
@@ -229,7 +253,7 @@ def test_range_test_under_fp16_leaves_skipped_steps_off_the_curve(tiny_data) -> 
 
 @slow_fixture(scope="module")
 def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """An fp16 run on the CPU, 2 epochs of one 4-image step, the second step's gradients forced to overflow. Its
+    """An fp16 run on the CPU, 2 epochs of one 2-image step, the second step's gradients forced to overflow. Its
     scaler starts at 2^10, low enough that these steps never overflow by themselves. (run folder, stdout). Its own
     run, not the session's shared one: the overflow and the scaler are injected into its training."""
     run = tmp_path_factory.mktemp("fp16") / "run"
@@ -247,7 +271,7 @@ def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         mp.setattr(train_module, "grad_scaler",
                    lambda precision, device: torch.amp.GradScaler(device.type, init_scale=2.0**10,
                                                                   enabled=precision == "fp16"))
-        config = TrainConfig(out=str(run), epochs=2, batch_size=4, subset=4, test_subset=4, lr_min=1e-4, lr_max=1e-3,
+        config = TrainConfig(out=str(run), epochs=2, batch_size=2, subset=2, test_subset=2, lr_min=1e-4, lr_max=1e-3,
                              plots=False, data="synthetic", precision="fp16")
         fit(config, data=make_synthetic(40, 20), progress=False)
     return run, stdout.getvalue()

@@ -22,7 +22,8 @@ from torch import nn
 
 from cifarkit.config import TrainConfig
 from cifarkit.data.loaders import build_train_batches
-from cifarkit.device import AUTOCAST_DTYPES, autocast, backend_settings, grad_scaler, pick_device, resolve_precision
+from cifarkit.device import (AUTOCAST_DTYPES, autocast, backend_settings, backward_kernels, grad_scaler, pick_device,
+                             resolve_precision)
 from cifarkit.flops import FLOPS_CONVENTION, count_macs, cpu_peak, device_seconds, matmul_peak
 from cifarkit.models import build_model
 from cifarkit.schedule import one_cycle
@@ -86,7 +87,8 @@ def _measure(dev: torch.device, *, batch_size: int, steps: int, warmup: int, rep
                 opt.zero_grad(set_to_none=True)
                 with autocast(prec, dev):
                     loss = criterion(model(x), y)
-                scaler.scale(loss).backward()
+                with backward_kernels(proj_scaler, dev):  # the project's kernels: ratios compare loops, not kernels
+                    scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
             return n * batch_size

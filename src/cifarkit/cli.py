@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="training and data-pipeline throughput against a bare loop")
     p.add_argument("--batch-size", type=count(1), default=512, help="images per step (default: 512)")
     p.add_argument("--steps", type=count(1), default=5, help="steps per timing (default: 5)")
+    p.add_argument("--warmup", type=count(0), default=2, help="untimed steps of each loop first (default: 2)")
     p.add_argument("--repeats", type=count(1), default=3, help="interleaved timings; the median is shown (default: 3)")
     add_run_flags(p, "the benchmark")
     add_app_export_parsers(sub)
@@ -210,7 +211,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cifarkit.bench import format_bench, run_bench
 
     print(format_bench(run_bench(device=args.device, batch_size=args.batch_size, steps=args.steps,
-                                 repeats=args.repeats, precision=args.precision)))
+                                 warmup=args.warmup, repeats=args.repeats, precision=args.precision)))
     return 0
 
 

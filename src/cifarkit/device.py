@@ -57,7 +57,7 @@ def choose_precision(device_type: str, *, cuda_capability: tuple[int, int] | Non
 
 def resolve_precision(asked: str, device: torch.device) -> str:
     """What runs for --precision `asked` on `device`: auto follows `choose_precision`; an explicit choice is kept, and
-    bf16 where the hardware has no bf16 units gets a one-line warning on stderr, then runs."""
+    bf16 where the hardware has no bf16 units, or fp16 on a CPU, gets a one-line warning on stderr, then runs."""
     check_precision_name(asked)
     best = choose_precision(device.type)
     if asked == "auto":
@@ -65,6 +65,9 @@ def resolve_precision(asked: str, device: torch.device) -> str:
     if asked == "bf16" and best != "bf16":
         say(f"warning: --precision bf16 on {device.type} without bf16 units runs emulated and slow; "
             f"--precision auto picks {best} here")
+    if asked == "fp16" and device.type == "cpu":  # docs/design.md#precision: no fast fp16 training kernels on CPUs
+        say(f"warning: --precision fp16 on cpu runs PyTorch's slow fp16 CPU kernels (training 17x to 250x slower "
+            f"than fp32, measured); --precision auto picks {best} here")
     return asked
 
 
@@ -80,6 +83,22 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
+@contextlib.contextmanager
+def backward_kernels(scaler: torch.amp.GradScaler, device: torch.device) -> Iterator[None]:
+    """Inside, a backward pass in fp16 (the scaler on) on a CPU takes PyTorch's own convolution kernels, not oneDNN's,
+    whose fp16 weight gradient is about 6x slower on CPUs with AVX512-FP16 (docs/design.md#precision); other CPUs
+    take PyTorch's kernels for fp16 anyway. Every other case is left as it is. The flag is restored on the way out."""
+    if not (scaler.is_enabled() and device.type == "cpu"):
+        yield
+        return
+    was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was
+
+
 def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:
     """Gradients of `loss` and one optimizer step, through `scaler`; True when the scaler skipped the step.
 
@@ -89,7 +108,8 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: 
     GradScaler.step makes itself (its inf check) to decide.
     """
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    with backward_kernels(scaler, loss.device):
+        scaler.scale(loss).backward()
     stepped: list[bool] = []
     hook = optimizer.register_step_post_hook(lambda *_: stepped.append(True))
     try:
