@@ -291,7 +291,7 @@ def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, childre
     assert_matches_reference(run, reference)
 
 
-# fp16 training on a CPU runs PyTorch's slow fp16 kernels (17x to 250x slower than fp32): 2 images a step
+# fp16 training on a CPU runs PyTorch's slow fp16 kernels (17x slower than fp32 or more): 2 images a step
 FP16 = ["--precision", "fp16", "--subset", "4", "--batch-size", "2", "--test-subset", "2"]
 FP16_STEPS_PER_EPOCH = 4 // 2
 

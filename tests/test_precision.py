@@ -1,7 +1,7 @@
 """One precision policy for every command: the device table, --precision's resolution and warning, fp16's gradient
 scaler and its skipped steps, and the runners (training, range test, evaluation, report) running under it.
 
-fp16 training on a CPU runs PyTorch's slow fp16 kernels, 17x to 250x slower than fp32, so the runs here use tiny
+fp16 training on a CPU runs PyTorch's slow fp16 kernels, 17x slower than fp32 or more, so the runs here use tiny
 models or a handful of 32x32 images."""
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ def resolve_precision(asked: str, device: torch.device) -> str:
         say(f"warning: --precision bf16 on {device.type} without bf16 units runs emulated and slow; "
             f"--precision auto picks {best} here")
     if asked == "fp16" and device.type == "cpu":  # docs/design.md#precision: no fast fp16 training kernels on CPUs
-        say(f"warning: --precision fp16 on cpu runs PyTorch's slow fp16 CPU kernels (training 17x to 250x slower "
-            f"than fp32, measured); --precision auto picks {best} here")
+        say(f"warning: --precision fp16 on cpu has no fast fp16 training kernels in PyTorch (17x slower "
+            f"than fp32 or more, measured); --precision auto picks {best} here")
     return asked
 
 
