@@ -89,6 +89,15 @@ def predictions_by_hand(run: Any, images: Any) -> Any:
         return model.eval()(x).float().argmax(1).numpy()
 
 
+def unread_run(tmp_path: Any) -> Any:
+    """A run folder whose model.pt is an empty file: any command that reads it fails, so a test that passes with it
+    shows that its refusal comes before the weights are read."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"")
+    return run
+
+
 def untrained_run(folder: Any, seed: int = 0) -> Any:
     """A run folder without training: model.pt (named fields, as fit writes it) holds a seeded, untrained
     CustomResNet, and config.json records `--data synthetic`. For tests whose promise is about arguments, refusals or files, not the network's numbers."""

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cifarkit.cli import main
-from helpers import untrained_run
+from helpers import unread_run
 
 
 @pytest.mark.slow  # a fresh interpreter that imports torch
@@ -25,9 +25,9 @@ def test_import_cifarkit_and_its_cli_loads_no_optional_extra() -> None:
 def test_without_gradio_app_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """With gradio not importable: exit 2 and one `error:` line naming the install line that works (from the
-    repository: cifarkit is on no package index). The run need not be trained: an untrained one."""
+    repository: cifarkit is on no package index), before the weights are read: its model.pt is an empty file."""
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
-    assert main(["app", str(untrained_run(tmp_path / "run"))]) == 2
+    assert main(["app", str(unread_run(tmp_path))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['error: the app needs Gradio: pip install "cifarkit[app] @ git+https://github.com/cifarkit/'
                    'cifarkit"']
@@ -37,22 +37,27 @@ def test_without_gradio_app_says_how_to_install_it(tmp_path: Path, monkeypatch: 
     (["--port", "70000"], "--port must be in 1..65535"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or mps"),
 ])
-def test_bad_app_arguments_exit_2_with_one_line(tmp_path: Path, argv: list[str], message: str,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad port or device is refused in one `error:` line before anything is served (an untrained run: the
-    refusal does not depend on the weights)."""
-    pytest.importorskip("gradio")
-    assert main(["app", str(untrained_run(tmp_path / "run")), *argv]) == 2
+def test_bad_app_arguments_exit_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad port or device is refused in one `error:` line before Gradio is imported (with `import gradio` made to
+    fail, the line is still the argument's) and before the weights are read (the run's model.pt is an empty file)."""
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    assert main(["app", str(unread_run(tmp_path)), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
 
 
-def test_app_on_a_missing_run_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A run folder without weights is refused in one line."""
-    pytest.importorskip("gradio")
-    assert main(["app", str(tmp_path / "nothing")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
+def test_app_on_a_missing_run_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A path with no run and a folder without weights are each refused in one line naming the path, before Gradio
+    is imported (`import gradio` made to fail)."""
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    (tmp_path / "empty").mkdir()
+    for path, words in ((tmp_path / "nothing", "no run folder or weights file at"),
+                        (tmp_path / "empty", "is a folder without model.pt")):
+        assert main(["app", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0] and words in err[0], err
 
 
 def test_build_app_returns_blocks_with_the_examples(tiny_run: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from cifarkit.data.images import read_image
 from cifarkit.cli import main
 from cifarkit.inference import load_model_file
 from cifarkit.data import CLASSES, normalization
-from helpers import slow_fixture, untrained_run
+from helpers import slow_fixture, unread_run
 
 SNIPPET = Path(__file__).parents[1] / "examples" / "onnx_classify.py"
 # PyTorch deprecates torch.jit; --format torchscript still serves runtimes that load it (LibTorch)
@@ -117,9 +117,9 @@ def test_torchscript_export_passes_the_same_check(tiny_run: Path, tmp_path: Path
 def test_without_onnx_export_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """With onnx not importable: exit 2, one line naming the install line that works (from the repository),
-    nothing written (an untrained run: the refusal does not depend on the weights)."""
+    nothing written, and the weights never read (the run's model.pt is an empty file)."""
     monkeypatch.setitem(sys.modules, "onnx", None)
-    run, out = untrained_run(tmp_path / "run"), tmp_path / "out"
+    run, out = unread_run(tmp_path), tmp_path / "out"
     out.mkdir()
     assert main(["export", str(run), "--out", str(out / "m.onnx"), "--check-images", "5"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [

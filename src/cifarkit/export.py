@@ -25,6 +25,7 @@ PyTorch deprecates torch.jit, so it is for runtimes that still load TorchScript 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -47,6 +48,7 @@ from cifarkit.run import check_out_file
 PROB_BOUND = 1e-3  # max |probability difference| allowed between the exported file and PyTorch
 BATCH = 256  # images per call in the check and the speed figures
 INSTALL = f"export needs ONNX: {pip_install('export')}"
+NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": ()}  # the modules each format imports
 
 
 class ImagesToProbs(nn.Module):
@@ -161,6 +163,8 @@ def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 10
     if check_images < 0:
         raise CifarkitError(f"--check-images must be 0 (all) or positive, got {check_images}")
     out = check_out_file(out, suffix=fmt)
+    if any(importlib.util.find_spec(name) is None for name in NEEDS[fmt]):  # before the run and its data load
+        raise CifarkitError(INSTALL)
     run = open_run(Path(weights), data=data, device="cpu", precision="fp32")
     test = run.test_data()
     images = np.ascontiguousarray(test.test_images[:check_images or None])

@@ -22,8 +22,10 @@ from typing import Any, Sequence
 from cifarkit.app.uploads import BOUNDS, MAX_BYTES, MAX_FILES
 from cifarkit.app.views import (GRADCAM_LAYERS, MAX_GRADCAM, MAX_MISCLASSIFIED, MAX_TOP, Explainer, gradcam_view,
                                 load_explainer, misclassified_view, predict_view)
+from cifarkit.config import check_device_name
 from cifarkit.errors import CifarkitError, pip_install
 from cifarkit.net import check_address
+from cifarkit.run import find_weights
 
 INSTALL = f"the app needs Gradio: {pip_install('app')}"
 # Gradio's galleries cut captions to one line ("...") inside square tiles, and keep 450 px for a gallery of height
@@ -183,7 +185,9 @@ def launch(demo: Any, *, host: str = "127.0.0.1", port: int = 7860, block: bool 
 
 def app_command(weights: Path, *, data: str | None, device: str, host: str, port: int) -> int:
     """`cifarkit app`: load the run (or say in one line why not), write its examples, serve until Ctrl+C."""
-    check_address(host, port)  # before the model and data load
+    check_address(host, port)  # before Gradio (seconds to import), the model and the data load
+    check_device_name(device)
+    find_weights(weights)
     _gradio()
     ex = load_explainer(weights, data=data, device=device)
     with tempfile.TemporaryDirectory(prefix="cifarkit-app-") as folder:
