@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import time
+from types import SimpleNamespace
 
 import pytest
 from torchinfo import summary
@@ -17,20 +20,37 @@ from cifarkit.models import CustomResNet
 from helpers import slow_fixture
 
 
+BATCH, MACS = 8, 379_261_952  # the bench below; multiply-adds per image (test_count_macs_matches_torchinfo)
+
+
 @slow_fixture(scope="module")
-def small_result() -> dict:
-    """One tiny CPU run (batch 8, 1 step, no warm-up, 1 repeat), shared by the tests below (a few seconds)."""
-    return run_bench(device="cpu", batch_size=8, steps=1, warmup=0, repeats=1)
+def small_bench() -> tuple[dict, float]:
+    """One tiny CPU run (batch 8, 1 step, no warm-up, 1 repeat) and its wall-clock seconds (a few seconds)."""
+    t0 = time.perf_counter()
+    result = run_bench(device="cpu", batch_size=BATCH, steps=1, warmup=0, repeats=1)
+    return result, time.perf_counter() - t0
+
+
+@pytest.fixture
+def small_result(small_bench: tuple[dict, float]) -> dict:
+    """The tiny run's figures, shared by the tests below."""
+    return small_bench[0]
 
 
 @pytest.mark.slow
-def test_run_bench_cpu_returns_positive_figures_and_sane_ratio(small_result: dict) -> None:
-    """Every throughput and GFLOP/s figure is positive and finite; the project step runs within 10x of the bare
-    loop either way (same model, optimizer and batch: anything further out is a bug, not noise)."""
+def test_run_bench_cpu_returns_figures_the_clock_allows_and_sane_ratio(small_bench: tuple[dict, float]) -> None:
+    """Each figure's implied time (the batch over its images/s) is positive, and together they fit in the run's own
+    wall-clock time, which holds them and more (a rate off by a factor of the batch or of the steps would not);
+    GFLOP/s is images/s x the model's 379,261,952 multiply-adds x 2 FLOPs, x 3 for a training step (forward and
+    a backward of about twice its cost); the project step runs within 10x of the bare loop either way (same model,
+    optimizer and batch: anything further out is a bug, not noise)."""
+    small_result, wall = small_bench
     ips = small_result["images_per_s"]
     assert set(ips) == {"train_reference", "train_project", "eval", "pipeline_albumentations", "pipeline_batched"}
-    assert all(0 < v < float("inf") for v in ips.values())
-    assert all(v > 0 for v in small_result["gflops"].values())
+    implied = [BATCH / v for v in ips.values()]
+    assert all(0 < t < float("inf") for t in implied) and sum(implied) < wall
+    for name, gflops in small_result["gflops"].items():
+        assert gflops == pytest.approx(ips[name] * MACS * 2 * (1 if name == "eval" else 3) / 1e9), name
     assert 0.1 < small_result["train_ratio"] < 10
     assert small_result["device"] == "cpu" and small_result["batch_size"] == 8
     assert all(len(v) == 1 for v in small_result["samples"].values())
@@ -44,7 +64,8 @@ def test_run_bench_fp16_times_the_scaler_apart() -> None:
     result = run_bench(device="cpu", batch_size=1, steps=1, warmup=0, repeats=1, precision="fp16")
     assert result["precision"] == "fp16"
     assert set(result["images_per_s"]) >= {"train_reference", "train_project", "train_unscaled"}
-    assert 0 < result["scaler_ratio"] < float("inf")
+    ips = result["images_per_s"]  # the scaler's cost: the bare loop's rate with it over its rate without it
+    assert result["scaler_ratio"] == pytest.approx(ips["train_reference"] / ips["train_unscaled"])
     assert (result["cpu_peak"] or {}).get("dtype", "fp32") == "fp32"  # fp16 runs on a CPU's fp32 FMAs
     text = format_bench(result)
     assert "precision: fp16 (autocast + GradScaler in both loops)" in text
@@ -106,10 +127,14 @@ def test_cpu_peak_of_known_cpus(monkeypatch: pytest.MonkeyPatch, vendor: str, fa
 
 
 def test_matmul_peak_is_the_rate_of_timed_products() -> None:
-    """The measured accelerator ceiling is 2 n^3 FLOPs over the median product time: positive, finite, and named
-    with its size, precision and repeats (on CPU: fp32; bf16 is used on CUDA)."""
-    peak = matmul_peak(torch.device("cpu"), n=128, repeats=3)
-    assert 0 < peak["tflops"] < float("inf")
+    """The measured accelerator ceiling is 2 n^3 FLOPs over the median product time, named with its size,
+    precision and repeats (on CPU: fp32; bf16 is used on CUDA): with a clock that moves 0.25 s between the reads
+    around each product, 128 x 128 products give 2 x 128^3 / 0.25 s = 1.6777216e-5 TFLOP/s."""
+    ticks = itertools.count()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(flops, "time", SimpleNamespace(perf_counter=lambda: 0.25 * next(ticks)))
+        peak = matmul_peak(torch.device("cpu"), n=128, repeats=3)
+    assert peak["tflops"] == pytest.approx(1.6777216e-5)
     assert (peak["n"], peak["dtype"], peak["repeats"]) == (128, "float32", 3)
 
 
