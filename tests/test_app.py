@@ -60,8 +60,17 @@ def test_app_on_a_missing_run_is_one_error_line(tmp_path: Path, monkeypatch: pyt
         assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0] and words in err[0], err
 
 
+# The elements tests/test_app_browser.py finds by id, and the Gradio component each must be.
+BROWSER_IDS = {"run-header": "Markdown", "examples": "Gallery", "uploads": "File", "top-k": "Slider",
+               "upload-notes": "Markdown", "prediction-0": "Label", "gradcam-on": "Checkbox", "gradcam-layer": "Radio",
+               "gradcam-opacity": "Slider", "gradcam-gallery": "Gallery", "mis-on": "Checkbox", "mis-count": "Slider",
+               "mis-gallery": "Gallery"}
+
+
 def test_build_app_returns_blocks_with_the_examples(tiny_run: Path, tmp_path: Path) -> None:
-    """build_app gives a gr.Blocks (not launched) and write_examples one PNG per class, named for it."""
+    """build_app gives a gr.Blocks (not launched) holding every element the browser test finds by id, each the
+    component it expects (the run's header; a top-k slider from 1 to 10 at 5; a layer choice offering layer2; a
+    multi-file upload), and write_examples one PNG per class, named for it."""
     gr = pytest.importorskip("gradio")
     from cifarkit.app.server import build_app, write_examples
     from cifarkit.app.views import load_explainer
@@ -75,4 +84,11 @@ def test_build_app_returns_blocks_with_the_examples(tiny_run: Path, tmp_path: Pa
             assert image.size == (32, 32)
     demo = build_app(ex, examples)
     assert isinstance(demo, gr.Blocks) and not getattr(demo, "is_running", False)
+    by_id = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    for elem_id, kind in BROWSER_IDS.items():
+        assert isinstance(by_id.get(elem_id), getattr(gr, kind)), (elem_id, kind, type(by_id.get(elem_id)))
+    assert by_id["run-header"].value == ex.header and "NOT CIFAR-10" in ex.header
+    assert (by_id["top-k"].minimum, by_id["top-k"].maximum, by_id["top-k"].value) == (1, 10, 5)
+    assert "layer2" in [value for _, value in by_id["gradcam-layer"].choices]
+    assert by_id["uploads"].file_count == "multiple"
 

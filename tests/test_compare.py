@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_error_line, run_cli
+from helpers import assert_one_error_line, colour_pixels, drawn_lines, png_pixels, run_cli
 
 from cifarkit import cli
 from cifarkit.config import TrainConfig
@@ -115,7 +115,9 @@ def test_unfinished_runs_are_left_out_and_said(tmp_path: Path) -> None:
 def test_compare_command_writes_its_tables_and_reads_its_runs_csv_back(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], assert_real_png: Callable[..., None]) -> None:
     """`cifarkit compare SWEEP --baseline CONFIG` prints the table and writes compare.csv (the issue's columns),
-    runs.csv, compare.png and compare.md into the sweep folder; compare of that runs.csv gives the same compare.csv."""
+    runs.csv, compare.png and compare.md into the sweep folder; compare.png draws each config's mean curve, every
+    run's final accuracy, the group means (90.5, 92.5) and their t-intervals, worked out by hand, in each config's
+    colour; compare of that runs.csv gives the same compare.csv."""
     sweep = tmp_path / "sweep"
     for seed in range(2):
         fake_run(sweep / f"wd0-{seed}", final=0.90 + seed / 100, curve=[0.5, 0.9], seed=seed, weight_decay=0.0)
@@ -130,6 +132,24 @@ def test_compare_command_writes_its_tables_and_reads_its_runs_csv_back(
         ("weight_decay=0", "2", "90.50", "90.00", "91.00"), ("weight_decay=0.0001", "2", "92.50", "92.00", "93.00")]
     assert_real_png(sweep / "compare.png")
     assert "compare.png" in (sweep / "compare.md").read_text()
+    pixels = png_pixels(sweep / "compare.png")  # each config's colour (baseline first) on its curve and its points
+    assert colour_pixels(pixels, "tab:blue") > 300 and colour_pixels(pixels, "tab:orange") > 300
+
+    from cifarkit.study.figures import compare_figure
+
+    rows, _ = collect([sweep])
+    curves_ax, finals_ax = compare_figure(rows, compare(rows, "weight_decay=0")).axes
+    # Left: each config's mean curve in %, both seeds alike: (50, 90) and (60, 92) at epochs 1 and 2.
+    assert [(x.tolist(), y.tolist()) for x, y in drawn_lines(curves_ax)] == [([1, 2], [50, 90]), ([1, 2], [60, 92])]
+    # Right, lowest mean at the bottom: every run's final as a point, and the mean's tick at 90.5 and at 92.5.
+    points = sorted(float(x) for c in finals_ax.collections for x, _ in c.get_offsets())
+    assert points == pytest.approx([90, 91, 92, 93])
+    ticks = [(x[0], y.mean()) for x, y in drawn_lines(finals_ax) if x[0] == x[1]]
+    assert [value for tick in ticks for value in tick] == pytest.approx([90.5, 0, 92.5, 1])
+    # Between the ticks, each 95% t-interval: mean +- t(0.975, 1) * s / sqrt(2) = +- 12.706 * 0.7071 / 1.4142.
+    bars = [x for x, _ in drawn_lines(finals_ax) if x[0] != x[1]]
+    assert [v for bar in bars for v in bar] == pytest.approx([90.5 - 6.353, 90.5 + 6.353, 92.5 - 6.353, 92.5 + 6.353],
+                                                             abs=1e-3)
 
     again = tmp_path / "again"
     assert cli.main(["compare", str(sweep / "runs.csv"), "--out", str(again), "--baseline", "weight_decay=0"]) == 0

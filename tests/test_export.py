@@ -106,12 +106,26 @@ def test_a_graph_that_disagrees_with_pytorch_is_refused_and_not_written(
 
 def test_torchscript_export_passes_the_same_check(tiny_run: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """--format torchscript writes a file that torch.jit.load runs on uint8 NHWC images."""
+    """--format torchscript writes a file that torch.jit.load runs on uint8 NHWC images of the run's test set, in
+    batches other than the traced one: softmax rows within 1e-5 of PyTorch's probabilities, the same top-1 class on
+    every image, and the class names in the file's extra "classes.json"."""
+    from cifarkit.inference import open_run
+
     out = tmp_path / "model.ts"
     assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(out), "--check-images", "20"]) == 0
     assert "TorchScript" in capsys.readouterr().out
-    loaded = torch.jit.load(str(out))
-    assert loaded(torch.zeros(3, 32, 32, 3, dtype=torch.uint8)).shape == (3, 10)
+    extra = {"classes.json": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["classes.json"]) == list(CLASSES)
+    images = np.ascontiguousarray(open_run(tiny_run, device="cpu").test_data().test_images[:30])
+    assert len(images) == 30 and len({im.tobytes() for im in images}) == 30
+    expected = _torch_probs(tiny_run, images)
+    for batch in (images[:1], images):
+        with torch.no_grad():
+            probs = loaded(torch.from_numpy(batch)).numpy()
+        assert probs.shape == (len(batch), 10) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, expected[:len(batch)], atol=1e-5, rtol=0)
+        assert (probs.argmax(1) == expected[:len(batch)].argmax(1)).all()
 
 
 def test_without_onnx_export_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -154,7 +154,8 @@ def test_confusion_counts_and_plot(tmp_path: Path, assert_real_png: Callable[...
 
 
 def test_misclassified_titles_and_empty(tmp_path: Path, small: dict, assert_real_png: Callable[..., None]) -> None:
-    """Each misclassified image is titled 'true: X / pred: Y (NN%)'; no mistakes still gives a readable PNG."""
+    """Each misclassified image is titled 'true: X / pred: Y (NN%)'; no mistakes draws no image, one note saying
+    there are no misclassified images, and still a readable PNG."""
     data = small["data"]
     true, pred = data.test_labels[:7], (data.test_labels[:7] + 1) % 10
     fig = galleries.plot_misclassified(data.test_images[:7], true, pred, np.full(7, 0.87), data.classes)
@@ -164,6 +165,9 @@ def test_misclassified_titles_and_empty(tmp_path: Path, small: dict, assert_real
     assert all(np.array_equal(a, b) for a, b in zip(drawn_images(fig), data.test_images[:7], strict=True))
     assert_real_png(plots.save_figure(fig, tmp_path / "mis.png"))
     empty = galleries.plot_misclassified(data.test_images[:0], [], [], [], data.classes)
+    assert drawn_images(empty) == []
+    notes = [t.get_text() for ax in empty.axes for t in ax.texts]
+    assert len(notes) == 1 and "no misclassified" in notes[0].lower(), notes
     assert_real_png(plots.save_figure(empty, tmp_path / "none.png"))
 
 
@@ -280,8 +284,9 @@ def test_gradcam_peaks_where_the_evidence_is(quadrant: tuple[int, int]) -> None:
 
 
 def test_gradcam_on_custom_resnet() -> None:
-    """On CustomResNet the heatmaps are float [B, 32, 32] in [0, 1], not constant, for layer3 and layer2; the model's
-    training mode is restored and no_grad around the call does not break it."""
+    """On CustomResNet the heatmaps are float [B, 32, 32] in [0, 1], not constant, for layer3 and layer2, and layer2's
+    differ from layer3's; naming the predicted (argmax) classes gives the default maps exactly; the model's training
+    mode is restored and no_grad around the call does not break it."""
     torch.manual_seed(0)
     model = CustomResNet().train()
     images = torch.randn(2, 3, 32, 32)
@@ -293,6 +298,13 @@ def test_gradcam_on_custom_resnet() -> None:
     assert all(h.max() - h.min() > 0.5 for h in heat)
     heat2 = grad_cam(model, images, layer="layer2")
     assert heat2.shape == (2, 32, 32) and 0 <= heat2.min() and heat2.max() <= 1 and heat2.std() > 0
+    assert np.abs(heat2 - heat).max() > 0.1  # layer2's 8x8 map is not layer3's 4x4 one
+    # The default explains the predicted class: naming the argmax classes gives the same maps.
+    with torch.no_grad():
+        predicted = model.eval()(images).argmax(1)
+    model.train()
+    np.testing.assert_array_equal(grad_cam(model, images, predicted.tolist()), heat)
+    np.testing.assert_array_equal(grad_cam(model, images, predicted, layer="layer2"), heat2)
     # An explicit class may have no positive evidence at all (ReLU): then the map is all zero, never NaN.
     explicit = grad_cam(model, images, [3, 4])
     assert explicit.shape == (2, 32, 32) and np.isfinite(explicit).all() and explicit.max() <= 1

@@ -1,15 +1,16 @@
 """The albumentations pipeline beyond its ranges (tested in test_augment.py): independent random decisions,
-the padding modes, the test transform, and replayable per-sample seeds."""
+the padding modes and replayable per-sample seeds; and the evaluation-side preprocessing against its formula."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from cifarkit.config import TrainConfig
 from cifarkit.data import normalization
 from cifarkit.data.transforms import build_train_transform, sample_seed, seed_transform
-from reference_pipelines import albumentations_test_transform as build_test_transform
+from cifarkit.inference.preprocess import Preprocess, preprocess
 
 
 def flat_image(value: int = 200) -> np.ndarray:
@@ -57,15 +58,23 @@ def test_reflect_padding_never_shows_a_constant_border_and_zero_padding_shows_th
         assert saw_band == expect_zero_band, pad_mode
 
 
-def test_test_transform_is_normalise_only() -> None:
-    """(x / 255 - mean) / std in CHW, nothing random."""
-    cfg = TrainConfig()
-    img = flat_image()
-    mean, std = normalization(cfg.std)
-    out = build_test_transform(mean, std)(image=img)["image"]
-    expected = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - torch.tensor(mean).view(3, 1, 1)) \
-        / torch.tensor(std).view(3, 1, 1)
-    assert torch.allclose(out, expected, atol=1e-5)
+@pytest.mark.parametrize("std_name", ["true", "reference"])
+def test_evaluation_preprocessing_is_normalise_only(std_name: str) -> None:
+    """What every inference path feeds the model (`preprocess`, and `Preprocess` inside an exported graph) is
+    (x / 255 - mean) / std per channel in CHW, worked out here in float64 from uint8 NHWC pixels, with the mean and
+    std written out by hand; nothing random: a second call gives the same tensor."""
+    mean = np.array([0.4914, 0.4822, 0.4465])
+    std = np.array({"true": [0.2470, 0.2435, 0.2616], "reference": [0.2023, 0.1994, 0.2010]}[std_name])
+    images = np.random.default_rng(5).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    images[0] = flat_image()
+    expected = torch.from_numpy(((images / 255 - mean) / std).transpose(0, 3, 1, 2)).float()
+    product_mean, product_std = normalization(std_name)
+    got = preprocess(images, product_mean, product_std)
+    assert got.dtype == torch.float32 and got.shape == (3, 3, 32, 32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert torch.equal(preprocess(images, product_mean, product_std), got)
+    torch.testing.assert_close(Preprocess(product_mean, product_std)(torch.from_numpy(images)), expected, atol=1e-5,
+                               rtol=0)
 
 
 def test_per_sample_seed_replays_exactly() -> None:

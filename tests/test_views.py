@@ -74,12 +74,42 @@ def test_top_classes_sum_to_one_over_all_classes() -> None:
     assert top_classes(probs, ("a", "b", "c"), 0) == {"b": 0.6}
 
 
+def grad_cam_by_hand(model: CustomResNet, images: torch.Tensor, layer: str) -> np.ndarray:
+    """Grad-CAM for the predicted class written out here with hooks on the plain forward pass: A = the stage's
+    output, alpha_k = the spatial mean of d(score)/dA_k, ReLU(sum_k alpha_k A_k), upsampled bilinearly (half-pixel
+    centres) to 32x32 and scaled to [0, 1] per image as (cam - min) / (max - min)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        output.register_hook(lambda grad: seen.__setitem__("grad", grad))
+        seen["activation"] = output
+
+    handle = getattr(model, layer).register_forward_hook(keep)
+    try:
+        logits = model.eval()(images.clone().requires_grad_(True))
+        logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+    finally:
+        handle.remove()
+    activation, grad = seen["activation"].detach().double(), seen["grad"].double()
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=(32, 32), mode="bilinear", align_corners=False)[:, 0].numpy()
+    low, high = cam.min(axis=(1, 2), keepdims=True), cam.max(axis=(1, 2), keepdims=True)
+    return (cam - low) / (high - low)
+
+
 @pytest.mark.parametrize("layer", LAYERS)
-def test_grad_cam_at_every_layer_is_a_map_in_0_1(layer: str) -> None:
-    """Each offered layer, including prep and layer1, gives [B, 32, 32] heatmaps in [0, 1] for the predicted class."""
+def test_grad_cam_at_every_layer_is_the_maps_definition(layer: str) -> None:
+    """Each offered layer, including prep and layer1, gives [B, 32, 32] float32 heatmaps in [0, 1] equal to Grad-CAM
+    worked out here with hooks on that stage (see grad_cam_by_hand), for the predicted class."""
     torch.manual_seed(0)
-    heat = grad_cam(CustomResNet().eval(), torch.randn(2, 3, 32, 32), layer=layer)
-    assert heat.shape == (2, 32, 32) and heat.min() >= 0 and heat.max() <= 1 and heat.max() > 0
+    model = CustomResNet().eval()
+    images = torch.randn(2, 3, 32, 32)
+    heat = grad_cam(model, images, layer=layer)
+    expected = grad_cam_by_hand(model, images, layer)
+    assert heat.shape == (2, 32, 32) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1
+    assert all(np.ptp(h) > 0.5 for h in expected), "a flat map would not tell one definition from another"
+    np.testing.assert_allclose(heat, expected, atol=1e-4)
 
 
 def test_gradcam_view_puts_uploads_first_and_opacity_changes_the_picture(explainer: Explainer,
