@@ -210,7 +210,7 @@ def write_image_tree(data: Cifar10, root: Path, *, suffix: str = ".png") -> Path
                                   ("test", data.test_images, data.test_labels)):
         for c in data.classes:
             (root / split / c).mkdir(parents=True, exist_ok=True)
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             Image.fromarray(image).save(root / split / data.classes[label] / f"{i:05d}{suffix}")
     return root
 

@@ -1,8 +1,15 @@
-"""What several test modules share: the CLI run in-process with its output captured, the one-error-line check, and
-`slow_fixture`, the mark that makes every test requesting a fixture slow (conftest.py reads it at collection)."""
+"""What several test modules share: the CLI run in-process with its output captured, the one-error-line checks, a
+run's files read without cifarkit (its weights, history.csv, a folder's contents), an independent forward pass with
+the per-class figures worked out from it, a folder that refuses new files, and `slow_fixture`, the mark that makes
+every test requesting a fixture slow (conftest.py reads it at collection)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, TypeVar
 
 import pytest
@@ -43,12 +50,31 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def assert_one_error_line(code: int, err: str, *fragments: str) -> None:
-    """Exit code 2 and stderr exactly one `error: ...` line holding every fragment, no traceback."""
+    """Exit code 2 and stderr exactly one `error: ...` line holding every fragment, no traceback, no raw `[Errno N]`
+    (an OS error is said in words)."""
     assert code == 2, err
     assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "[Errno" not in err, err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
+
+
+def one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    """`cifarkit ARGV` in this process, which must answer as `assert_one_error_line` says: its one line, without the
+    newline."""
+    code, _, err = run_cli(argv, capsys)
+    assert_one_error_line(code, err, *fragments)
+    return err.rstrip("\n")
+
+
+def final_line(err: str, prefix: str = "error: ") -> str:
+    """The line starting with `prefix` (`error: `, `interrupted: `) that ends the stderr of a command that worked
+    before it stopped (what it said while working comes first): the only such line and the last, with no traceback
+    and no raw `[Errno N]`."""
+    lines = err.rstrip("\n").splitlines()
+    assert "Traceback" not in err and "[Errno" not in err, err
+    assert [line for line in lines if line.startswith(prefix)] == lines[-1:], err
+    return lines[-1]
 
 
 def drawn_images(figure: Any) -> list[Any]:
@@ -65,10 +91,20 @@ def drawn_lines(ax: Any) -> list[tuple[Any, Any]]:
     return [(np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)) for line in ax.lines]
 
 
-def predictions_by_hand(run: Any, images: Any) -> Any:
-    """The classes a run's model.pt gives `images` (uint8 N x 32 x 32 x 3), by a forward pass written here rather
-    than the product's: the weights in a fresh CustomResNet in eval mode, each pixel (x / 255 - mean) / std with the
-    run's normalisation, autocast in the run's precision (auto: what `choose_precision` picks for this CPU), argmax."""
+def model_weights(path: Any) -> dict[str, Any]:
+    """The weights a model.pt holds, read with torch.load alone: its "weights" field (model.pt's named fields), or
+    the file itself for an older one that is a bare state dict."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["weights"] if "format" in state and "weights" in state else state
+
+
+def _logits_by_hand(run: Any, images: Any) -> Any:
+    """The float32 logits of a run's model.pt on `images` (uint8 N x 32 x 32 x 3), by a forward pass written here
+    rather than the product's: the weights in a fresh CustomResNet in eval mode, each pixel (x / 255 - mean) / std
+    with the run's normalisation (config.json's std), autocast in the run's precision (auto: what
+    `choose_precision` picks for this CPU)."""
     import json
 
     import numpy as np
@@ -80,13 +116,162 @@ def predictions_by_hand(run: Any, images: Any) -> Any:
 
     config = json.loads((run / "config.json").read_text())
     model = CustomResNet()
-    model.load_state_dict(torch.load(run / "model.pt", weights_only=True)["weights"])  # model.pt's named fields
+    model.load_state_dict(model_weights(run / "model.pt"))
     mean, std = (np.asarray(v, dtype=np.float32) for v in normalization(config["std"]))
     x = torch.from_numpy(((np.asarray(images, dtype=np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
     precision = choose_precision("cpu") if config["precision"] == "auto" else config["precision"]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        return model.eval()(x).float().argmax(1).numpy()
+        return model.eval()(x).float()
+
+
+def predictions_by_hand(run: Any, images: Any) -> Any:
+    """The classes a run's model.pt gives `images` (uint8 N x 32 x 32 x 3), by a forward pass written here rather
+    than the product's (see `_logits_by_hand`): the argmax of the logits."""
+    return _logits_by_hand(run, images).argmax(1).numpy()
+
+
+def probabilities_by_hand(run: Any, images: Any) -> Any:
+    """The softmax probabilities (float32 N x classes) a run's model.pt gives `images`, by the forward pass written
+    here (see `_logits_by_hand`)."""
+    import torch
+
+    return torch.softmax(_logits_by_hand(run, images), dim=1).numpy()
+
+
+def top_k_by_hand(probabilities: Any, classes: Any, k: int) -> list[list[tuple[str, float]]]:
+    """Per row of `probabilities`, its k most likely classes with their probabilities, most likely first."""
+    return [[(classes[j], float(row[j])) for j in sorted(range(len(row)), key=lambda j: -row[j])[:k]]
+            for row in probabilities]
+
+
+def class_scores_by_hand(labels: Any, predictions: Any, n_classes: int) -> SimpleNamespace:
+    """The per-class figures of predictions against true labels, counted here one image at a time: `confusion`
+    (rows true, columns predicted), `correct`, `total`, `accuracy` (None for a class without images), `precision`
+    (0 for a class never predicted), `recall` (0 without images), `f1` (0 where precision + recall is 0), their
+    unweighted means `macro`, and `most_confused`: the off-diagonal cells as [true, predicted, count], largest first,
+    ties in row-major order, none of count 0, at most 10."""
+    confusion = [[0] * n_classes for _ in range(n_classes)]
+    for t, p in zip(labels, predictions, strict=True):
+        confusion[int(t)][int(p)] += 1
+    correct = [confusion[c][c] for c in range(n_classes)]
+    total = [sum(confusion[c]) for c in range(n_classes)]
+    predicted = [sum(row[c] for row in confusion) for c in range(n_classes)]
+    precision = [correct[c] / predicted[c] if predicted[c] else 0.0 for c in range(n_classes)]
+    recall = [correct[c] / total[c] if total[c] else 0.0 for c in range(n_classes)]
+    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall, strict=True)]
+    cells = [(confusion[t][p], t, p) for t in range(n_classes) for p in range(n_classes) if t != p and confusion[t][p]]
+    return SimpleNamespace(
+        confusion=confusion, correct=correct, total=total, precision=precision, recall=recall, f1=f1,
+        accuracy=[correct[c] / total[c] if total[c] else None for c in range(n_classes)],
+        macro={name: sum(values) / n_classes for name, values in
+               (("precision", precision), ("recall", recall), ("f1", f1))},
+        most_confused=[[t, p, n] for n, t, p in sorted(cells, key=lambda cell: (-cell[0], cell[1], cell[2]))][:10])
+
+
+def one_image_apart(predictions: Any, n_classes: int) -> list[Any]:
+    """`predictions`, then every copy of it with one image's class changed: what another forward pass of the same
+    weights may give when it breaks a near-tie (bf16 rounding) the other way."""
+    import numpy as np
+
+    predictions = np.asarray(predictions)
+    moved = []
+    for i in range(len(predictions)):
+        for c in range(n_classes):
+            if c != predictions[i]:
+                copy = predictions.copy()
+                copy[i] = c
+                moved.append(copy)
+    return [predictions, *moved]
+
+
+def snapshot(folder: Path, *, ignore: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file and folder under `folder` (but those named in `ignore`), relative path -> the file's sha256, or
+    "<dir>" for a folder: equal before and after means nothing was written, changed, made or removed."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+            for p in sorted(folder.rglob("*")) if p.name not in ignore}
+
+
+TIMING_COLUMNS = ("seconds", "images_per_second")  # history.csv's columns that differ from one run to another
+
+
+def history(run: Path, *, timing: bool = True) -> list[dict[str, str]]:
+    """RUN/history.csv's rows, read with the csv module, column -> text, in the file's column order; timing=False
+    leaves out the timing columns (the only ones a resumed run may change)."""
+    import csv
+
+    with open(run / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if timing or k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[str]:
+    """Make `folder` refuse new files. Root ignores permission bits, so chmod 0o555 proves nothing there; `chattr +i`
+    (immutable) is refused even to root, where the filesystem supports it. Elsewhere, non-root: chmod 0o555. Root
+    without chattr: simulated as a read-only filesystem would answer, EROFS from open/os.open for writing and
+    os.mkdir of a path in the folder, and os.access saying that the folder and what it holds cannot be written.
+    Yields the mode used."""
+    import errno
+    import subprocess
+
+    try:
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    except OSError:  # no chattr here
+        immutable = False
+    if immutable:
+        try:
+            yield "chattr"
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    elif os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield "chmod"
+        finally:
+            folder.chmod(0o755)
+    else:
+        import builtins
+
+        real_open, real_os_open, real_mkdir, real_access = builtins.open, os.open, os.mkdir, os.access
+        writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+        def named(path: Any) -> Path | None:
+            return Path(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else None
+
+        def inside(path: Any) -> bool:
+            return named(path) is not None and named(path).parent == folder  # type: ignore[union-attr]
+
+        def refuse(path: Any) -> None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+        def fake_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if inside(path) and set(mode) & set("wax+"):
+                refuse(path)
+            return real_open(path, mode, *args, **kwargs)
+
+        def fake_os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if inside(path) and flags & writes:
+                refuse(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def fake_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+            if inside(path):
+                refuse(path)
+            real_mkdir(path, *args, **kwargs)
+
+        def fake_access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+            if (inside(path) or named(path) == folder) and mode & os.W_OK:
+                return False
+            return real_access(path, mode, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(builtins, "open", fake_open)
+            mp.setattr(os, "open", fake_os_open)
+            mp.setattr(os, "mkdir", fake_mkdir)
+            mp.setattr(os, "access", fake_access)
+            yield "simulated"
 
 
 def unread_run(tmp_path: Any) -> Any:

@@ -17,6 +17,7 @@ from cifarkit import CifarkitError, TrainConfig, fit
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.models import CustomResNet
 from cifarkit.run import write_config
+from helpers import probabilities_by_hand, top_k_by_hand
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -41,8 +42,9 @@ def test_load_model_returns_model_and_config(run: Path) -> None:
 
 
 def test_predict_takes_arrays_pil_images_and_paths(run: Path, tmp_path: Path) -> None:
-    """The same three images as one NHWC array, a list of HWC arrays, PIL images, paths, or a run folder instead of
-    the model, give the same top-3 classes and probabilities, most likely first; a 64x48 image is resized."""
+    """Three images as one NHWC array give, per image, the top-3 classes and probabilities of a forward pass written
+    here, most likely first; the same images as a list of HWC arrays, PIL images, paths, or with a run folder
+    instead of the model, give the same; a 64x48 image is resized."""
     images = make_synthetic(3, 1).train_images
     loaded = cifarkit.load_model(run, device="cpu")
     paths = []
@@ -50,10 +52,12 @@ def test_predict_takes_arrays_pil_images_and_paths(run: Path, tmp_path: Path) ->
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
     expected = cifarkit.predict(loaded, images, top_k=3)
-    assert len(expected) == 3
-    for top in expected:
-        assert len(top) == 3 and all(c in CLASSES for c, _ in top)
-        assert [p for _, p in top] == sorted((p for _, p in top), reverse=True) and 0 < sum(p for _, p in top) <= 1
+    by_hand = top_k_by_hand(probabilities_by_hand(run, images), CLASSES, 3)
+    assert len(expected) == len(by_hand) == 3
+    for top, hand in zip(expected, by_hand, strict=True):
+        assert [c for c, _ in top] == [c for c, _ in hand]
+        assert [p for _, p in top] == pytest.approx([p for _, p in hand], abs=1e-4)
+        assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
     assert cifarkit.predict(loaded, list(images), top_k=3) == expected
     assert cifarkit.predict(loaded, [Image.fromarray(i) for i in images], top_k=3) == expected
     assert cifarkit.predict(loaded, paths, top_k=3) == expected

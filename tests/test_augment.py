@@ -244,9 +244,9 @@ def test_device_batches_reproducible_resume_mid_epoch_and_epochs_differ() -> Non
     resumed = list(make_batches(100, batch_size=16, seed=3).epoch(2, start_step=4))
     other = list(make_batches(100, batch_size=16, seed=3).epoch(3))
     assert len(full) == 7 and len(resumed) == 3
-    for (x1, y1), (x2, y2) in zip(full, again):
+    for (x1, y1), (x2, y2) in zip(full, again, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    for (x1, y1), (x2, y2) in zip(full[4:], resumed):
+    for (x1, y1), (x2, y2) in zip(full[4:], resumed, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(full[0][1], other[0][1])
 

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cifarkit.cli import main
 from cifarkit.data import Cifar10, load_cifar10
 from cifarkit.data.cache import cache_entries, clear_cache, disk_bytes
+from helpers import run_cli
 
 
 def test_disk_bytes_counts_allocated_blocks_of_a_folder(tmp_path: Path) -> None:
@@ -49,14 +49,15 @@ def test_entries_name_the_data_they_came_from_and_clear_removes_them(
             if p.name not in ("extracted", "arrays")]  # every file and folder the cache holds, once
     assert sum(e.bytes for e in cache_entries()) == sum(disk_bytes(p) for p in tops)
 
-    assert main(["cache"]) == 0
-    out = capsys.readouterr().out
+    code, out, err = run_cli(["cache"], capsys)
+    assert code == 0, err
     assert out.startswith(f"cache: {cifar_cache} (set by $CIFARKIT_CACHE): 6 entries")
     assert str(archive.resolve()) in out and str(folder.resolve()) in out and str(batches.resolve()) in out
 
     (cifar_cache / "mine.txt").write_text("not cifarkit's")
-    assert main(["cache", "--clear"]) == 0
-    assert capsys.readouterr().out.startswith(f"cleared {cifar_cache}: 6 entries")
+    code, out, err = run_cli(["cache", "--clear"], capsys)
+    assert code == 0, err
+    assert out.startswith(f"cleared {cifar_cache}: 6 entries")
     assert sorted(p.name for p in cifar_cache.iterdir()) == ["mine.txt"]
     assert cache_entries() == []
     assert load_cifar10(archive).fingerprint == load_cifar10(folder).fingerprint  # the cache fills again
@@ -67,14 +68,12 @@ def test_cache_env_moves_the_cache_and_an_empty_cache_says_so(tmp_path: Path, mo
     """With $CIFARKIT_CACHE set, the listing shows that folder; an absent cache is "empty" and clearing it removes
     nothing; without the variable the cache is ~/.cache/cifarkit (HOME moved to an empty folder)."""
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "elsewhere"))
-    assert main(["cache"]) == 0
-    assert capsys.readouterr().out.strip() == f"cache: {tmp_path / 'elsewhere'} (set by $CIFARKIT_CACHE): empty"
+    assert run_cli(["cache"], capsys)[:2] == (0, f"cache: {tmp_path / 'elsewhere'} (set by $CIFARKIT_CACHE): empty\n")
     assert clear_cache() == (0, 0) and not (tmp_path / "elsewhere").exists()
     monkeypatch.delenv("CIFARKIT_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert main(["cache"]) == 0
-    assert capsys.readouterr().out.strip() == (f"cache: {tmp_path / 'home' / '.cache' / 'cifarkit'} "
-                                               "($CIFARKIT_CACHE moves it): empty")
+    assert run_cli(["cache"], capsys)[:2] == (0, f"cache: {tmp_path / 'home' / '.cache' / 'cifarkit'} "
+                                                 "($CIFARKIT_CACHE moves it): empty\n")
 
 
 def test_an_entry_of_an_older_version_says_its_source_is_not_recorded(cifar_cache: Path) -> None:

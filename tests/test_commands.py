@@ -26,7 +26,8 @@ from cifarkit.device import choose_precision
 from cifarkit.errors import CifarkitError
 from cifarkit.models import CustomResNet
 from cifarkit.run import read_config
-from helpers import run_cli as cli, untrained_run
+from helpers import (class_scores_by_hand, one_image_apart, predictions_by_hand, probabilities_by_hand, run_cli as cli,
+                     top_k_by_hand, untrained_run)
 
 TINY = ["--device", "cpu", "--no-plots", "--batch-size", "8", "--subset", "8", "--test-subset", "8"]
 
@@ -103,49 +104,64 @@ def test_evaluate_reports_flip_tta_on_the_whole_test_set(tmp_path: Path, capsys:
 
 
 def test_evaluate_report_prints_the_classification_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """evaluate --report prints, after the metrics, precision/recall/F1 for every class with the macro average, and
-    the most-confused pairs; its recall column is the per-class accuracy of the same predictions."""
+    """evaluate --report prints, after the metrics, precision/recall/F1 and support for every class with the
+    accuracy and the macro average, and the most-confused pairs, largest first: each figure as worked out here from
+    the 10 test images and a forward pass written here (one near-tie apart at most)."""
     run = untrained_run(tmp_path / "run", 3)
     code, out, err = cli(["evaluate", "--checkpoint", str(run), "--report", "--device", "cpu"], capsys)
     assert code == 0, err
     first, *table = out.splitlines()
     assert first.startswith("test_accuracy=") and "images=10" in first
-    header = table[0].split()
-    assert header == ["precision", "recall", "f1-score", "support"]
+    assert table[0].split() == ["precision", "recall", "f1-score", "support"]
+    pairs_at = table.index("most confused (true -> predicted: test images)")
+    said = (dict(pair.split("=") for pair in first.split())["test_accuracy"],
+            [line.split() for line in table[1:pairs_at] if line.strip()],
+            [line.strip() for line in table[pairs_at + 1:]])
     data = resolve_data("synthetic")
-    rows = {line.split()[0]: line.split()[1:] for line in table[2:12]}
-    assert sorted(rows) == sorted(data.classes)
-    assert sum(int(r[3]) for r in rows.values()) == 10
-    assert any(line.strip().startswith("macro avg") for line in table)
-    assert "most confused (true -> predicted: test images)" in out
-    accuracy = float(dict(pair.split("=") for pair in first.split())["test_accuracy"])
-    correct = sum(float(r[1]) * int(r[3]) for r in rows.values())  # recall x support = correct per class
-    assert correct / 10 == pytest.approx(accuracy, abs=0.01)
+    classes = data.classes
+
+    def by_hand(predictions: np.ndarray) -> tuple[str, list[list[str]], list[str]]:
+        """What evaluate --report says for these predictions of the test images, worked out here."""
+        s = class_scores_by_hand(data.test_labels, predictions, len(classes))
+        rows = [[c, *(f"{v[i]:.2f}" for v in (s.precision, s.recall, s.f1)), str(s.total[i])]
+                for i, c in enumerate(classes)]
+        accuracy = sum(s.correct) / sum(s.total)
+        rows += [["accuracy", f"{accuracy:.2f}", str(sum(s.total))],
+                 ["macro", "avg", *(f"{s.macro[k]:.2f}" for k in ("precision", "recall", "f1")), str(sum(s.total))]]
+        pairs = [f"{classes[t]} -> {classes[p]}: {n}" for t, p, n in s.most_confused]
+        return f"{accuracy:.4f}", rows, pairs
+
+    hand = predictions_by_hand(run, data.test_images)
+    assert said in [by_hand(p) for p in one_image_apart(hand, len(classes))], (said, by_hand(hand))
 
 
 def test_predict_top_k_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """predict --top-k 3 prints, per image, three classes with falling probabilities; --json gives the same as
+    """predict --top-k 3 prints, per image, the three classes a forward pass written here finds most likely, with
+    their probabilities, most likely first (a 64x48 image resized to 32x32 first); --json gives the same as
     machine-readable data; a run folder and its model.pt give the same answer."""
     run = untrained_run(tmp_path / "run")
-    images = []
+    images, pixels = [], []
     for i, size in enumerate(((32, 32), (64, 48))):
         images.append(str(tmp_path / f"img{i}.png"))
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (*size, 3), dtype=np.uint8)).save(images[-1])
+        image = Image.fromarray(np.random.default_rng(i).integers(0, 256, (*size, 3), dtype=np.uint8))
+        image.save(images[-1])
+        pixels.append(np.asarray(image.resize((32, 32), Image.Resampling.BILINEAR)))
+    by_hand = top_k_by_hand(probabilities_by_hand(run, np.stack(pixels)), resolve_data("synthetic").classes, 3)
     code, out, err = cli(["predict", "--checkpoint", str(run), *images, "--top-k", "3"], capsys)
     assert code == 0, err
     lines = [line.split("\t") for line in out.strip().splitlines()]
     assert [line[0] for line in lines] == images and all(len(line) == 7 for line in lines)
-    for line in lines:
-        probs = [float(p) for p in line[2::2]]
-        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    for line, hand in zip(lines, by_hand, strict=True):
+        assert line[1::2] == [c for c, _ in hand]
+        assert [float(p) for p in line[2::2]] == pytest.approx([p for _, p in hand], abs=2e-4)  # 4 decimals
     code, out, err = cli(["predict", "--checkpoint", str(run / "model.pt"), *images, "--top-k", "3", "--json"],
                          capsys)
     assert code == 0, err
     parsed = json.loads(out)
     assert [p["image"] for p in parsed] == images
-    for line, item in zip(lines, parsed):
-        assert [t["class"] for t in item["top"]] == line[1::2]
-        assert [t["probability"] for t in item["top"]] == pytest.approx([float(p) for p in line[2::2]], abs=1e-4)
+    for item, hand in zip(parsed, by_hand, strict=True):
+        assert [t["class"] for t in item["top"]] == [c for c, _ in hand]
+        assert [t["probability"] for t in item["top"]] == pytest.approx([p for _, p in hand], abs=1e-4)
 
 
 @pytest.mark.slow

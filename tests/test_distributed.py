@@ -7,7 +7,6 @@ The subprocess runs take a minute or two in all on a busy 2-core machine: 64 tra
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from cifarkit.inference import evaluate
 from cifarkit.models import CustomResNet
 from cifarkit.run import read_config
 from cifarkit.train import fit
-from helpers import slow_fixture
+from helpers import history, model_weights, slow_fixture
 
 pytestmark = [pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                  reason="needs torch.distributed with the gloo backend"),
@@ -100,16 +99,6 @@ def tail(proc: subprocess.CompletedProcess[str] | str) -> str:
     return text[-4000:]
 
 
-def history(run: Path) -> list[dict[str, str]]:
-    with open(run / "history.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The weights of a model.pt (a dict of named fields)."""
-    return torch.load(path, map_location="cpu", weights_only=True)["weights"]
-
-
 @lru_cache(maxsize=1)
 def tiny_data() -> Cifar10:
     """The exact images the runs train and test on."""
@@ -155,7 +144,7 @@ def test_two_process_gloo_training(ddp_run: Callable, augment: str) -> None:
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
     ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["world_size"]) == (EPOCHS, 0, WORLD)
-    assert all(torch.equal(ckpt["model"][k], v) for k, v in state_dict(run / "model.pt").items())
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in model_weights(run / "model.pt").items())
 
     # Rank 0 alone prints: the run's header and each epoch's line appear once (on stderr, with every message).
     assert proc.stderr.count(f"run {run}:") == 1, tail(proc)
@@ -171,7 +160,7 @@ def test_two_process_gloo_training(ddp_run: Callable, augment: str) -> None:
         assert float(row["test_acc"]) * TEST_SUBSET == pytest.approx(round(float(row["test_acc"]) * TEST_SUBSET))
     data = tiny_data()
     model = CustomResNet(len(data.classes))
-    model.load_state_dict(state_dict(run / "model.pt"))
+    model.load_state_dict(model_weights(run / "model.pt"))
     alone = evaluate(model, torch.from_numpy(data.test_images), torch.from_numpy(data.test_labels),
                      read_config(run / "config.json"))
     assert float(rows[-1]["test_acc"]) == alone["acc"]
@@ -223,7 +212,7 @@ def test_sigterm_then_resume_under_ddp_matches_uninterrupted_run(ddp_run: Callab
 
     resumed = run_torchrun(["--resume", "--out", str(run)], run)
     assert resumed.returncode == 0, tail(resumed)
-    want, got = state_dict(ref / "model.pt"), state_dict(run / "model.pt")
+    want, got = model_weights(ref / "model.pt"), model_weights(run / "model.pt")
     assert want.keys() == got.keys()
     assert [k for k in want if not torch.equal(want[k], got[k])] == []
     metrics, ref_metrics = (json.loads((r / "metrics.json").read_text()) for r in (run, ref))
@@ -231,7 +220,7 @@ def test_sigterm_then_resume_under_ddp_matches_uninterrupted_run(ddp_run: Callab
     assert metrics["weights_checksum_per_rank"] == ref_metrics["weights_checksum_per_rank"]
     rows, ref_rows = history(run), history(ref)
     assert len(rows) == len(ref_rows) == EPOCHS
-    for row, ref_row in zip(rows, ref_rows):
+    for row, ref_row in zip(rows, ref_rows, strict=True):
         for key in ("epoch", "train_acc", "test_loss", "test_acc", "lr"):
             assert row[key] == ref_row[key], key
         assert float(row["train_loss"]) == pytest.approx(float(ref_row["train_loss"]), rel=1e-12)

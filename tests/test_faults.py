@@ -11,12 +11,10 @@ injected by patching inside the child (test-only code), at a given call count, s
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import io
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -32,14 +30,14 @@ import cifarkit.run.files
 import cifarkit.runlog
 import cifarkit.train
 from cifarkit import cli
-from cifarkit.checkpoint import load_checkpoint, safe_torch_load
+from cifarkit.checkpoint import load_checkpoint
 from cifarkit.errors import CifarkitError
 from cifarkit.run import RunLock, check_run_out
-from helpers import SHORT_RUN_ARGS, SHORT_STEPS_PER_EPOCH, SHORT_SYNTHETIC, slow_fixture
+from helpers import (SHORT_RUN_ARGS, SHORT_STEPS_PER_EPOCH, SHORT_SYNTHETIC, assert_one_error_line, final_line, history,
+                     model_weights, read_only, run_cli, slow_fixture)
 
 ARGS = SHORT_RUN_ARGS  # the shared short run's flags: conftest.py's `short_run` is the uninterrupted reference
 STEPS_PER_EPOCH = SHORT_STEPS_PER_EPOCH
-TIMING_COLUMNS = {"seconds", "images_per_second"}
 
 
 @pytest.fixture(autouse=True)
@@ -53,39 +51,15 @@ def train_argv(run: Path, *extra: str, resume: bool = False) -> list[str]:
     return ["train", *ARGS, "--out", str(run), *(["--resume"] if resume else []), *extra]
 
 
-def main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the CLI in this process: (exit code, stderr)."""
-    capsys.readouterr()
-    code = cli.main(argv)
-    return code, capsys.readouterr().err
-
-
-def error_line(err: str) -> str:
-    """The CLI's last stderr line, after checking that no traceback came before it."""
-    assert "Traceback" not in err, err
-    return err.strip().splitlines()[-1]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    """The weights of a model.pt (a dict of named fields: "weights")."""
-    return safe_torch_load(path)["weights"]
-
-
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"tensors differ from the uninterrupted run: {different[:5]}"
 
 
-def history(run: Path) -> list[dict[str, str]]:
-    """history.csv without its timing columns (the only ones a resumed run may change)."""
-    with open(run / "history.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
-
-
 def assert_matches_reference(run: Path, reference: Path) -> None:
-    assert_same_weights(weights(run / "model.pt"), weights(reference / "model.pt"))
-    assert history(run) == history(reference)
+    assert_same_weights(model_weights(run / "model.pt"), model_weights(reference / "model.pt"))
+    assert history(run, timing=False) == history(reference, timing=False)
     assert not [p for p in run.rglob("*") if ".tmp" in p.name], "temporary files were left behind"
 
 
@@ -247,8 +221,8 @@ def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, childre
     child = children(train_argv(run), logs / "1.log", lambda: on_call(cifarkit.train, "train_step", 2, die))
     assert child.wait() == -signal.SIGKILL
     assert not ckpt.exists()
-    code, err = main(train_argv(run, resume=True), capsys)
-    assert code == 2 and "no checkpoint yet" in error_line(err) and "without --resume" in error_line(err)
+    code, _, err = run_cli(train_argv(run, resume=True), capsys)
+    assert_one_error_line(code, err, "no checkpoint yet", "without --resume")
 
     # (2) a fresh start blocks at the first step of epoch 2; a second run is refused; then kill -9 from outside
     started = tmp_path / "epoch2-started"
@@ -262,8 +236,8 @@ def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, childre
     child = children(train_argv(run), logs / "2.log", block_in_epoch_2)
     wait_for(started, child)
     for argv in (train_argv(run, resume=True), train_argv(run)):
-        code, err = main(argv, capsys)
-        assert code == 2 and f"another cifarkit run (pid {child.pid})" in error_line(err), err
+        code, _, err = run_cli(argv, capsys)
+        assert_one_error_line(code, err, f"another cifarkit run (pid {child.pid})")
     child.kill()
     assert checkpoint_position(run) == (1, 0)
     assert (run / ".lock").read_text() == str(child.pid)  # the dead holder's pid is still in the file...
@@ -286,7 +260,7 @@ def test_kill9_anywhere_resumes_exactly(tmp_path: Path, reference: Path, childre
     assert checkpoint_position(run) == (2, 0)
     assert not torn.exists() and not (run / "model.pt").exists()
 
-    code, err = main(train_argv(run, resume=True), capsys)
+    code, _, err = run_cli(train_argv(run, resume=True), capsys)
     assert code == 0, err
     assert_matches_reference(run, reference)
 
@@ -320,7 +294,7 @@ def test_kill9_mid_epoch_in_fp16_resumes_exactly(tmp_path: Path, fp16_reference:
     assert child.wait() == -signal.SIGKILL, child.stderr
     assert checkpoint_position(run) == (1, 0)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["scaler"]["scale"] < 2.0**16  # the scaler's start
-    code, err = main(train_argv(run, *FP16, resume=True), capsys)
+    code, _, err = run_cli(train_argv(run, *FP16, resume=True), capsys)
     assert code == 0, err
     assert_matches_reference(run, fp16_reference)
 
@@ -375,7 +349,7 @@ def test_signal_checkpoints_and_resumes_exactly(tmp_path: Path, reference: Path,
     wait_for(ready, child)
     os.kill(child.pid, signum)
     assert child.wait() == 128 + signum
-    line = error_line(child.stderr)
+    line = final_line(child.stderr, "interrupted: ")
     name = signal.Signals(signum).name
     assert line == (f"interrupted: stopped by {name} at epoch 2, step 1; checkpoint saved to {run}/checkpoints/"
                     f"last.pt; continue with: cifarkit train --resume --out {run}")
@@ -383,7 +357,7 @@ def test_signal_checkpoints_and_resumes_exactly(tmp_path: Path, reference: Path,
     assert (state["epoch"], state["step_in_epoch"]) == (1, 1) and state["partial"] is not None
     assert not (run / "model.pt").exists()
     if resume:
-        code, err = main(train_argv(run, resume=True), capsys)
+        code, _, err = run_cli(train_argv(run, resume=True), capsys)
         assert code == 0, err
         assert_matches_reference(run, reference)
 
@@ -408,13 +382,13 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, reference: Path, mo
 
     with monkeypatch.context() as mp:
         mp.setattr(torch, "save", full_disk)
-        code, err = main(train_argv(run), capsys)
+        code, _, err = run_cli(train_argv(run), capsys)
     assert code == 2
-    assert error_line(err) == (f"error: cannot write {run}/checkpoints/last.pt: disk full; the previous file, if any, "
+    assert final_line(err) == (f"error: cannot write {run}/checkpoints/last.pt: disk full; the previous file, if any, "
                                "is intact")
     assert checkpoint_position(run) == (1, 0)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
-    code, err = main(train_argv(run, resume=True), capsys)
+    code, _, err = run_cli(train_argv(run, resume=True), capsys)
     assert code == 0, err
     assert_matches_reference(run, reference)
 
@@ -436,63 +410,20 @@ def test_disk_full_in_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         real_write_json(path, obj)
 
     monkeypatch.setattr(cifarkit.run.files, "write_json", full_disk)
-    code, err = main(train_argv(run), capsys)
+    code, _, err = run_cli(train_argv(run), capsys)
     assert code == 2
-    assert error_line(err) == f"error: cannot write {run}/metrics.json: disk full; the previous file, if any, is intact"
+    assert final_line(err) == f"error: cannot write {run}/metrics.json: disk full; the previous file, if any, is intact"
     assert checkpoint_position(run) == (1, 0)
     assert [row["epoch"] for row in history(run)] == ["1", "2"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
 
 
-@contextlib.contextmanager
-def read_only(folder: Path) -> Iterator[str]:
-    """Make `folder` refuse new files. Root ignores permission bits, so chmod 0o555 proves nothing here; `chattr +i`
-    (immutable) is refused even to root, where the filesystem supports it. Elsewhere, non-root: chmod 0o555. Root
-    without chattr: simulated, by making open/os.open raise EROFS for paths in the folder. Yields the mode used."""
-    try:
-        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-    except OSError:  # no chattr here
-        immutable = False
-    if immutable:
-        try:
-            yield "chattr"
-        finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-    elif os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield "chmod"
-        finally:
-            folder.chmod(0o755)
-    else:
-        import builtins
-
-        real_open, real_os_open = builtins.open, os.open
-
-        def refuse(path: Any) -> None:
-            if isinstance(path, (str, bytes, os.PathLike)) and Path(os.fsdecode(path)).parent == folder:
-                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-
-        def fake_open(path: Any, *args: Any, **kwargs: Any) -> Any:
-            refuse(path)
-            return real_open(path, *args, **kwargs)
-
-        def fake_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
-            refuse(path)
-            return real_os_open(path, *args, **kwargs)
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(builtins, "open", fake_open)
-            mp.setattr(os, "open", fake_os_open)
-            yield "simulated"
-
-
 @pytest.mark.slow
 def test_read_only_checkpoint_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """The checkpoints folder turns read-only after epoch 1 (see read_only: chattr +i, as root ignores modes): the
-    run stops at epoch 2's checkpoint with one `error:` line, exit 2, and epoch 1's checkpoint intact beside no
-    temp file."""
+    """The checkpoints folder turns read-only after epoch 1 (see helpers.read_only: chattr +i, as root ignores
+    modes): the run stops at epoch 2's checkpoint with one `error:` line, exit 2, and epoch 1's checkpoint intact
+    beside no temp file."""
     run = tmp_path / "run"
     folder = run / "checkpoints"
     with contextlib.ExitStack() as stack:
@@ -509,8 +440,8 @@ def test_read_only_checkpoint_folder(tmp_path: Path, monkeypatch: pytest.MonkeyP
             return real_step(*args, **kwargs)
 
         monkeypatch.setattr(cifarkit.train, "train_step", step)
-        code, err = main(train_argv(run), capsys)
-    line = error_line(err)
+        code, _, err = run_cli(train_argv(run), capsys)
+    line = final_line(err)
     assert code == 2 and line.startswith(f"error: cannot write {folder}/last.pt: ") and line.endswith(
         "; the previous file, if any, is intact"), line
     assert checkpoint_position(run) == (1, 0)
@@ -518,14 +449,14 @@ def test_read_only_checkpoint_folder(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_read_only_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A run folder that refuses new files (see read_only) is refused before any work with one `error:` line, exit 2,
-    and nothing is written into it."""
+    """A run folder that refuses new files (see helpers.read_only) is refused before any work with one `error:`
+    line, exit 2, and nothing is written into it."""
     run = tmp_path / "run"
     run.mkdir()
     with read_only(run):
-        code, err = main(train_argv(run), capsys)
-    assert code == 2, err
-    assert error_line(err).startswith(f"error: cannot use {run} as a run folder: ") and err.count("\n") == 1, err
+        code, _, err = run_cli(train_argv(run), capsys)
+    assert_one_error_line(code, err)
+    assert err.startswith(f"error: cannot use {run} as a run folder: "), err
     assert list(run.iterdir()) == []
 
 
@@ -534,7 +465,7 @@ def test_lock_refuses_second_run_and_frees_on_exit(tmp_path: Path, capsys: pytes
     pid; after release the folder is free again."""
     run = tmp_path / "run"
     with RunLock(run):
-        code, err = main(train_argv(run), capsys)
+        code, _, err = run_cli(train_argv(run), capsys)
         assert code == 2 and err == f"error: another cifarkit run (pid {os.getpid()}) is using {run}; wait for it or " \
                                     "choose another --out\n"
     with RunLock(run):
@@ -583,8 +514,8 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path: Path, monkeypatch: 
     with pytest.MonkeyPatch.context() as mp:
         if not checked:
             mp.setattr(torch, "isfinite", lambda t: torch.ones_like(t, dtype=torch.bool))
-        code, err = main(train_argv(run), capsys)
-    line = error_line(err)
+        code, _, err = run_cli(train_argv(run), capsys)
+    line = final_line(err)
     assert code == 2
     where = f"at step {STEPS_PER_EPOCH + 1} (epoch 2)" if checked else f"by step {2 * STEPS_PER_EPOCH} (epoch 2)"
     assert line == (f"error: the loss became nan {where}; stopped, and {run}/checkpoints/last.pt keeps the last good "

@@ -10,7 +10,6 @@ The loaders' own checks are tested in test_data.py and test_safety_data.py; here
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -29,7 +28,7 @@ from PIL import Image
 
 import cifarkit.data.sources
 from cifarkit.data import Cifar10
-from helpers import SHORT_SYNTHETIC, assert_one_error_line, run_cli
+from helpers import SHORT_SYNTHETIC, assert_one_error_line, run_cli, snapshot
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
         "--lr-max", "1e-3", "--no-plots"]
@@ -43,12 +42,6 @@ class RunsShell:
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return os.system, (self.command,)
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under `folder` with its sha256: to prove nothing was written or overwritten."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +94,7 @@ def test_bad_checkpoint_is_refused(run_copy: Path, tmp_path: Path, capsys: pytes
     marker = tmp_path / "MARKER"
     ckpt = run_copy / "checkpoints" / "last.pt"
     ckpt.write_bytes(bad_checkpoint(kind, ckpt.read_bytes(), marker))
-    before = snapshot(run_copy)
+    before = snapshot(run_copy, ignore=(".lock",))
     argv = (["train", "--resume", "--out", str(run_copy)] if command == "train --resume"
             else ["evaluate", "--checkpoint", str(ckpt), "--device", "cpu"])
     code, _, err = run_cli(argv, capsys)
@@ -109,9 +102,7 @@ def test_bad_checkpoint_is_refused(run_copy: Path, tmp_path: Path, capsys: pytes
     assert_one_error_line(code, err, str(ckpt),
                           "holds weights of another model" if foreign_weights else CHECKPOINT_ERRORS[kind])
     assert not marker.exists()
-    after = snapshot(run_copy)
-    after.pop(".lock", None)
-    assert after == before
+    assert snapshot(run_copy, ignore=(".lock",)) == before
 
 
 @pytest.mark.parametrize("case", ["flag", "other run"])
@@ -128,12 +119,10 @@ def test_checkpoint_of_another_recipe_is_refused(run_copy: Path, tmp_path: Path,
         config = (run_copy / "config.json").read_text().replace('"seed": 0', '"seed": 1')
         (run_copy / "config.json").write_text(config)
         expected = "cannot resume: seed is 1 here but 0 in the checkpoint"
-    before = snapshot(run_copy)
+    before = snapshot(run_copy, ignore=(".lock",))
     code, _, err = run_cli(argv, capsys)
     assert_one_error_line(code, err, expected)
-    after = snapshot(run_copy)
-    after.pop(".lock", None)
-    assert after == before
+    assert snapshot(run_copy, ignore=(".lock",)) == before
 
 
 @pytest.mark.parametrize("damage", ["missing", "torn"])

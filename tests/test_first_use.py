@@ -22,7 +22,7 @@ from PIL import Image
 import cifarkit
 from cifarkit.app.uploads import check_image_file
 from cifarkit.app.views import describe_run
-from cifarkit.cli import build_parser, main
+from cifarkit.cli import build_parser
 from cifarkit.cli_flags import given_config
 from cifarkit.config import TrainConfig
 from cifarkit.console import ConsoleHandler
@@ -32,6 +32,7 @@ from cifarkit.report import write_report
 from cifarkit.report.render import fmt_count, fmt_epoch
 from cifarkit.run import write_config
 from cifarkit.runlog import RunLog
+from helpers import one_error_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -139,9 +140,7 @@ def test_the_quick_try_is_one_command_that_fits_five_minutes_on_an_avx2_cpu() ->
 def test_flags_cut_short_are_refused(argv: list[str], wrong: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`--epoch 3` is not taken as `--epochs 3` (argparse's prefix matching is off in every subcommand): one error
     line naming the flag as typed, exit 2."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and wrong in err[0], err
+    one_error_line(argv, capsys, wrong)
 
 
 def test_a_subset_below_the_class_count_is_said_in_one_line(tiny_data: Cifar10,
@@ -194,9 +193,8 @@ def test_a_bad_cifarkit_data_is_named_in_its_error(tmp_path: Path, monkeypatch: 
     with pytest.raises(CifarkitError, match=r"^\$CIFARKIT_DATA: .*nowhere: no such file") as info:
         resolve_data(None)
     assert "unset CIFARKIT_DATA, or pass data=" in str(info.value)
-    assert main(["lr-find", "--out", str(tmp_path / "lr")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: $CIFARKIT_DATA: ") and "pass --data" in err[0], err
+    line = one_error_line(["lr-find", "--out", str(tmp_path / "lr")], capsys, "pass --data")
+    assert line.startswith("error: $CIFARKIT_DATA: "), line
     assert not (tmp_path / "lr").exists()
 
 
@@ -258,9 +256,10 @@ def test_lr_find_says_where_it_wrote_and_counts_only_training_images(tmp_path: P
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", (100, 20))
     out = tmp_path / "lr"
-    assert main(["lr-find", "--data", "synthetic", "--subset", "40", "--batch-size", "10", "--lr-find-iters", "10",
-                 "--lr-find-start", "1e-4", "--device", "cpu", "--precision", "fp32", "--out", str(out)]) == 0
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["lr-find", "--data", "synthetic", "--subset", "40", "--batch-size", "10",
+                            "--lr-find-iters", "10", "--lr-find-start", "1e-4", "--device", "cpu", "--precision",
+                            "fp32", "--out", str(out)], capsys)
+    assert code == 0, err
     assert f"wrote {out / 'lr_finder.json'} and {out / 'lr_finder.png'}" in err
     assert (out / "lr_finder.json").is_file() and (out / "lr_finder.png").is_file()
     assert "; 40 train images;" in err and "test images" not in err, err

@@ -20,7 +20,7 @@ import cifarkit
 from cifarkit.config import TrainConfig
 from cifarkit.models import CustomResNet
 from cifarkit.run import write_config
-from helpers import assert_one_error_line, run_cli
+from helpers import assert_one_error_line, run_cli, snapshot
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -94,10 +94,6 @@ CASES = [(f"{command}-{kind}", [a.replace("{p}", f"{{W}}/{name}") for a in argv]
     ("lr-find-precision", ["lr-find", "--precision", "fp8", "--out", "{W}/new"], "--precision must be one of"),
     ("no-command", [], "required: COMMAND"),
 ]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -4,7 +4,6 @@ exactly that data, or stop with one line naming both fingerprints, and never fal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,18 +19,13 @@ import cifarkit.data.fingerprint
 import cifarkit.data.sources
 import cifarkit.train
 from cifarkit.checkpoint import load_checkpoint
-from helpers import assert_one_error_line, run_cli as cli
+from helpers import assert_one_error_line, run_cli as cli, snapshot
 from cifarkit.data import load_cifar10, make_synthetic, recorded_data
 from cifarkit.data.fingerprint import fingerprint_arrays, short
 from cifarkit.errors import CifarkitError
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
         "--lr-max", "1e-3", "--no-plots", "--device", "cpu"]
-
-
-def files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def recorded(run: Path) -> tuple[str, str]:
@@ -154,7 +148,7 @@ def test_changed_or_missing_data_stops_resume_evaluate_and_report(trees: SimpleN
     Image.fromarray(255 - np.asarray(Image.open(png))).save(png)
     now = arrays_fingerprint(trees.a)
     monkeypatch.setenv("CIFARKIT_DATA", str(trees.b))
-    before = files(run)
+    before = snapshot(run, ignore=(".lock",))
     commands = (["train", "--resume", "--out", str(run)], ["evaluate", "--checkpoint", str(run)], ["report", str(run)])
     for argv in commands:
         code, out, err = cli(argv, capsys)
@@ -163,7 +157,7 @@ def test_changed_or_missing_data_stops_resume_evaluate_and_report(trees: SimpleN
     for argv in commands:
         code, out, err = cli(argv, capsys)
         assert_one_error_line(code, err, f"was trained on is gone: no {trees.a}")
-    assert files(run) == before
+    assert snapshot(run, ignore=(".lock",)) == before
     assert not (tmp_path / "cifarkit-cache" / "cifar-10-python.tar.gz").exists()
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 import cifarkit
 import cifarkit.device
-from cifarkit.cli import build_parser, main
+from cifarkit.cli import build_parser
 from cifarkit.cli_flags import check_args
 from cifarkit.config import TrainConfig
 from cifarkit.data import CLASSES
@@ -31,6 +31,7 @@ from cifarkit.inference import MODEL_FORMAT, save_model
 from cifarkit.models import CustomResNet
 from cifarkit.report.gradcam import grad_cam
 from cifarkit.run import check_run_out, weights_note, write_config
+from helpers import model_weights, one_error_line, read_only, run_cli, snapshot
 
 IMAGES = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
 
@@ -49,22 +50,6 @@ def run(tmp_path: Path) -> Path:
     return folder
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` with its bytes: equal before and after means nothing was written or removed."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run the CLI; it must exit 2 with exactly one `error:` line on stderr (no traceback, no raw errno)."""
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err and "[Errno" not in err, err
-    return err.strip()
-
-
 def test_model_file_alone_predicts_as_inside_its_run(run: Path, tmp_path: Path) -> None:
     """model.pt holds named fields (format, weights, config, classes, mean, std, fingerprint); copied alone it gives
     the same probabilities, to the bit, as inside its run, with the run's reference std (not the default true std,
@@ -79,22 +64,21 @@ def test_model_file_alone_predicts_as_inside_its_run(run: Path, tmp_path: Path) 
     inside = cifarkit.predict(run, IMAGES, top_k=10, device="cpu", precision="fp32")
     assert cifarkit.predict(alone, IMAGES, top_k=10, device="cpu", precision="fp32") == inside
     other = cifarkit.predict(alone, IMAGES, top_k=10, device="cpu", precision="fp32", std="true")
-    assert max(abs(dict(a)[c] - dict(b)[c]) for a, b in zip(inside, other) for c in CLASSES) > 1e-6
+    assert max(abs(dict(a)[c] - dict(b)[c]) for a, b in zip(inside, other, strict=True) for c in CLASSES) > 1e-6
 
 
 def test_a_bare_state_dict_loads_and_says_what_it_assumes(run: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """An older model.pt (a bare state dict) alone predicts, with one line saying it assumes the defaults; beside its
     run's config.json it takes that config, and says so."""
-    weights = torch.load(run / "model.pt", weights_only=True)["weights"]
+    weights = model_weights(run / "model.pt")
     alone = tmp_path / "old" / "model.pt"
     alone.parent.mkdir()
     torch.save(weights, alone)
     image = tmp_path / "cat.png"
     Image.fromarray(IMAGES[0]).save(image)
-    capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(alone), str(image), "--device", "cpu"]) == 0
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["predict", "--checkpoint", str(alone), str(image), "--device", "cpu"], capsys)
+    assert code == 0, err
     assert sum("bare state dict" in line for line in err.splitlines()) == 1
     assert "assuming the defaults (std 'true'" in err
     torch.save(weights, run / "model.pt")
@@ -110,25 +94,25 @@ def test_resume_from_a_text_or_truncated_checkpoint_is_one_line(run: Path, capsy
     torch.save({"model": {"w": torch.zeros(4096)}}, whole)
     for content, words in ((b"not a checkpoint\n", "(it is text)"), (whole.getvalue()[:300], "truncated")):
         (run / "checkpoints" / "last.pt").write_bytes(content)
-        before = files(run)
-        err = one_error(["train", "--resume", "--out", str(run), "--device", "cpu"], capsys)
+        before = snapshot(run)
+        err = one_error_line(["train", "--resume", "--out", str(run), "--device", "cpu"], capsys)
         assert f"{run}/checkpoints/last.pt" in err and words in err, err
-        assert files(run) == before
+        assert snapshot(run) == before
 
 
 def test_lr_find_refuses_a_training_run_and_a_file(run: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """lr-find --out a training run's folder would replace its lr_finder.json: refused, the folder untouched; --out a
     file: refused in --out's words."""
-    before = files(run)
-    err = one_error(["lr-find", "--out", str(run), "--data", "synthetic", "--device", "cpu"], capsys)
+    before = snapshot(run)
+    err = one_error_line(["lr-find", "--out", str(run), "--data", "synthetic", "--device", "cpu"], capsys)
     assert err == (f"error: --out {run} holds a training run (config.json); lr-find would replace its "
                    "lr_finder.json: choose another --out")
-    assert files(run) == before
+    assert snapshot(run) == before
     note = tmp_path / "notes.txt"
     note.write_text("mine\n")
-    assert one_error(["lr-find", "--out", str(note)], capsys) == (f"error: --out {note} is a file: give a folder "
-                                                                   "for the run's files")
+    assert one_error_line(["lr-find", "--out", str(note)], capsys) == (f"error: --out {note} is a file: give a "
+                                                                        "folder for the run's files")
 
 
 def test_train_refuses_a_finished_run_without_its_checkpoint(run: Path, tmp_path: Path,
@@ -136,14 +120,14 @@ def test_train_refuses_a_finished_run_without_its_checkpoint(run: Path, tmp_path
     """A new train into a finished run's folder that has no checkpoints/ (a published result, a run copied without
     them) would replace its config.json, metrics.json and model.pt: refused by name, every file as it was. A folder
     with only a config.json (a start stopped before its first epoch ended) is no run yet and is not refused."""
-    before = files(run)
+    before = snapshot(run)
     assert not (run / "checkpoints").exists()
-    err = one_error(["train", "--out", str(run), "--data", "synthetic", "--device", "cpu"], capsys)
+    err = one_error_line(["train", "--out", str(run), "--data", "synthetic", "--device", "cpu"], capsys)
     assert err == (f"error: {run} already holds a run (metrics.json); a new run would replace it: choose another "
                    "--out")
-    assert files(run) == before
+    assert snapshot(run) == before
     (run / "metrics.json").unlink()
-    assert "(model.pt)" in one_error(["train", "--out", str(run)], capsys)
+    assert "(model.pt)" in one_error_line(["train", "--out", str(run)], capsys)
     started = tmp_path / "started"
     started.mkdir()
     shutil.copy(run / "config.json", started / "config.json")
@@ -178,39 +162,38 @@ def test_images_to_predict_are_checked_with_the_arguments(run: Path, tmp_path: P
 
 
 def test_export_out_is_checked_before_work(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """export --out a folder, or under a file, or in a read-only folder: one line in --out's words, naming no
-    `.part` file, and nothing written."""
-    blocker = tmp_path / "file"
+    """export --out a folder, or under a file, or in a read-only folder (as root too: see helpers.read_only): one
+    line in --out's words, naming no `.part` file, and nothing written."""
+    blocker, locked = tmp_path / "file", tmp_path / "locked"
     blocker.write_text("x")
+    locked.mkdir()
     cases = [(tmp_path, f"--out {tmp_path} is a folder"),
-             (blocker / "model.onnx", f"--out {blocker / 'model.onnx'}: {blocker} is a file, not a folder")]
-    if os.geteuid() != 0:  # root writes anywhere
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        cases.append((locked / "model.onnx", f"--out {locked / 'model.onnx'}: {locked} is not writable"))
-    for out, words in cases:
-        before = files(tmp_path)
-        err = one_error(["export", str(run), "--out", str(out)], capsys)
-        assert words in err and ".part" not in err, err
-        assert files(tmp_path) == before
+             (blocker / "model.onnx", f"--out {blocker / 'model.onnx'}: {blocker} is a file, not a folder"),
+             (locked / "model.onnx", f"--out {locked / 'model.onnx'}: {locked} is not writable")]
+    with read_only(locked):
+        for out, words in cases:
+            before = snapshot(tmp_path)
+            err = one_error_line(["export", str(run), "--out", str(out)], capsys)
+            assert words in err and ".part" not in err, err
+            assert snapshot(tmp_path) == before
 
 
 def test_report_on_a_damaged_metrics_file_is_one_line(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """report RUN whose metrics.json is cut short: one line naming metrics.json and how to get it back; no plot or
     report written."""
     (run / "metrics.json").write_text('{"final_test_accuracy": 0.')
-    before = files(run)
-    err = one_error(["report", str(run), "--device", "cpu"], capsys)
+    before = snapshot(run)
+    err = one_error_line(["report", str(run), "--device", "cpu"], capsys)
     assert err.startswith(f"error: cannot read {run}/metrics.json: truncated or damaged") and "--resume" in err
-    assert files(run) == before
+    assert snapshot(run) == before
 
 
 def test_a_damaged_config_is_blamed_on_config_json(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An older run (bare state dict model.pt) whose config.json is damaged: the line names config.json, not the
     weights."""
-    torch.save(torch.load(run / "model.pt", weights_only=True)["weights"], run / "model.pt")
+    torch.save(model_weights(run / "model.pt"), run / "model.pt")
     (run / "config.json").write_text('{"epochs": ')
-    err = one_error(["evaluate", "--checkpoint", str(run), "--device", "cpu"], capsys)
+    err = one_error_line(["evaluate", "--checkpoint", str(run), "--device", "cpu"], capsys)
     assert err.startswith(f"error: cannot read {run}/config.json: truncated or damaged"), err
 
 
@@ -219,7 +202,7 @@ def test_a_damaged_config_is_blamed_on_config_json(run: Path, capsys: pytest.Cap
 def test_a_batch_that_cannot_fit_says_lower_batch_size(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """A batch of 10^9 images (12 TB of input) cannot be allocated: one line that says to lower --batch-size, not the
     allocator's traceback."""
-    err = one_error([*argv, "--batch-size", str(10**9)], capsys)
+    err = one_error_line([*argv, "--batch-size", str(10**9)], capsys)
     assert err == ("error: a batch of 1000000000 images does not fit in memory on this device; lower "
                    "--batch-size")
 
@@ -231,11 +214,11 @@ def test_app_on_a_busy_port_or_a_foreign_host_speaks_in_flags(run: Path, capsys:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        err = one_error(["app", str(run), "--port", str(port)], capsys)
+        err = one_error_line(["app", str(run), "--port", str(port)], capsys)
     assert err == f"error: port {port} on 127.0.0.1 is in use by another program: choose another --port"
-    err = one_error(["app", str(run), "--host", "no-such-host.invalid"], capsys)
+    err = one_error_line(["app", str(run), "--host", "no-such-host.invalid"], capsys)
     assert err.startswith("error: --host no-such-host.invalid is not a name or address this machine can resolve")
-    err = one_error(["app", str(run), "--host", "192.0.2.1"], capsys)
+    err = one_error_line(["app", str(run), "--host", "192.0.2.1"], capsys)
     assert err.startswith("error: --host 192.0.2.1 is not an address of this machine")
     assert "GRADIO" not in err and "launch(" not in err
 
@@ -282,9 +265,9 @@ def test_bf16_without_units_warns_once_in_predict(run: Path, tmp_path: Path, mon
     monkeypatch.setattr(cifarkit.device, "read_cpu_flags", lambda: frozenset({"avx2"}))
     image = tmp_path / "a.png"
     Image.fromarray(IMAGES[1]).save(image)
-    capsys.readouterr()
-    assert main(["predict", "--checkpoint", str(run), str(image), "--device", "cpu", "--precision", "bf16"]) == 0
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(["predict", "--checkpoint", str(run), str(image), "--device", "cpu", "--precision",
+                              "bf16"], capsys)
+    assert code == 0, err
     assert sum(line.startswith("warning: --precision bf16") for line in err.splitlines()) == 1, err
     assert out.startswith(str(image))
 
@@ -326,7 +309,7 @@ def test_mistakes_are_answered_without_torch(run: Path, tmp_path: Path) -> None:
     assert len(rows) == len(cases), proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(cases), proc.stderr
-    for argv, (code, seconds, imported) in zip(cases, rows):
+    for argv, (code, seconds, imported) in zip(cases, rows, strict=True):
         assert (code, imported) == ("2", "False"), argv
         assert float(seconds) < 0.5, (argv, seconds)
 

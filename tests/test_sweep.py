@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import assert_one_error_line, run_cli, slow_fixture
+from helpers import assert_one_error_line, history, model_weights, run_cli, slow_fixture
 
 from cifarkit import cli
 from cifarkit.data import make_synthetic
@@ -31,7 +31,6 @@ from cifarkit.errors import CifarkitError
 
 optuna = pytest.importorskip("optuna", reason="cifarkit[sweep] is not installed")
 
-from cifarkit.checkpoint import safe_torch_load  # noqa: E402
 from cifarkit.study import engine  # noqa: E402
 from cifarkit.study.plan import make_plan, trials_said  # noqa: E402
 
@@ -94,13 +93,6 @@ def trials_of(out: Path, storage: str | None = None) -> list[optuna.trial.Frozen
 
 def complete_runs(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     return sorted(t.user_attrs["run"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
-
-
-def history_without_timing(run: Path) -> list[str]:
-    lines = (run / "history.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    keep = [i for i, c in enumerate(header) if c not in ("seconds", "images_per_second")]
-    return [",".join(line.split(",")[i] for i in keep) for line in lines]
 
 
 GRID_RUNS = ["label_smoothing=0-seed0", "label_smoothing=0-seed1", "label_smoothing=0.1-seed0",
@@ -179,9 +171,10 @@ def test_kill9_mid_sweep_then_rerun_runs_each_trial_once_and_resumes_exactly(tmp
     code, stdout, err = sweep(capsys, reference, *args[:-6], "--grid", "label_smoothing=0", "--seeds", "0",
                               "--workers", "1")
     assert code == 0, stdout + err
-    a, b = (safe_torch_load(run / "model.pt")["weights"] for run in (killed, reference / killed.name))
+    a, b = (model_weights(run / "model.pt") for run in (killed, reference / killed.name))
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
-    assert history_without_timing(killed) == history_without_timing(reference / killed.name)
+    rows, ref_rows = history(killed, timing=False), history(reference / killed.name, timing=False)
+    assert [list(r.items()) for r in rows] == [list(r.items()) for r in ref_rows]  # the columns in the same order
 
 
 @pytest.mark.slow
@@ -259,7 +252,7 @@ def test_two_sweeps_share_one_study_through_postgresql(tmp_path: Path, data: Pat
     for out in outs:
         out.parent.mkdir()
     procs = [spawn(out, tmp_path / f"{out.parent.name}.log", *args) for out in outs]
-    for proc, out in zip(procs, outs):
+    for proc, out in zip(procs, outs, strict=True):
         assert proc.wait(timeout=300) == 0, (tmp_path / f"{out.parent.name}.log").read_text()
     trials = trials_of(outs[0], postgres)
     assert len(trials) == 4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from cifarkit.device import grad_scaler
 from cifarkit.errors import CifarkitError
 from cifarkit.run import read_config
 from cifarkit.train import TrainingInterrupted, fit
-from helpers import SHORT_SYNTHETIC, predictions_by_hand
+from helpers import SHORT_SYNTHETIC, history, model_weights, predictions_by_hand, snapshot
 
 
 def tiny_config(out: Path, **kw) -> TrainConfig:
@@ -29,20 +28,9 @@ def tiny_config(out: Path, **kw) -> TrainConfig:
     return TrainConfig(**(values | kw))
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    """The weights of RUN/model.pt (a dict of named fields)."""
-    return torch.load(run / "model.pt", weights_only=True)["weights"]
-
-
 def copy_of(run: Path, folder: Path) -> Path:
     """A private copy of `run` in `folder`, without its lock file: a test that may write leaves the shared run alone."""
     return Path(shutil.copytree(run, folder / "run-copy", ignore=shutil.ignore_patterns(".lock")))
-
-
-def files(run: Path) -> dict[str, str]:
-    """Every file under `run` with its sha256 (the lock file aside)."""
-    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +52,7 @@ def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path
     """history.csv has a row per epoch with the contract's columns; metrics.json has the promised keys, and its final
     accuracy is the share of the 16 test images that the saved weights, run by a forward pass written here, get
     right."""
-    rows = list(csv.DictReader(open(reference_run / "history.csv")))
+    rows = history(reference_run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_second"}
     metrics = json.loads((reference_run / "metrics.json").read_text())
@@ -87,8 +75,8 @@ def test_run_folder_holds_history_metrics_config_and_weights(reference_run: Path
 def test_same_seed_same_weights_on_cpu(tmp_path: Path, data, reference_run: Path) -> None:
     """Two runs with one seed end with bitwise-equal weights."""
     fit(tiny_config(tmp_path / "again"), data=data, progress=False)
-    ref, again = weights(reference_run), weights(tmp_path / "again")
-    assert all(torch.equal(ref[k], again[k]) for k in ref)
+    ref, again = model_weights(reference_run / "model.pt"), model_weights(tmp_path / "again" / "model.pt")
+    assert ref.keys() == again.keys() and all(torch.equal(ref[k], again[k]) for k in ref)
 
 
 @pytest.mark.slow
@@ -111,11 +99,9 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, dat
         fit(tiny_config(run), data=data, progress=False)
     monkeypatch.setattr(train_module, "train_step", real_step)
     fit(tiny_config(run), data=data, resume=True, progress=False)
-    ref, resumed = weights(reference_run), weights(run)
-    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
-    ref_rows = list(csv.DictReader(open(reference_run / "history.csv")))
-    rows = list(csv.DictReader(open(run / "history.csv")))
-    for a, b in zip(ref_rows, rows):
+    ref, resumed = model_weights(reference_run / "model.pt"), model_weights(run / "model.pt")
+    assert ref.keys() == resumed.keys() and all(torch.equal(ref[k], resumed[k]) for k in ref)
+    for a, b in zip(history(reference_run), history(run), strict=True):
         assert (a["train_loss"], a["test_acc"], a["lr"]) == (b["train_loss"], b["test_acc"], b["lr"])
     assert (run / "steps.csv").read_text() == (reference_run / "steps.csv").read_text()
 
@@ -124,10 +110,10 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path, dat
 def test_resume_with_another_recipe_is_refused(tmp_path: Path, data, reference_run: Path) -> None:
     """A changed training field on --resume is one clear error naming the field, and the run is left as it was."""
     run = copy_of(reference_run, tmp_path)
-    before = files(run)
+    before = snapshot(run, ignore=(".lock",))
     with pytest.raises(CifarkitError, match="weight_decay"):
         fit(tiny_config(run, weight_decay=0.5), data=data, resume=True, progress=False)
-    assert files(run) == before
+    assert snapshot(run, ignore=(".lock",)) == before
 
 
 @pytest.mark.slow
@@ -135,10 +121,10 @@ def test_new_run_into_an_existing_run_is_refused(tmp_path: Path, data, reference
     """Without resume=True, a folder that already holds a checkpoint is not overwritten (every file as it was), and
     the error names the argument (resume=True), not the CLI flag."""
     run = copy_of(reference_run, tmp_path)
-    before = files(run), (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    before = snapshot(run, ignore=(".lock",)), (run / "checkpoints" / "last.pt").stat().st_mtime_ns
     with pytest.raises(CifarkitError, match=r"resume=True"):
         fit(tiny_config(run), data=data, progress=False)
-    assert (files(run), (run / "checkpoints" / "last.pt").stat().st_mtime_ns) == before
+    assert (snapshot(run, ignore=(".lock",)), (run / "checkpoints" / "last.pt").stat().st_mtime_ns) == before
 
 
 @pytest.mark.slow
@@ -192,7 +178,7 @@ def test_run_records_the_precision_it_ran_in_and_resumes_under_auto(tmp_path: Pa
     for precision, run in runs.items():  # 16 images, 2 steps: bf16 autocast is slow on CPUs without bf16 units
         fit(tiny_config(run, epochs=1, subset=16, test_subset=8, precision=precision), data=data, progress=False)
         assert read_config(run / "config.json").precision == precision
-    w16, w32 = weights(runs["bf16"]), weights(runs["fp32"])
+    w16, w32 = model_weights(runs["bf16"] / "model.pt"), model_weights(runs["fp32"] / "model.pt")
     assert all(torch.isfinite(v).all() for v in w16.values() if v.is_floating_point())
     assert any(not torch.equal(w16[k], w32[k]) for k in w32 if w32[k].is_floating_point())
     fit(tiny_config(runs["bf16"], epochs=1, subset=16, test_subset=8), data=data, resume=True,

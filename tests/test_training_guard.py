@@ -33,7 +33,7 @@ def test_a_test_not_marked_slow_cannot_train_or_start_python(tmp_path: Path) -> 
         p.grad = torch.ones_like(p)
     with pytest.raises(UnmarkedTestTrains, match="optimizer step over 6,573,120 parameters"):
         optimizer.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before the step
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # refused before the step
     with pytest.raises(UnmarkedTestTrains, match="train_step"):
         cifarkit.train.train_step(model, optimizer, None, None, None)
     with pytest.raises(UnmarkedTestTrains, match="range_test"):
