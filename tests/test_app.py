@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cifarkit.cli import main
-from helpers import unread_run
+from helpers import one_error_line, unread_run
 
 
 @pytest.mark.slow  # a fresh interpreter that imports torch
@@ -27,10 +26,8 @@ def test_without_gradio_app_says_how_to_install_it(tmp_path: Path, monkeypatch: 
     """With gradio not importable: exit 2 and one `error:` line naming the install line that works (from the
     repository: cifarkit is on no package index), before the weights are read: its model.pt is an empty file."""
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
-    assert main(["app", str(unread_run(tmp_path))]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ['error: the app needs Gradio: pip install "cifarkit[app] @ git+https://github.com/cifarkit/'
-                   'cifarkit"']
+    assert one_error_line(["app", str(unread_run(tmp_path))], capsys) == (
+        'error: the app needs Gradio: pip install "cifarkit[app] @ git+https://github.com/cifarkit/cifarkit"')
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -42,9 +39,7 @@ def test_bad_app_arguments_exit_2_with_one_line(tmp_path: Path, monkeypatch: pyt
     """A bad port or device is refused in one `error:` line before Gradio is imported (with `import gradio` made to
     fail, the line is still the argument's) and before the weights are read (the run's model.pt is an empty file)."""
     monkeypatch.setitem(sys.modules, "gradio", None)
-    assert main(["app", str(unread_run(tmp_path)), *argv]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
+    one_error_line(["app", str(unread_run(tmp_path)), *argv], capsys, message)
 
 
 def test_app_on_a_missing_run_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -55,9 +50,7 @@ def test_app_on_a_missing_run_is_one_error_line(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "empty").mkdir()
     for path, words in ((tmp_path / "nothing", "no run folder or weights file at"),
                         (tmp_path / "empty", "is a folder without model.pt")):
-        assert main(["app", str(path)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0] and words in err[0], err
+        one_error_line(["app", str(path)], capsys, str(path), words)
 
 
 # The elements tests/test_app_browser.py finds by id, and the Gradio component each must be.

@@ -20,7 +20,7 @@ from cifarkit.data.images import read_image
 from cifarkit.cli import main
 from cifarkit.inference import load_model_file
 from cifarkit.data import CLASSES, normalization
-from helpers import slow_fixture, unread_run
+from helpers import one_error_line, slow_fixture, unread_run
 
 SNIPPET = Path(__file__).parents[1] / "examples" / "onnx_classify.py"
 # PyTorch deprecates torch.jit; --format torchscript still serves runtimes that load it (LibTorch)
@@ -98,9 +98,8 @@ def test_a_graph_that_disagrees_with_pytorch_is_refused_and_not_written(
     real = export_module.ImagesToProbs
     monkeypatch.setattr(export_module, "ImagesToProbs", lambda model, mean, std: real(model, (0, 0, 0), (1 / 255,) * 3))
     out = tmp_path / "model.pt"
-    assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(out), "--check-images", "20"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: the exported model disagrees with PyTorch: max |prob")
+    argv = ["export", str(tiny_run), "--format", "torchscript", "--out", str(out), "--check-images", "20"]
+    assert one_error_line(argv, capsys).startswith("error: the exported model disagrees with PyTorch: max |prob")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -135,7 +134,6 @@ def test_without_onnx_export_says_how_to_install_it(tmp_path: Path, monkeypatch:
     monkeypatch.setitem(sys.modules, "onnx", None)
     run, out = unread_run(tmp_path), tmp_path / "out"
     out.mkdir()
-    assert main(["export", str(run), "--out", str(out / "m.onnx"), "--check-images", "5"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        'error: export needs ONNX: pip install "cifarkit[export] @ git+https://github.com/cifarkit/cifarkit"']
+    assert one_error_line(["export", str(run), "--out", str(out / "m.onnx"), "--check-images", "5"], capsys) == (
+        'error: export needs ONNX: pip install "cifarkit[export] @ git+https://github.com/cifarkit/cifarkit"')
     assert list(out.iterdir()) == []
