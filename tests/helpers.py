@@ -185,6 +185,14 @@ def one_image_apart(predictions: Any, n_classes: int) -> list[Any]:
     return [predictions, *moved]
 
 
+def checkpoint_position(run: Path) -> tuple[int, int]:
+    """(epoch, step_in_epoch) that RUN/checkpoints/last.pt continues from; loading it proves it is whole."""
+    from cifarkit.checkpoint import load_checkpoint
+
+    state = load_checkpoint(Path(run) / "checkpoints" / "last.pt")
+    return state["epoch"], state["step_in_epoch"]
+
+
 def snapshot(folder: Path, *, ignore: tuple[str, ...] = ()) -> dict[str, str]:
     """Every file and folder under `folder` (but those named in `ignore`), relative path -> the file's sha256, or
     "<dir>" for a folder: equal before and after means nothing was written, changed, made or removed."""

@@ -33,8 +33,8 @@ from cifarkit import cli
 from cifarkit.checkpoint import load_checkpoint
 from cifarkit.errors import CifarkitError
 from cifarkit.run import RunLock, check_run_out
-from helpers import (SHORT_RUN_ARGS, SHORT_STEPS_PER_EPOCH, SHORT_SYNTHETIC, assert_one_error_line, final_line, history,
-                     model_weights, read_only, run_cli, slow_fixture)
+from helpers import (SHORT_RUN_ARGS, SHORT_STEPS_PER_EPOCH, SHORT_SYNTHETIC, assert_one_error_line, checkpoint_position,
+                     final_line, history, model_weights, read_only, run_cli, slow_fixture)
 
 ARGS = SHORT_RUN_ARGS  # the shared short run's flags: conftest.py's `short_run` is the uninterrupted reference
 STEPS_PER_EPOCH = SHORT_STEPS_PER_EPOCH
@@ -61,12 +61,6 @@ def assert_matches_reference(run: Path, reference: Path) -> None:
     assert_same_weights(model_weights(run / "model.pt"), model_weights(reference / "model.pt"))
     assert history(run, timing=False) == history(reference, timing=False)
     assert not [p for p in run.rglob("*") if ".tmp" in p.name], "temporary files were left behind"
-
-
-def checkpoint_position(run: Path) -> tuple[int, int]:
-    """(epoch, step_in_epoch) of RUN/checkpoints/last.pt; loading it proves it is whole."""
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    return state["epoch"], state["step_in_epoch"]
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from PIL import Image
 
 import cifarkit.data.sources
 from cifarkit.data import Cifar10
-from helpers import SHORT_SYNTHETIC, assert_one_error_line, run_cli, snapshot
+from helpers import SHORT_SYNTHETIC, assert_one_error_line, one_error_line, run_cli, snapshot
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
         "--lr-max", "1e-3", "--no-plots"]
@@ -125,11 +125,25 @@ def test_checkpoint_of_another_recipe_is_refused(run_copy: Path, tmp_path: Path,
     assert snapshot(run_copy, ignore=(".lock",)) == before
 
 
+def test_resume_of_a_finished_run_is_refused_and_changes_nothing(run_copy: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --resume` of a finished run (model.pt written, every epoch in metrics.json) trains and rewrites
+    nothing: one line saying so, with the command that redraws its report, and every file as it was. (A changed
+    recipe on the same finished run is refused first: test_checkpoint_of_another_recipe_is_refused.)"""
+    epochs = json.loads((run_copy / "config.json").read_text())["epochs"]
+    before = snapshot(run_copy, ignore=(".lock",))
+    one_error_line(["train", "--resume", "--out", str(run_copy)], capsys,
+                   f"nothing to resume in {run_copy}: its {epochs}-epoch run is finished", f"cifarkit report {run_copy}")
+    assert snapshot(run_copy, ignore=(".lock",)) == before
+
+
 @pytest.mark.parametrize("damage", ["missing", "torn"])
 def test_resume_without_config_json_uses_the_checkpoint(run_copy: Path, capsys: pytest.CaptureFixture[str],
                                                         damage: str) -> None:
-    """config.json deleted or torn (a crash of an older version mid-write): the checkpoint holds the recipe, so
-    `train --resume` still works, and writes config.json back as it was (with this folder as "out")."""
+    """config.json deleted or torn (a crash of an older version mid-write) in a run stopped after its last
+    checkpoint, before its final weights: the checkpoint holds the recipe, so `train --resume` still works, writes
+    config.json back as it was (with this folder as "out"), and the final weights."""
+    (run_copy / "model.pt").unlink()
     original = (run_copy / "config.json").read_text()
     if damage == "missing":
         (run_copy / "config.json").unlink()
@@ -138,6 +152,7 @@ def test_resume_without_config_json_uses_the_checkpoint(run_copy: Path, capsys: 
     code, _, err = run_cli(["train", "--resume", "--out", str(run_copy)], capsys)
     assert code == 0, err
     assert json.loads((run_copy / "config.json").read_text()) == json.loads(original) | {"out": str(run_copy)}
+    assert (run_copy / "model.pt").is_file()
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import cifarkit.data.fingerprint
 import cifarkit.data.sources
 import cifarkit.train
 from cifarkit.checkpoint import load_checkpoint
-from helpers import assert_one_error_line, run_cli as cli, snapshot
+from helpers import assert_one_error_line, checkpoint_position, run_cli as cli, snapshot
 from cifarkit.data import load_cifar10, make_synthetic, recorded_data
 from cifarkit.data.fingerprint import fingerprint_arrays, short
 from cifarkit.errors import CifarkitError
@@ -137,19 +137,24 @@ def test_every_route_records_path_and_fingerprint(route: str, tmp_path: Path, ci
 def test_changed_or_missing_data_stops_resume_evaluate_and_report(trees: SimpleNamespace, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch, no_download: None,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """A run trained through $CIFARKIT_DATA. One file of its data changes: `train --resume`, `evaluate` and `report`
-    stop with one line naming both short fingerprints. The data is then gone: one line saying so, no download, no
-    other data (though $CIFARKIT_DATA now names another set), and nothing in the run folder changes."""
-    run = tmp_path / "run"
+    """A run trained through $CIFARKIT_DATA, and a copy of it stopped after its last checkpoint, before its final
+    weights (so that it has something to resume). One file of their data changes: `train --resume` of the copy,
+    `evaluate` and `report` of the run stop with one line naming both short fingerprints. The data is then gone: one
+    line saying so, no download, no other data (though $CIFARKIT_DATA now names another set), and nothing in either
+    folder changes."""
+    run, stopped = tmp_path / "run", tmp_path / "stopped"
     monkeypatch.setenv("CIFARKIT_DATA", str(trees.a))
     assert cli(["train", *ARGS, "--out", str(run)], capsys)[0] == 0
+    shutil.copytree(run, stopped)
+    (stopped / "model.pt").unlink()
     _, fingerprint = recorded(run)
     png = next((trees.a / "test" / "dog").iterdir())
     Image.fromarray(255 - np.asarray(Image.open(png))).save(png)
     now = arrays_fingerprint(trees.a)
     monkeypatch.setenv("CIFARKIT_DATA", str(trees.b))
-    before = snapshot(run, ignore=(".lock",))
-    commands = (["train", "--resume", "--out", str(run)], ["evaluate", "--checkpoint", str(run)], ["report", str(run)])
+    before = [snapshot(folder, ignore=(".lock",)) for folder in (run, stopped)]
+    commands = (["train", "--resume", "--out", str(stopped)], ["evaluate", "--checkpoint", str(run)],
+                ["report", str(run)])
     for argv in commands:
         code, out, err = cli(argv, capsys)
         assert_one_error_line(code, err, f"{trees.a} changed since", short(now), short(fingerprint))
@@ -157,7 +162,7 @@ def test_changed_or_missing_data_stops_resume_evaluate_and_report(trees: SimpleN
     for argv in commands:
         code, out, err = cli(argv, capsys)
         assert_one_error_line(code, err, f"was trained on is gone: no {trees.a}")
-    assert snapshot(run, ignore=(".lock",)) == before
+    assert [snapshot(folder, ignore=(".lock",)) for folder in (run, stopped)] == before
     assert not (tmp_path / "cifarkit-cache" / "cifar-10-python.tar.gz").exists()
 
 
@@ -166,9 +171,9 @@ def test_resume_keeps_its_data_and_given_data_must_match(trees: SimpleNamespace,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Trained with --data A, stopped by SIGTERM in epoch 1. `--resume --data B` is refused naming both fingerprints.
-    Resumed with $CIFARKIT_DATA=B: it trains on A (the header says so), and its checkpoints record A. Then
-    `--resume --data COPY-OF-A` is accepted and records where the data is now. `evaluate --data B` tests on B and says
-    that it is not the run's data."""
+    Resumed with $CIFARKIT_DATA=B (and stopped again one step later): it trains on A (the header says so), and its
+    checkpoints record A. Then `--resume --data COPY-OF-A` is accepted, finishes the run and records where the data
+    is now. `evaluate --data B` tests on B and says that it is not the run's data."""
     run = tmp_path / "run"
     real_step = cifarkit.train.train_step
 
@@ -187,13 +192,17 @@ def test_resume_keeps_its_data_and_given_data_must_match(trees: SimpleNamespace,
     assert_one_error_line(code, err, f"refused: {trees.b} (data fingerprint {short(other)})", short(fingerprint))
 
     monkeypatch.setenv("CIFARKIT_DATA", str(trees.b))
-    code, out, err = cli(["train", "--resume", "--out", str(run)], capsys)
-    assert code == 0, err
+    position = checkpoint_position(run)
+    with monkeypatch.context() as mp:
+        mp.setattr(cifarkit.train, "train_step", step_then_sigterm)
+        code, out, err = cli(["train", "--resume", "--out", str(run)], capsys)
+    assert code == 128 + signal.SIGTERM, err
     header = next(line for line in err.splitlines() if line.startswith("data: "))  # messages go to stderr
     assert f"from {trees.a}, recorded by the run; fingerprint {short(fingerprint)}" in header
-    assert recorded(run) == (path, fingerprint) and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    assert recorded(run) == (path, fingerprint) and checkpoint_position(run) > position
     code, out, err = cli(["train", "--resume", "--out", str(run), "--data", str(trees.copy)], capsys)
     assert code == 0, err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2 and (run / "model.pt").is_file()
     assert json.loads((run / "config.json").read_text())["data"] == str(trees.copy)
 
     code, out, err = cli(["evaluate", "--checkpoint", str(run), "--data", str(trees.b)], capsys)

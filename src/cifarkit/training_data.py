@@ -7,11 +7,11 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from cifarkit.checkpoint import load_checkpoint
+from cifarkit.checkpoint import load_checkpoint, resume_config
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, check_same_data, data_fingerprint, recorded_data, resolve_data
 from cifarkit.errors import CifarkitError
-from cifarkit.run import CHECKPOINT
+from cifarkit.run import CHECKPOINT, MODEL, is_finished
 
 
 def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None, resume: bool,
@@ -21,7 +21,9 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
 
     A new run: `data` (a Cifar10, a path or "synthetic"), else config.data, else $CIFARKIT_DATA, the cache, a
     download. A resumed run: exactly the data it recorded, never what $CIFARKIT_DATA or the cache hold now; data given
-    anyway (`data`, or a config.data other than the recorded path) must have the recorded fingerprint.
+    anyway (`data`, or a config.data other than the recorded path) must have the recorded fingerprint. A resume is
+    refused, before the data loads, in this order: no checkpoint, a damaged one, a changed recipe, a finished run (a
+    run stopped after its last checkpoint but before its final weights resumes, and writes them).
     """
     if not resume:
         source = data if isinstance(data, Cifar10) else resolve_data(data if data is not None else config.data)
@@ -33,7 +35,13 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
         raise CifarkitError(f"nothing to resume in {run}: no checkpoint yet ({hint}); start the run again without "
                             "resume=True", cli=f"nothing to resume in {run}: no checkpoint yet ({hint}); start the run "
                             "again without --resume")
-    saved = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])  # a damaged checkpoint: refused first
+    state = load_checkpoint(checkpoint)  # a damaged checkpoint: refused first
+    saved = TrainConfig.from_dict(state["config"])
+    resume_config(saved, replace(config, data_fingerprint=saved.data_fingerprint))  # then a changed recipe
+    if state["epoch"] >= saved.epochs and is_finished(run):  # then a run with nothing left to train or write
+        raise CifarkitError(f"nothing to resume in {run}: its {saved.epochs}-epoch run is finished ({MODEL} is "
+                            f"written); `cifarkit report {run}` redraws its report, and more epochs are a new run in "
+                            "another folder")
     owner = f"run {run}"
     given = data if data is not None else config.data if config.data not in (None, saved.data) else None
     if given is None:
