@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +28,11 @@ import torch
 from PIL import Image
 
 import cifarkit.data.sources
+import cifarkit.training_data
+from cifarkit import fit
 from cifarkit.data import Cifar10
+from cifarkit.errors import CifarkitError
+from cifarkit.run import read_config
 from helpers import SHORT_SYNTHETIC, assert_one_error_line, one_error_line, run_cli, snapshot
 
 ARGS = ["--subset", "8", "--test-subset", "8", "--batch-size", "8", "--epochs", "1", "--lr-min", "1e-4",
@@ -125,16 +130,30 @@ def test_checkpoint_of_another_recipe_is_refused(run_copy: Path, tmp_path: Path,
     assert snapshot(run_copy, ignore=(".lock",)) == before
 
 
-def test_resume_of_a_finished_run_is_refused_and_changes_nothing(run_copy: Path,
+def test_resume_of_a_finished_run_is_refused_and_changes_nothing(run_copy: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """`train --resume` of a finished run (model.pt written, every epoch in metrics.json) trains and rewrites
-    nothing: one line saying so, with the command that redraws its report, and every file as it was. (A changed
-    recipe on the same finished run is refused first: test_checkpoint_of_another_recipe_is_refused.)"""
+    nothing: one line saying so, with the command that redraws its report, before its data loads (loading it here
+    fails the test), and every file as it was; the same without its checkpoints folder (a finished run copied
+    without it), and in the Python API's words from fit(resume=True). (A changed recipe on the same finished run is
+    refused first: test_checkpoint_of_another_recipe_is_refused.)"""
     epochs = json.loads((run_copy / "config.json").read_text())["epochs"]
     before = snapshot(run_copy, ignore=(".lock",))
-    one_error_line(["train", "--resume", "--out", str(run_copy)], capsys,
-                   f"nothing to resume in {run_copy}: its {epochs}-epoch run is finished", f"cifarkit report {run_copy}")
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the run's data was loaded")
+
+    monkeypatch.setattr(cifarkit.training_data, "recorded_data", no_loading)
+    monkeypatch.setattr(cifarkit.training_data, "resolve_data", no_loading)
+    finished = f"nothing to resume in {run_copy}: its {epochs}-epoch run is finished"
+    one_error_line(["train", "--resume", "--out", str(run_copy)], capsys, finished, f"cifarkit report {run_copy}")
     assert snapshot(run_copy, ignore=(".lock",)) == before
+    with pytest.raises(CifarkitError, match=r"is finished .*a new run with another out \(cifarkit.report.write_report") \
+            as info:
+        fit(replace(read_config(run_copy), out=str(run_copy)), resume=True, progress=False)
+    assert str(info.value).startswith(finished)
+    shutil.rmtree(run_copy / "checkpoints")
+    one_error_line(["train", "--resume", "--out", str(run_copy)], capsys, finished)
 
 
 @pytest.mark.parametrize("damage", ["missing", "torn"])

@@ -51,16 +51,17 @@ def test_any_mode_and_size_is_read_as_32x32_rgb(tmp_path: Path, mode: str, suffi
 
 def test_16_bit_grey_is_scaled_to_8_bits(tmp_path: Path) -> None:
     """A 16-bit greyscale PNG at level 40000 of 65535 (61% grey) reads as 40000 * 255 / 65535 = 155.6, i.e. 156 in
-    every channel (give or take one level of rounding), not as white; so does a uint16 array given to predict, and
-    its levels 0 and 65535 read as 0 and 255."""
-    from cifarkit.data.images import to_rgb32
+    every channel (give or take one level of rounding), not as white, in the app and in predict alike; a 32-bit
+    greyscale image ("I") holding levels 0..255 keeps them (100 reads as 100), and one holding 16-bit levels is scaled
+    as 16-bit (40000 reads as 156, 65535 as 255)."""
+    from cifarkit.data.images import read_image, to_rgb32
 
     path = _save(tmp_path / "grey16.png", Image.new("I;16", (70, 45), 40000))
     assert np.abs(read_uploads([path]).images[0].astype(int) - 156).max() <= 1
-    levels = np.array([[0, 40000], [65535, 40000]], dtype=np.uint16).repeat(16, 0).repeat(16, 1)
-    rgb = to_rgb32(levels)
-    assert (rgb[:8, :8] == 0).all() and (rgb[24:, :8] == 255).all()
-    assert (np.abs(rgb[:, 24:].astype(int) - 156) <= 1).all()
+    assert np.abs(read_image(path).astype(int) - 156).max() <= 1
+    assert (to_rgb32(Image.fromarray(np.full((32, 32), 100, np.int32))) == 100).all()
+    wide = to_rgb32(Image.fromarray(np.array([[40000, 65535]], np.int32).repeat(32, 0).repeat(16, 1)))
+    assert (np.abs(wide[:, :16].astype(int) - 156) <= 1).all() and (wide[:, 16:] == 255).all()
 
 
 def test_the_32x32_image_is_what_predict_reads(tmp_path: Path) -> None:

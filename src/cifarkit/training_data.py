@@ -11,7 +11,7 @@ from cifarkit.checkpoint import load_checkpoint, resume_config
 from cifarkit.config import TrainConfig
 from cifarkit.data import Cifar10, check_same_data, data_fingerprint, recorded_data, resolve_data
 from cifarkit.errors import CifarkitError
-from cifarkit.run import CHECKPOINT, MODEL, is_finished
+from cifarkit.run import CHECKPOINT, MODEL, is_finished, read_metrics
 
 
 def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None, resume: bool,
@@ -31,6 +31,8 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
         return replace(config, data=path, data_fingerprint=data_fingerprint(source)), source
     checkpoint = run / CHECKPOINT
     if not checkpoint.is_file():  # stopped before its first epoch ended: nothing to lose
+        if _finished(run):  # a finished run copied without its checkpoints
+            raise _finished_error(run, read_metrics(run)["epochs"])
         hint = "it is written at the end of the first epoch"
         raise CifarkitError(f"nothing to resume in {run}: no checkpoint yet ({hint}); start the run again without "
                             "resume=True", cli=f"nothing to resume in {run}: no checkpoint yet ({hint}); start the run "
@@ -38,10 +40,8 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
     state = load_checkpoint(checkpoint)  # a damaged checkpoint: refused first
     saved = TrainConfig.from_dict(state["config"])
     resume_config(saved, replace(config, data_fingerprint=saved.data_fingerprint))  # then a changed recipe
-    if state["epoch"] >= saved.epochs and is_finished(run):  # then a run with nothing left to train or write
-        raise CifarkitError(f"nothing to resume in {run}: its {saved.epochs}-epoch run is finished ({MODEL} is "
-                            f"written); `cifarkit report {run}` redraws its report, and more epochs are a new run in "
-                            "another folder")
+    if state["epoch"] >= saved.epochs and _finished(run):  # then a run with nothing left to train or write
+        raise _finished_error(run, saved.epochs)
     owner = f"run {run}"
     given = data if data is not None else config.data if config.data not in (None, saved.data) else None
     if given is None:
@@ -51,3 +51,18 @@ def run_data(config: TrainConfig, data: Cifar10 | str | os.PathLike[str] | None,
         check_same_data(source, saved.data_fingerprint, owner=owner)
     path = source.path if source.fingerprint else saved.data  # the same data, perhaps moved: where it is now
     return replace(config, data=path, data_fingerprint=saved.data_fingerprint), source
+
+
+def _finished(run: Path) -> bool:
+    """Whether `run` holds a finished run; a damaged metrics.json is a finish to write again (resume rewrites it)."""
+    try:
+        return is_finished(run)
+    except CifarkitError:
+        return False
+
+
+def _finished_error(run: Path, epochs: int) -> CifarkitError:
+    what = f"nothing to resume in {run}: its {epochs}-epoch run is finished ({MODEL} is written)"
+    return CifarkitError(f"{what}; more epochs are a new run with another out (cifarkit.report.write_report(run) "
+                         "redraws its report)", cli=f"{what}; `cifarkit report {run}` redraws its report, and more epochs are a new run in "
+                             "another --out")

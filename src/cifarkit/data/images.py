@@ -134,19 +134,25 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise CifarkitError(f"cannot decode {path} as an image ({one_line(e)})") from e
 
 
-# Greyscale of more than 8 bits as PIL opens it (16-bit PNG and TIFF: "I;16*", or "I" with levels 0..65535).
-WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Greyscale of more than 8 bits as PIL opens it: 16-bit PNG and TIFF ("I;16*"); 32-bit TIFF, or an image made from
+# an int32 array ("I").
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def to_rgb32(image: Image.Image | np.ndarray) -> np.ndarray:
-    """A PIL image, or an array PIL reads (uint8 HxW, HxWx3 or HxWx4; uint16 HxW), as RGB uint8 [32, 32, 3], resized
-    (bilinear) when it is another size. 16-bit greyscale is scaled to 8 bits (PIL's own conversion clips it at 255,
-    so that most of its levels would read as white)."""
+    """A PIL image, or an array PIL reads (uint8 HxW, HxWx3 or HxWx4), as RGB uint8 [32, 32, 3], resized (bilinear)
+    when it is another size. 16-bit greyscale is scaled to 8 bits (PIL's own conversion clips it at 255, so that most
+    of its levels would read as white); 32-bit greyscale ("I") is read as 8-bit levels when they all lie in 0..255,
+    else as 16-bit levels (0..65535, clipped there)."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    if image.mode in WIDE_GREY_MODES:
-        levels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-        image = Image.fromarray(((levels * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if image.mode in (*SIXTEEN_BIT_MODES, "I"):
+        levels = np.asarray(image)
+        if image.mode == "I" and 0 <= levels.min() and levels.max() <= 255:
+            eight_bit = levels.astype(np.uint8)
+        else:
+            eight_bit = ((np.clip(levels, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        image = Image.fromarray(eight_bit, "L")
     rgb = image.convert("RGB")
     if rgb.size != (32, 32):
         rgb = rgb.resize((32, 32), Image.Resampling.BILINEAR)
