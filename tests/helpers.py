@@ -92,12 +92,13 @@ def drawn_lines(ax: Any) -> list[tuple[Any, Any]]:
 
 
 def model_weights(path: Any) -> dict[str, Any]:
-    """The weights a model.pt holds, read with torch.load alone: its "weights" field (model.pt's named fields), or
-    the file itself for an older one that is a bare state dict."""
+    """The weights a model.pt holds, read with torch.load alone: its "weights" field. The file must be a dict of
+    named fields with its "format" marker, as fit writes it (a bare state dict fails here)."""
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["weights"] if "format" in state and "weights" in state else state
+    assert isinstance(state, dict) and "format" in state and "weights" in state, f"{path}: not a model.pt of fit's"
+    return state["weights"]
 
 
 def _logits_by_hand(run: Any, images: Any) -> Any:
@@ -194,12 +195,16 @@ def checkpoint_position(run: Path) -> tuple[int, int]:
 
 
 def snapshot(folder: Path, *, ignore: tuple[str, ...] = ()) -> dict[str, str]:
-    """Every file and folder under `folder` (but those named in `ignore`), relative path -> the file's sha256, or
-    "<dir>" for a folder: equal before and after means nothing was written, changed, made or removed."""
+    """Every file and folder under `folder` (but those named in `ignore`, and what they hold), relative path -> the
+    file's sha256 and modification time in ns, or "<dir>" for a folder: equal before and after means nothing was
+    written (not even the same bytes again), made or removed."""
     import hashlib
 
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-            for p in sorted(folder.rglob("*")) if p.name not in ignore}
+    def entry(p: Path) -> str:
+        return f"{hashlib.sha256(p.read_bytes()).hexdigest()} {p.stat().st_mtime_ns}" if p.is_file() else "<dir>"
+
+    return {str(p.relative_to(folder)): entry(p) for p in sorted(folder.rglob("*"))
+            if not set(p.relative_to(folder).parts) & set(ignore)}
 
 
 TIMING_COLUMNS = ("seconds", "images_per_second")  # history.csv's columns that differ from one run to another
@@ -218,10 +223,7 @@ def history(run: Path, *, timing: bool = True) -> list[dict[str, str]]:
 def read_only(folder: Path) -> Iterator[str]:
     """Make `folder` refuse new files. Root ignores permission bits, so chmod 0o555 proves nothing there; `chattr +i`
     (immutable) is refused even to root, where the filesystem supports it. Elsewhere, non-root: chmod 0o555. Root
-    without chattr: simulated as a read-only filesystem would answer, EROFS from open/os.open for writing and
-    os.mkdir of a path in the folder, and os.access saying that the folder and what it holds cannot be written.
-    Yields the mode used."""
-    import errno
+    without chattr: simulated (see _simulated_read_only). Yields the mode used."""
     import subprocess
 
     try:
@@ -232,7 +234,7 @@ def read_only(folder: Path) -> Iterator[str]:
         try:
             yield "chattr"
         finally:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
+            subprocess.run(["chattr", "-i", str(folder)], check=False)  # a failure here must not hide the test's
     elif os.geteuid() != 0:
         folder.chmod(0o555)
         try:
@@ -240,46 +242,70 @@ def read_only(folder: Path) -> Iterator[str]:
         finally:
             folder.chmod(0o755)
     else:
-        import builtins
+        yield from _simulated_read_only(folder)
 
-        real_open, real_os_open, real_mkdir, real_access = builtins.open, os.open, os.mkdir, os.access
-        writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
-        def named(path: Any) -> Path | None:
-            return Path(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else None
+def _simulated_read_only(folder: Path) -> Iterator[str]:
+    """A folder that refuses new entries, renames and removals as a read-only filesystem would (EROFS), and that
+    os.access calls not writable; its existing files stay writable, as under chmod 0o555 or chattr +i."""
+    import builtins
+    import errno
+    import io
 
-        def inside(path: Any) -> bool:
-            return named(path) is not None and named(path).parent == folder  # type: ignore[union-attr]
+    real_io_open, real_os_open, real_mkdir, real_access = io.open, os.open, os.mkdir, os.access
+    real_replace, real_rename, real_unlink = os.replace, os.rename, os.unlink
+    target = os.path.realpath(folder)
 
-        def refuse(path: Any) -> None:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+    def inside(path: Any) -> bool:  # an entry of the folder, not the folder itself
+        return isinstance(path, (str, bytes, os.PathLike)) and \
+            os.path.dirname(os.path.realpath(os.fsdecode(path))) == target
 
-        def fake_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-            if inside(path) and set(mode) & set("wax+"):
-                refuse(path)
-            return real_open(path, mode, *args, **kwargs)
+    def refuse(path: Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
 
-        def fake_os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-            if inside(path) and flags & writes:
-                refuse(path)
-            return real_os_open(path, flags, *args, **kwargs)
+    def new_entry(path: Any) -> bool:
+        return inside(path) and not os.path.lexists(path)
 
-        def fake_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
-            if inside(path):
-                refuse(path)
-            real_mkdir(path, *args, **kwargs)
+    def fake_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if new_entry(path) and set(mode) & set("wax+"):
+            refuse(path)
+        return real_io_open(path, mode, *args, **kwargs)
 
-        def fake_access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
-            if (inside(path) or named(path) == folder) and mode & os.W_OK:
-                return False
-            return real_access(path, mode, *args, **kwargs)
+    def fake_os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if new_entry(path) and flags & os.O_CREAT:
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
 
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(builtins, "open", fake_open)
-            mp.setattr(os, "open", fake_os_open)
-            mp.setattr(os, "mkdir", fake_mkdir)
-            mp.setattr(os, "access", fake_access)
-            yield "simulated"
+    def fake_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if inside(path):
+            refuse(path)
+        real_mkdir(path, *args, **kwargs)
+
+    def fake_move(real: Callable[..., None]) -> Callable[..., None]:
+        def move(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if inside(src) or inside(dst):
+                refuse(dst if inside(dst) else src)
+            real(src, dst, *args, **kwargs)
+        return move
+
+    def fake_unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if inside(path):
+            refuse(path)
+        real_unlink(path, *args, **kwargs)
+
+    def fake_access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if isinstance(path, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(path)) == target \
+                and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module, name, fake in ((builtins, "open", fake_open), (io, "open", fake_open), (os, "open", fake_os_open),
+                                   (os, "mkdir", fake_mkdir), (os, "replace", fake_move(real_replace)),
+                                   (os, "rename", fake_move(real_rename)), (os, "unlink", fake_unlink),
+                                   (os, "access", fake_access)):
+            mp.setattr(module, name, fake)
+        yield "simulated"
 
 
 def unread_run(tmp_path: Any) -> Any:

@@ -29,6 +29,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -43,7 +44,7 @@ from torch import nn
 from cifarkit.atomic import atomic_write
 from cifarkit.errors import CifarkitError, pip_install, write_error
 from cifarkit.inference import Preprocess, open_run, predict_proba
-from cifarkit.run import check_out_file
+from cifarkit.run import check_out_file, find_weights
 
 PROB_BOUND = 1e-3  # max |probability difference| allowed between the exported file and PyTorch
 BATCH = 256  # images per call in the check and the speed figures
@@ -154,6 +155,14 @@ def check_parity(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, imag
                   int((exported.argmax(1) != expected.argmax(1)).sum()), exported_rate, torch_rate)
 
 
+def _installed(name: str) -> bool:
+    """Whether `import name` can work, without importing it (onnx and its exporter take seconds to import)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # in sys.modules without a __spec__: imported, so there
+        return sys.modules.get(name) is not None
+
+
 def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 1000,
                    data: str | None = None) -> list[str]:
     """Export, check against PyTorch on the run's test images, then write `out`; returns the result's lines (what
@@ -163,7 +172,8 @@ def export_command(weights: Path, *, fmt: str, out: Path, check_images: int = 10
     if check_images < 0:
         raise CifarkitError(f"--check-images must be 0 (all) or positive, got {check_images}")
     out = check_out_file(out, suffix=fmt)
-    if any(importlib.util.find_spec(name) is None for name in NEEDS[fmt]):  # before the run and its data load
+    find_weights(weights)  # a missing run, then a missing extra, before the run and its data load
+    if not all(_installed(name) for name in NEEDS[fmt]):
         raise CifarkitError(INSTALL)
     run = open_run(Path(weights), data=data, device="cpu", precision="fp32")
     test = run.test_data()
