@@ -12,7 +12,7 @@ from torchinfo import summary
 
 import torch
 
-from cifarkit.bench import format_bench, run_bench
+from cifarkit.bench import PIPELINE_MIN_BATCHES, format_bench, run_bench
 from cifarkit import flops
 from cifarkit.cpuinfo import cpuinfo_fields
 from cifarkit.flops import count_macs, matmul_peak
@@ -40,7 +40,7 @@ def small_result(small_bench: tuple[dict, float]) -> dict:
 @pytest.mark.slow
 def test_run_bench_cpu_returns_figures_the_clock_allows_and_sane_ratio(small_bench: tuple[dict, float]) -> None:
     """Each figure's implied time (the batch over its images/s) is positive, and together they fit in the run's own
-    wall-clock time, which holds them and more (a rate off by a factor of the batch or of the steps would not);
+    wall-clock time, which holds them and more (a rate too low would not; the clock test below pins each rate);
     GFLOP/s is images/s x the model's 379,261,952 multiply-adds x 2 FLOPs, x 3 for a training step (forward and
     a backward of about twice its cost); the project step runs within 10x of the bare loop either way (same model,
     optimizer and batch: anything further out is a bug, not noise)."""
@@ -54,6 +54,21 @@ def test_run_bench_cpu_returns_figures_the_clock_allows_and_sane_ratio(small_ben
     assert 0.1 < small_result["train_ratio"] < 10
     assert small_result["device"] == "cpu" and small_result["batch_size"] == 8
     assert all(len(v) == 1 for v in small_result["samples"].values())
+
+
+@pytest.mark.slow
+def test_run_bench_rates_are_images_over_the_clocks_seconds() -> None:
+    """With a clock that moves 1 s between the reads around each timing, every rate is the number of images that
+    timing put through: 2 steps of 8 images for each training loop and for evaluation (16 images/s), and one pass
+    over the pipelines' PIPELINE_MIN_BATCHES batches of 8 images (each image once per epoch); GFLOP/s follows."""
+    ticks = itertools.count()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(flops, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+        result = run_bench(device="cpu", batch_size=BATCH, steps=2, warmup=0, repeats=1)
+    pipeline = PIPELINE_MIN_BATCHES * BATCH
+    assert result["images_per_s"] == {"train_reference": 16, "train_project": 16, "eval": 16,
+                                      "pipeline_albumentations": pipeline, "pipeline_batched": pipeline}
+    assert result["gflops"]["eval"] == pytest.approx(16 * MACS * 2 / 1e9)
 
 
 @pytest.mark.slow
