@@ -83,7 +83,7 @@ def run_first(item: pytest.Item) -> tuple[bool, bool]:
 
 @pytest.fixture(scope="session", autouse=True)
 def cpu_policy(request: pytest.FixtureRequest) -> Iterator[frozenset[str] | None]:
-    """The CPU flags --cpu-flags forces on `device.read_cpu_flags` for the session (None: the machine's own)."""
+    """The CPU flags --cpu-flags forces on `device.read_cpu_flags` for the whole test run (None: the machine's own)."""
     name = request.config.getoption("--cpu-flags")
     if name == "machine":
         yield None
@@ -237,13 +237,13 @@ def cifar_files() -> SimpleNamespace:
 # ------------------------------------------------------------------------------- a trained run (app, export)
 
 def trained_once(tmp_path_factory: pytest.TempPathFactory, name: str, train: Callable[[Path], None]) -> Path:
-    """The run folder `name`, trained by `train(folder)` once per session and shared by every pytest-xdist worker (the
+    """The run folder `name`, trained by `train(folder)` once per test run and shared by every pytest-xdist worker (the
     first trains it under a file lock, the others wait and read it)."""
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the controller's base temp: one per session, above each worker's own
+        shared = shared.parent  # the controller's base temp: one per test run, above each worker's own
     out, done = shared / name / "run", shared / name / "trained"
     with FileLock(str(shared / f"{name}.lock")):
         if not done.is_file():  # not yet, or a worker failed half-way
@@ -255,7 +255,7 @@ def trained_once(tmp_path_factory: pytest.TempPathFactory, name: str, train: Cal
 
 @slow_fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run folder trained once per session: 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100. Tests
+    """One run folder trained once per test run: 1 epoch on 200 synthetic images (NOT CIFAR-10), tested on 100. Tests
     read it and never change it (copy it first)."""
     from cifarkit.config import TrainConfig
     from cifarkit.train import fit
@@ -270,7 +270,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @slow_fixture(scope="session")
 def short_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted reference that the training, resume and fault tests compare against, trained once per
-    session: `cifarkit train SHORT_RUN_ARGS` in-process (2 epochs x 4 steps of 8 of 32 images, tested on 16, in the
+    test run: `cifarkit train SHORT_RUN_ARGS` in-process (2 epochs x 4 steps of 8 of 32 images, tested on 16, in the
     precision the policy picks), `--data synthetic` drawing 64/32 images (NOT CIFAR-10). Checkpoints, config.json,
     history.csv, steps.csv and model.pt; no plots. Tests read it and never change it (copy it first)."""
     import cifarkit.data.sources

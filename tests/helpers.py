@@ -319,7 +319,8 @@ def unread_run(tmp_path: Any) -> Any:
 
 def untrained_run(folder: Any, seed: int = 0) -> Any:
     """A run folder without training: model.pt (named fields, as fit writes it) holds a seeded, untrained
-    CustomResNet, and config.json records `--data synthetic`. For tests whose promise is about arguments, refusals or files, not the network's numbers."""
+    CustomResNet, and config.json records `--data synthetic`. For tests whose promise is about arguments, refusals or
+    files, not the network's numbers."""
     import torch
 
     from cifarkit.config import TrainConfig

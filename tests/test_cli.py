@@ -58,7 +58,7 @@ def test_python_m_cifarkit_is_the_same_command_end_to_end(tmp_path) -> None:
 
 def test_lr_find_evaluate_and_predict_commands(tmp_path, tiny_run, capsys: pytest.CaptureFixture[str]) -> None:
     """lr-find writes its data and plot and prints both LRs; evaluate prints the test accuracy of a run's weights
-    (the session's trained run), the share of the 16 test images that a forward pass written here gets right;
+    (the shared trained run), the share of the 16 test images that a forward pass written here gets right;
     predict prints, for each image file, the class that forward pass finds most likely and its probability (a
     one-colour image stays that colour when resized to 32x32)."""
     import numpy as np

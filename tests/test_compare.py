@@ -114,10 +114,11 @@ def test_unfinished_runs_are_left_out_and_said(tmp_path: Path) -> None:
 
 def test_compare_command_writes_its_tables_and_reads_its_runs_csv_back(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], assert_real_png: Callable[..., None]) -> None:
-    """`cifarkit compare SWEEP --baseline CONFIG` prints the table and writes compare.csv (the issue's columns),
-    runs.csv, compare.png and compare.md into the sweep folder; compare.png draws each config's mean curve, every
-    run's final accuracy, the group means (90.5, 92.5) and their t-intervals, worked out by hand, in each config's
-    colour; compare of that runs.csv gives the same compare.csv."""
+    """`cifarkit compare SWEEP --baseline CONFIG` prints the table and writes compare.csv (per config: n, mean, std,
+    interval, min, max, best epoch, training time, p-value), runs.csv, compare.png and compare.md into the sweep
+    folder; compare.png draws each config's mean curve, every run's final accuracy, the group means (90.5, 92.5) and
+    their t-intervals, worked out by hand, in each config's colour; compare of that runs.csv gives the same
+    compare.csv."""
     sweep = tmp_path / "sweep"
     for seed in range(2):
         fake_run(sweep / f"wd0-{seed}", final=0.90 + seed / 100, curve=[0.5, 0.9], seed=seed, weight_decay=0.0)

@@ -62,7 +62,7 @@ def test_the_watch_names_a_float64_tensor_and_a_host_read() -> None:
 def watched_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Watch]]:
     """One-epoch CPU runs in fp32 (what MPS trains in), with plots (Grad-CAM included), each followed by `predict`
     on its weights, all under a Watch: augment "auto" (the DataLoader path on a CPU) and "batched" (with label
-    smoothing 0.1). {augment asked: (run folder, watch)}. Runs of their own, not the session's shared one: the
+    smoothing 0.1). {augment asked: (run folder, watch)}. Runs of their own, not the shared one: the
     watch must see them train."""
     data = make_synthetic(n_train=8, n_test=8)
     out = {}

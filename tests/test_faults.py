@@ -65,7 +65,7 @@ def assert_matches_reference(run: Path, reference: Path) -> None:
 
 @pytest.fixture
 def reference(short_run: Path) -> Path:
-    """The uninterrupted run with ARGS (the session's shared short run): the weights every interrupted run must end
+    """The uninterrupted run with ARGS (the shared short run): the weights every interrupted run must end
     with."""
     return short_run
 
@@ -267,7 +267,7 @@ FP16_STEPS_PER_EPOCH = 4 // 2
 @slow_fixture(scope="module")
 def fp16_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted fp16 run with its gradient scaler (2 epochs x 2 steps of 2 images), in this process. Its own
-    run, not the session's shared one: fp16 on a CPU is slow, so it trains on 4 images, not 32."""
+    run, not the shared one: fp16 on a CPU is slow, so it trains on 4 images, not 32."""
     run = tmp_path_factory.mktemp("faults-fp16") / "reference"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cifarkit.data.sources, "SYNTHETIC_SIZES", SHORT_SYNTHETIC)

@@ -58,7 +58,7 @@ def _small_synthetic(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def run_copy(short_run: Path, tmp_path: Path) -> Path:
-    """A private copy of a finished run (the session's shared short run: `--data synthetic` drawing 64/32 images, as
+    """A private copy of a finished run (the shared short run: `--data synthetic` drawing 64/32 images, as
     here; batch 8; config.json and last.pt), without its lock file."""
     run = tmp_path / "run"
     shutil.copytree(short_run, run, ignore=shutil.ignore_patterns(".lock"))
@@ -148,8 +148,8 @@ def test_resume_of_a_finished_run_is_refused_and_changes_nothing(run_copy: Path,
     finished = f"nothing to resume in {run_copy}: its {epochs}-epoch run is finished"
     one_error_line(["train", "--resume", "--out", str(run_copy)], capsys, finished, f"cifarkit report {run_copy}")
     assert snapshot(run_copy, ignore=(".lock",)) == before
-    with pytest.raises(CifarkitError, match=r"is finished .*a new run with another out \(cifarkit.report.write_report") \
-            as info:
+    api_words = r"is finished .*a new run with another out \(cifarkit.report.write_report"
+    with pytest.raises(CifarkitError, match=api_words) as info:
         fit(replace(read_config(run_copy), out=str(run_copy)), resume=True, progress=False)
     assert str(info.value).startswith(finished)
     shutil.rmtree(run_copy / "checkpoints")

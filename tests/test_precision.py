@@ -255,7 +255,7 @@ def test_range_test_under_fp16_leaves_skipped_steps_off_the_curve(tiny_data) -> 
 def fp16_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """An fp16 run on the CPU, 2 epochs of one 2-image step, the second step's gradients forced to overflow. Its
     scaler starts at 2^10, low enough that these steps never overflow by themselves. (run folder, stdout). Its own
-    run, not the session's shared one: the overflow and the scaler are injected into its training."""
+    run, not the shared one: the overflow and the scaler are injected into its training."""
     run = tmp_path_factory.mktemp("fp16") / "run"
     real_step, calls = train_module.train_step, [0]
 

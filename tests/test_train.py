@@ -41,7 +41,7 @@ def data():
 
 @pytest.fixture
 def reference_run(short_run: Path) -> Path:
-    """The uninterrupted 2-epoch run that the other tests compare against: the session's shared short run, made by
+    """The uninterrupted 2-epoch run that the other tests compare against: the shared short run, made by
     `cifarkit train` with the flags that say what tiny_config says (test_same_seed_same_weights_on_cpu checks that
     fit(tiny_config) gives it bitwise)."""
     return short_run
