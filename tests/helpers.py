@@ -1,7 +1,7 @@
 """What several test modules share: the CLI run in-process with its output captured, the one-error-line checks, a
-run's files read without cifarkit (its weights, history.csv, a folder's contents), an independent forward pass with
-the per-class figures worked out from it, a folder that refuses new files, and `slow_fixture`, the mark that makes
-every test requesting a fixture slow (conftest.py reads it at collection)."""
+run's files read without cifarkit (its weights, history.csv, a folder's contents, its checkpoint's position), a
+folder that refuses new files, runs made without training, and `slow_fixture`, the mark that makes every test
+requesting a fixture slow (conftest.py reads it at collection). Independent forward passes live in by_hand.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, TypeVar
 
 import pytest
@@ -91,99 +90,17 @@ def drawn_lines(ax: Any) -> list[tuple[Any, Any]]:
     return [(np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)) for line in ax.lines]
 
 
-def model_weights(path: Any) -> dict[str, Any]:
+def model_weights(path: Any, *, bare: bool = False) -> dict[str, Any]:
     """The weights a model.pt holds, read with torch.load alone: its "weights" field. The file must be a dict of
-    named fields with its "format" marker, as fit writes it (a bare state dict fails here)."""
+    named fields with its "format" marker, as fit writes it; bare=True also takes an older model file that is a bare
+    state dict."""
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    assert isinstance(state, dict) and "format" in state and "weights" in state, f"{path}: not a model.pt of fit's"
-    return state["weights"]
-
-
-def _logits_by_hand(run: Any, images: Any) -> Any:
-    """The float32 logits of a run's model.pt on `images` (uint8 N x 32 x 32 x 3), by a forward pass written here
-    rather than the product's: the weights in a fresh CustomResNet in eval mode, each pixel (x / 255 - mean) / std
-    with the run's normalisation (config.json's std), autocast in the run's precision (auto: what
-    `choose_precision` picks for this CPU)."""
-    import json
-
-    import numpy as np
-    import torch
-
-    from cifarkit.data import normalization
-    from cifarkit.device import choose_precision
-    from cifarkit.models import CustomResNet
-
-    config = json.loads((run / "config.json").read_text())
-    model = CustomResNet()
-    model.load_state_dict(model_weights(run / "model.pt"))
-    mean, std = (np.asarray(v, dtype=np.float32) for v in normalization(config["std"]))
-    x = torch.from_numpy(((np.asarray(images, dtype=np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
-    precision = choose_precision("cpu") if config["precision"] == "auto" else config["precision"]
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        return model.eval()(x).float()
-
-
-def predictions_by_hand(run: Any, images: Any) -> Any:
-    """The classes a run's model.pt gives `images` (uint8 N x 32 x 32 x 3), by a forward pass written here rather
-    than the product's (see `_logits_by_hand`): the argmax of the logits."""
-    return _logits_by_hand(run, images).argmax(1).numpy()
-
-
-def probabilities_by_hand(run: Any, images: Any) -> Any:
-    """The softmax probabilities (float32 N x classes) a run's model.pt gives `images`, by the forward pass written
-    here (see `_logits_by_hand`)."""
-    import torch
-
-    return torch.softmax(_logits_by_hand(run, images), dim=1).numpy()
-
-
-def top_k_by_hand(probabilities: Any, classes: Any, k: int) -> list[list[tuple[str, float]]]:
-    """Per row of `probabilities`, its k most likely classes with their probabilities, most likely first."""
-    return [[(classes[j], float(row[j])) for j in sorted(range(len(row)), key=lambda j: -row[j])[:k]]
-            for row in probabilities]
-
-
-def class_scores_by_hand(labels: Any, predictions: Any, n_classes: int) -> SimpleNamespace:
-    """The per-class figures of predictions against true labels, counted here one image at a time: `confusion`
-    (rows true, columns predicted), `correct`, `total`, `accuracy` (None for a class without images), `precision`
-    (0 for a class never predicted), `recall` (0 without images), `f1` (0 where precision + recall is 0), their
-    unweighted means `macro`, and `most_confused`: the off-diagonal cells as [true, predicted, count], largest first,
-    ties in row-major order, none of count 0, at most 10."""
-    confusion = [[0] * n_classes for _ in range(n_classes)]
-    for t, p in zip(labels, predictions, strict=True):
-        confusion[int(t)][int(p)] += 1
-    correct = [confusion[c][c] for c in range(n_classes)]
-    total = [sum(confusion[c]) for c in range(n_classes)]
-    predicted = [sum(row[c] for row in confusion) for c in range(n_classes)]
-    precision = [correct[c] / predicted[c] if predicted[c] else 0.0 for c in range(n_classes)]
-    recall = [correct[c] / total[c] if total[c] else 0.0 for c in range(n_classes)]
-    f1 = [2 * p * r / (p + r) if p + r else 0.0 for p, r in zip(precision, recall, strict=True)]
-    cells = [(confusion[t][p], t, p) for t in range(n_classes) for p in range(n_classes) if t != p and confusion[t][p]]
-    return SimpleNamespace(
-        confusion=confusion, correct=correct, total=total, precision=precision, recall=recall, f1=f1,
-        accuracy=[correct[c] / total[c] if total[c] else None for c in range(n_classes)],
-        macro={name: sum(values) / n_classes for name, values in
-               (("precision", precision), ("recall", recall), ("f1", f1))},
-        most_confused=[[t, p, n] for n, t, p in sorted(cells, key=lambda cell: (-cell[0], cell[1], cell[2]))][:10])
-
-
-def one_image_apart(predictions: Any, n_classes: int) -> list[Any]:
-    """`predictions`, then every copy of it with one image's class changed: what another forward pass of the same
-    weights may give when it breaks a near-tie (bf16 rounding) the other way."""
-    import numpy as np
-
-    predictions = np.asarray(predictions)
-    moved = []
-    for i in range(len(predictions)):
-        for c in range(n_classes):
-            if c != predictions[i]:
-                copy = predictions.copy()
-                copy[i] = c
-                moved.append(copy)
-    return [predictions, *moved]
+    if "format" in state and "weights" in state:
+        return state["weights"]
+    assert bare and all(isinstance(v, torch.Tensor) for v in state.values()), f"{path}: not a model.pt of fit's"
+    return state
 
 
 def checkpoint_position(run: Path) -> tuple[int, int]:

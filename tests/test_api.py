@@ -17,7 +17,7 @@ from cifarkit import CifarkitError, TrainConfig, fit
 from cifarkit.data import CLASSES, make_synthetic
 from cifarkit.models import CustomResNet
 from cifarkit.run import write_config
-from helpers import probabilities_by_hand, top_k_by_hand
+from by_hand import probabilities_by_hand, top_k_by_hand
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

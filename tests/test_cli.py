@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from helpers import one_error_line, predictions_by_hand, probabilities_by_hand, run_cli
+from by_hand import predictions_by_hand, probabilities_by_hand
+from helpers import one_error_line, run_cli
 
 
 @pytest.mark.slow

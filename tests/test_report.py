@@ -26,8 +26,8 @@ from cifarkit.models.custom_resnet import CustomResNet
 from cifarkit.report.content import CAPTIONS, LOSS_PER_STEP, train_command_line
 from cifarkit.report.figures import step_losses
 from cifarkit.run import write_config
-from helpers import (class_scores_by_hand, colour_pixels, one_image_apart, png_pixels, predictions_by_hand,
-                     slow_fixture)
+from by_hand import class_scores_by_hand, predictions_near_ties
+from helpers import colour_pixels, png_pixels, slow_fixture
 
 PLOTS = ("samples", "lr_finder", "loss", "accuracy", "lr_schedule", "misclassified", "confusion_matrix", "gradcam")
 LR_MIN, LR_MAX = 2.5e-4, 3.2e-2
@@ -110,8 +110,8 @@ def by_hand(built: Path) -> SimpleNamespace:
     here when none is)."""
     labels = make_synthetic(40, 30).test_labels
     confusion = json.loads((built / "per_class.json").read_text())["confusion"]
-    hand = predictions_by_hand(built, make_synthetic(40, 30).test_images)
-    near = [class_scores_by_hand(labels, p, len(CLASSES)) for p in one_image_apart(hand, len(CLASSES))]
+    hand = predictions_near_ties(built, make_synthetic(40, 30).test_images)
+    near = [class_scores_by_hand(labels, p, len(CLASSES)) for p in hand]
     found = [s for s in near if s.confusion == confusion]
     assert found, (confusion, near[0].confusion)
     return found[0]

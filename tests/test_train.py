@@ -19,7 +19,8 @@ from cifarkit.device import grad_scaler
 from cifarkit.errors import CifarkitError
 from cifarkit.run import read_config
 from cifarkit.train import TrainingInterrupted, fit
-from helpers import SHORT_SYNTHETIC, history, model_weights, predictions_by_hand, snapshot
+from by_hand import predictions_by_hand
+from helpers import SHORT_SYNTHETIC, history, model_weights, snapshot
 
 
 def tiny_config(out: Path, **kw) -> TrainConfig:
