@@ -77,15 +77,19 @@ class Sweep:
                    f"{self.study.study_name!r} in {engine.shown_url(self.storage.url)}")
         self.bar = tqdm(total=total, initial=done, desc="sweep", unit="trial", dynamic_ncols=True)
         beat = time.monotonic()
-        stop = {"signum": int(signal.SIGINT)}  # Ctrl-C arrives as KeyboardInterrupt; SIGTERM is made one, and noted
+        stop: dict[str, int] = {}  # the signal that stops the sweep: SIGINT (Ctrl-C) or SIGTERM
 
-        def on_sigterm(signum: int, frame: Any) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
             stop["signum"] = signum
+            # At once, out of any wait. Raised inside a weakref callback or __del__, Python prints the exception
+            # and drops it: the loop then stops at its next tick on the signal noted here.
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             while True:
+                if stop:
+                    raise KeyboardInterrupt
                 for slot in list(self.jobs):
                     self._poll(slot)
                 for slot in range(self.workers):
@@ -99,9 +103,10 @@ class Sweep:
                     break
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
-            return self._interrupted(stop["signum"])
+            return self._interrupted(stop.get("signum", int(signal.SIGINT)))
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self.bar.close()
         c = engine.counts(self.study)
         again = f" (logs: {self.out / 'logs'}; the same command tries them again)" if c["fail"] else ""
